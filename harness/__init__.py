@@ -1,0 +1,1 @@
+"""The critical batch size harness: training engine and sweep engine."""
