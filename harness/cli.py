@@ -16,12 +16,12 @@ COMMANDS = {
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cbs", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    name = (argv if argv is not None else sys.argv[1:])[:1]
+    argv = sys.argv[1:] if argv is None else list(argv)
     for command, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(command, help=help_text)
-        if name == [command]:
+        if argv[:1] == [command]:
             importlib.import_module(module).add_arguments(p)
-    args, _ = parser.parse_known_args(argv) if not name or name[0] not in COMMANDS else (parser.parse_args(argv), None)
+    args = parser.parse_args(argv)
     try:
         return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
     except UserError as e:

@@ -1,0 +1,146 @@
+"""One trial as data: its configuration and its record.
+
+A trial is (workload, batch size, optimizer and metaparameters, schedule, seed,
+target, budget). `TrialConfig` is plain data (JSON round-trips), validated in
+one place so that bad input fails before any training starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from harness.errors import UserError
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lars", "lamb")
+SCHEDULES = ("constant", "linear_decay", "cosine", "step")
+WARMUPS = ("none", "linear", "constant")
+LR_SCALINGS = ("none", "linear", "sqrt")
+STATUSES = ("complete", "incomplete", "diverged", "pruned")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything that determines a trial's measurements.
+
+    `learning_rate` is eta0 at the reference batch size; `lr_scaling` rescales it
+    to `batch_size` (Goyal et al. 2017 linear rule, or the square-root rule).
+    Schedules (Shallue et al. 2019, Sec. 4.5): `linear_decay` goes from eta0 to
+    `end_lr_factor * eta0` at `decay_steps` then stays; `cosine` decays to
+    `end_lr_factor * eta0` at `decay_steps`; `step` multiplies by
+    `decay_factor` at each of `boundaries`. A warmup prefix of `warmup_steps`
+    is `linear` (gradual, from 0) or `constant` (at `warmup_factor * eta0`).
+    """
+
+    workload: str
+    batch_size: int
+    learning_rate: float
+    optimizer: str = "nesterov"
+    momentum: float = 0.9
+    schedule: str = "constant"
+    decay_steps: int | None = None
+    end_lr_factor: float = 0.0
+    boundaries: tuple[int, ...] = ()
+    decay_factor: float = 0.1
+    warmup: str = "none"
+    warmup_steps: int = 0
+    warmup_factor: float = 0.1
+    lr_scaling: str = "none"
+    reference_batch_size: int | None = None
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    trust_coefficient: float = 0.001
+    seed: int = 0
+    target: float | None = None
+    max_steps: int = 10_000
+    eval_every: int | None = None
+    eval_schedule: str = "linear"
+    stop_at_target: bool = True
+    microbatches: int = 1
+    gns: bool = False
+    gns_ema: float = 0.95
+    divergence_factor: float = 10.0
+    checkpoint_every: int | None = None
+    workload_options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UserError(f"unknown trial field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+        d = dict(d)
+        if "boundaries" in d:
+            d["boundaries"] = tuple(d["boundaries"])
+        return cls(**d)
+
+    def effective_learning_rate(self) -> float:
+        """eta0 after the batch-size scaling rule (Goyal et al. 2017, Sec. 2.1)."""
+        if self.lr_scaling == "none":
+            return self.learning_rate
+        k = self.batch_size / self.reference_batch_size
+        return self.learning_rate * (k if self.lr_scaling == "linear" else math.sqrt(k))
+
+    def validate(self) -> None:
+        """Raise UserError naming the first bad field and its allowed values."""
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("warmup", self.warmup, WARMUPS)
+        _choice("lr_scaling", self.lr_scaling, LR_SCALINGS)
+        _choice("eval_schedule", self.eval_schedule, ("linear", "geometric"))
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise UserError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if not self.learning_rate > 0:
+            raise UserError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.optimizer in ("momentum", "nesterov", "lars") and not 0 <= self.momentum < 1:
+            raise UserError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if self.max_steps < 1:
+            raise UserError(f"max_steps must be >= 1, got {self.max_steps!r}")
+        if self.microbatches < 1 or self.batch_size % self.microbatches:
+            raise UserError(
+                f"microbatches must divide batch_size {self.batch_size}, got {self.microbatches!r}")
+        if self.gns and self.microbatches < 2:
+            raise UserError("gns needs microbatches >= 2 (the two-batch estimator compares "
+                            "micro-batch and full-batch gradients)")
+        if self.schedule in ("linear_decay", "cosine") and not (self.decay_steps or 0) >= 1:
+            raise UserError(f"schedule {self.schedule!r} needs decay_steps >= 1")
+        if self.lr_scaling != "none" and not (self.reference_batch_size or 0) >= 1:
+            raise UserError(f"lr_scaling {self.lr_scaling!r} needs reference_batch_size >= 1")
+        if self.warmup != "none" and self.warmup_steps < 1:
+            raise UserError(f"warmup {self.warmup!r} needs warmup_steps >= 1")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.weight_decay < 0:
+            raise UserError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise UserError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+@dataclass
+class TrialRecord:
+    """What a trial produced. `measurements` is a list of evaluation rows, each
+    with keys step, examples, train_loss, val_loss, val_metric, wall_time (and
+    gns_g2, gns_trace, gns_b_simple when the noise scale is tracked)."""
+
+    config: dict
+    status: str
+    steps_to_target: int | None
+    metric: str
+    direction: str
+    target: float
+    measurements: list[dict]
+    final: dict
+    steps_run: int
+    wall_time: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
