@@ -3,10 +3,18 @@ target. The registry maps names to workloads; a user's own workload loads from
 `path/to/file.py:name` without editing the package."""
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
+from harness import models
 from harness.data import Dataset
+from harness.errors import UserError
 
 # metric name -> (direction, lowest value, highest value): the range a target must lie in.
 METRICS = {
@@ -40,3 +48,94 @@ class Workload:
     @property
     def direction(self) -> str:
         return METRICS[self.metric][0]
+
+
+# The search space of Shallue et al. (2019), Sec. 4.5 / App. D, for momentum
+# optimizers; the format is harness.spec's.
+_SHALLUE_SPACE = {
+    "learning_rate": {"min": 1e-4, "max": 10.0, "scale": "log"},
+    "momentum": {"min": 0.9, "max": 0.9999, "scale": "log1m"},
+}
+_SGD_SPACE = {"learning_rate": {"min": 1e-3, "max": 10.0, "scale": "log"}}
+
+
+def _load(name):
+    def load(data_dir=None):
+        from harness.data import load_dataset
+
+        return load_dataset(name, data_dir)
+
+    return load
+
+
+def _fc(hidden):
+    return lambda data, **_: models.MLP(hidden=tuple(hidden), num_classes=data.num_classes)
+
+
+def _linear_regression_data(data_dir=None, dim=16, noise=0.5, n_train=16384, n_val=4096, seed=0) -> Dataset:
+    """y = x . w* + eps with x ~ N(0, I_dim), eps ~ N(0, noise^2), |w*| = 1:
+    the model whose gradient statistics have the closed form of GUIDE §3."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(dim)
+    w /= np.linalg.norm(w)
+    x = rng.standard_normal((n_train + n_val, dim)).astype(np.float32)
+    y = (x @ w + noise * rng.standard_normal(n_train + n_val)).astype(np.float32)
+    return Dataset("linear_regression", x[:n_train], y[:n_train], x[n_train:], y[n_train:], num_classes=1)
+
+
+def _image_workloads(dataset, target_cnn, target_fc):
+    return [
+        Workload(f"{dataset}_simple_cnn", f"{dataset} / Shallue et al.'s Simple CNN", _load(dataset),
+                 lambda data, **_: models.SimpleCNN(data.num_classes), "cross_entropy", "error_rate",
+                 target_cnn, eval_every=100, search_space=_SHALLUE_SPACE),
+        Workload(f"{dataset}_fc1024", f"{dataset} / FC-1024 (one hidden ReLU layer)", _load(dataset),
+                 _fc((1024,)), "cross_entropy", "error_rate", target_fc, eval_every=100, search_space=_SGD_SPACE),
+    ]
+
+
+WORKLOADS = {w.name: w for w in [
+    *_image_workloads("mnist", 0.01, 0.03),
+    *_image_workloads("fashion_mnist", 0.1, 0.12),
+    Workload("cifar10_resnet8", "CIFAR-10 / ResNet-8 with batch norm", _load("cifar10"),
+             lambda data, **_: models.ResNet8(data.num_classes), "cross_entropy", "error_rate", 0.3,
+             eval_every=200, search_space=_SHALLUE_SPACE),
+    Workload("shakespeare_transformer", "Tiny Shakespeare / 2-layer character transformer",
+             _load("tiny_shakespeare"),
+             lambda data, **_: models.CharTransformer(data.num_classes, seq_len=data.train_x.shape[1]),
+             "cross_entropy", "cross_entropy", 1.6, eval_every=100,
+             search_space={"learning_rate": {"min": 1e-4, "max": 1e-1, "scale": "log"}}),
+    Workload("linear_regression", "synthetic linear regression, Gaussian inputs, noise 0.5",
+             _linear_regression_data, lambda data, **_: models.Linear(), "squared_error",
+             "squared_error", 0.13, eval_every=10, search_space=_SGD_SPACE),
+]}
+
+_FC_NAME = re.compile(r"^(?P<dataset>mnist|fashion_mnist)_fc(?P<width>\d+)x(?P<depth>\d+)$")
+
+
+def get_workload(name: str) -> Workload:
+    """A registered workload; `<dataset>_fc<width>x<depth>` (Shallue's FC-WxD
+    family, e.g. mnist_fc128x3); or `path/to/file.py:attr` for a user's own."""
+    if name in WORKLOADS:
+        return WORKLOADS[name]
+    if m := _FC_NAME.match(name):
+        base = WORKLOADS[f"{m['dataset']}_fc1024"]
+        hidden = (int(m["width"]),) * int(m["depth"])
+        return dataclasses.replace(base, name=name, description=f"{m['dataset']} / FC-{m['width']}x{m['depth']}",
+                                   make_model=_fc(hidden))
+    if ":" in name and name.split(":")[0].endswith(".py"):
+        return _from_file(*name.rsplit(":", 1))
+    raise UserError(f"unknown workload {name!r}; valid: {', '.join(WORKLOADS)}, "
+                    "<mnist|fashion_mnist>_fc<width>x<depth>, or path/to/file.py:name")
+
+
+def _from_file(path: str, attr: str) -> Workload:
+    if not os.path.isfile(path):
+        raise UserError(f"workload file {path!r} not found")
+    spec = importlib.util.spec_from_file_location(f"cbs_user_workload_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    workload = getattr(module, attr, None)
+    if not isinstance(workload, Workload):
+        found = [k for k, v in vars(module).items() if isinstance(v, Workload)]
+        raise UserError(f"{path} has no Workload named {attr!r}; Workloads there: {', '.join(found) or 'none'}")
+    return workload

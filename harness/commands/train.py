@@ -1,0 +1,59 @@
+"""`cbs train`: one trial from the command line. Every TrialConfig field is an
+option (`--batch-size`, `--learning-rate`, ...), generated from the dataclass
+so the CLI and the config never drift apart."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from harness.trial import TrialConfig
+
+_REQUIRED = ("workload", "batch_size", "learning_rate")
+_PARSERS = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
+
+
+def _option(field):
+    return "--" + field.name.replace("_", "-")
+
+
+def add_arguments(parser):
+    for field in dataclasses.fields(TrialConfig):
+        kwargs = dict(dest=field.name, help=f"(default: {field.default})" if field.name not in _REQUIRED else None)
+        if field.type == "bool":
+            parser.add_argument(_option(field), action="store_true", default=None, **kwargs)
+            parser.add_argument("--no-" + _option(field)[2:], dest=field.name, action="store_false")
+        elif field.type == "tuple[int, ...]":
+            parser.add_argument(_option(field), type=lambda s: tuple(int(v) for v in s.split(",") if v), **kwargs)
+        elif field.type in _PARSERS:
+            parser.add_argument(_option(field), type=_PARSERS[field.type], required=field.name in _REQUIRED, **kwargs)
+    parser.add_argument("--data-dir", help="folder of the datasets (default: $CBS_DATA_DIR or a cache folder)")
+    parser.add_argument("--checkpoint-dir", help="Orbax checkpoints here; resumes from the latest one")
+    parser.add_argument("--out", help="write record.json and measurements.csv into this folder")
+    parser.add_argument("--json", action="store_true", help="print the trial record as JSON")
+
+
+def run(args) -> int:
+    from harness.train import run_trial
+
+    fields = {f.name for f in dataclasses.fields(TrialConfig)}
+    config = TrialConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    record = run_trial(config, data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir)
+    summary = {k: v for k, v in record.to_dict().items() if k != "measurements"}
+    if args.out:
+        import pandas as pd
+
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "record.json").write_text(json.dumps(record.to_dict(), indent=1))
+        pd.DataFrame(record.measurements).to_csv(out / "measurements.csv", index=False)
+        summary["measurements_file"] = str(out / "measurements.csv")
+    if args.json:
+        json.dump(summary, sys.stdout, indent=1)
+        print()
+    else:
+        print(f"{config.workload} B={config.batch_size}: {record.status}, steps to target "
+              f"{record.steps_to_target} ({record.metric} {'<' if record.direction == 'min' else '>'} "
+              f"{record.target}); final {record.metric} {record.final['val_metric']:.4f} at step {record.steps_run}")
+    return 0

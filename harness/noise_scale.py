@@ -1,0 +1,210 @@
+"""The gradient noise scale (McCandlish, Kaplan, Amodei 2018, "An Empirical
+Model of Large-Batch Training"), in JAX.
+
+With true gradient G, per-example gradient covariance Sigma and Hessian H:
+B_simple = tr(Sigma) / |G|^2 (eq. 2.9) and B_noise = tr(H Sigma) / (G^T H G)
+(eq. 2.8). The critical batch size is predicted as B_crit ~ B_noise, and
+B_simple is a good proxy for B_noise in practice (their Sec. 2.2-2.3).
+
+Online (inside a jitted training step): the two-batch unbiased estimators of
+Appendix A and separate exponential moving averages of the two estimates; the
+noise scale is the ratio of the averages, never an average of ratios.
+
+Offline (at fixed parameters): unbiased U-statistic estimates from many
+independent gradient samples, with delete-a-group jackknife standard errors.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from harness.errors import UserError
+
+
+# ---------------------------------------------------------------- online ----
+
+def two_batch_estimates(g_small_sq, g_big_sq, b_small, b_big):
+    """Unbiased estimates of |G|^2 and tr(Sigma) from squared gradient norms
+    at the same parameters (McCandlish et al. 2018, Appendix A, eqs. A.2-A.3):
+
+        |G|^2     ~ (b_big |G_big|^2 - b_small |G_small|^2) / (b_big - b_small)
+        tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (1/b_small - 1/b_big)
+
+    They follow from E|G_B|^2 = |G|^2 + tr(Sigma)/B for a gradient G_B over B
+    independent examples. `g_small_sq` may be the mean of |g_i|^2 over several
+    micro-batches of `b_small` examples and `g_big_sq` the squared norm of
+    their mean (`b_big` examples): both stay unbiased.
+    """
+    g2 = (b_big * g_big_sq - b_small * g_small_sq) / (b_big - b_small)
+    trace = (g_small_sq - g_big_sq) / (1.0 / b_small - 1.0 / b_big)
+    return g2, trace
+
+
+class GnsState(NamedTuple):
+    """Exponential moving averages of the |G|^2 and tr(Sigma) estimates, a
+    valid `lax.scan` carry. The averages are stored without bias correction;
+    `weight` = 1 - decay^t is the total weight they carry, and dividing by it
+    gives the bias-corrected averages (as Adam does, Kingma & Ba 2015, Sec. 3)."""
+
+    g2: jax.Array
+    trace: jax.Array
+    weight: jax.Array
+
+
+def gns_init() -> GnsState:
+    zero = jnp.zeros((), jnp.float32)
+    return GnsState(zero, zero, zero)
+
+
+def gns_update(state: GnsState, g_small_sq, g_big_sq, b_small, b_big, decay) -> GnsState:
+    """Fold one pair of squared gradient norms into the averages."""
+    g2, trace = two_batch_estimates(g_small_sq, g_big_sq, b_small, b_big)
+
+    def ema(old, new):
+        return decay * old + (1 - decay) * new
+
+    return GnsState(ema(state.g2, g2), ema(state.trace, trace), ema(state.weight, 1.0))
+
+
+def gns_estimates(state: GnsState):
+    """The bias-corrected averages (|G|^2, tr(Sigma)); NaN before any update."""
+    return state.g2 / state.weight, state.trace / state.weight
+
+
+def b_simple(state: GnsState):
+    """B_simple = EMA[tr(Sigma)] / EMA[|G|^2] (McCandlish et al. 2018, Appendix
+    A). Bias correction cancels in the ratio. NaN before any update; negative
+    while the |G|^2 average is negative, i.e. while the gradient noise still
+    swamps the signal at this batch size."""
+    return state.trace / state.g2
+
+
+# --------------------------------------------------------------- offline ----
+
+class NoiseScale(NamedTuple):
+    """An offline noise-scale estimate `value` = `noise` / `signal`, each with
+    its jackknife standard error. For B_simple, signal = |G|^2 and noise =
+    tr(Sigma); for B_noise, signal = G^T H G and noise = tr(H Sigma)."""
+
+    value: float
+    stderr: float
+    signal: float
+    signal_stderr: float
+    noise: float
+    noise_stderr: float
+
+
+def b_simple_offline(loss_fn, params, sample_batch, batch_size, num_samples, key, *, groups=16) -> NoiseScale:
+    """B_simple = tr(Sigma) / |G|^2 at fixed `params` (McCandlish et al. 2018,
+    eq. 2.9), from `num_samples` independent gradients of `loss_fn(params,
+    batch)` (a scalar mean loss) on batches `sample_batch(key, batch_size)`.
+    See `offline_noise_scales` for the estimators and their standard errors."""
+    return offline_noise_scales(loss_fn, params, sample_batch, batch_size, num_samples, key,
+                                groups=groups, hessian=False)["b_simple"]
+
+
+def b_noise_offline(loss_fn, params, sample_batch, batch_size, num_samples, key, *, groups=16) -> NoiseScale:
+    """B_noise = tr(H Sigma) / (G^T H G) at fixed `params` (McCandlish et al.
+    2018, eq. 2.8) with Hessian-vector products; see `offline_noise_scales`."""
+    return offline_noise_scales(loss_fn, params, sample_batch, batch_size, num_samples, key,
+                                groups=groups, hessian=True)["b_noise"]
+
+
+def offline_noise_scales(loss_fn: Callable, params, sample_batch: Callable, batch_size: int,
+                         num_samples: int, key, *, groups: int = 16, hessian: bool = True) -> dict:
+    """B_simple (and, with `hessian`, B_noise) at fixed parameters.
+
+    Draws `num_samples` gradients g_j, each on its own batch of `batch_size`
+    examples, split into `groups` equal groups. With S_k the sum of group k's
+    gradients, unbiased estimates come from pairs of samples in different
+    groups and from each sample with itself:
+
+        |G|^2         ~ mean over cross-group pairs (j, l) of g_j . g_l
+        tr(Sigma) / b ~ mean_j |g_j|^2 - |G|^2 estimate
+
+    (E g_j . g_l = |G|^2 for independent samples, E|g_j|^2 = |G|^2 +
+    tr(Sigma)/b). For B_noise the same with the inner product weighted by a
+    Hessian estimated on a batch drawn independently of the gradients it
+    multiplies, so that it stays unbiased: g_j^T H_j g_j with H_j on a fresh
+    batch of `batch_size` examples, and S_k^T H_k S_l with H_k on a fresh batch
+    of (num_samples / groups) * batch_size examples (one Hessian-vector
+    product, jax.jvp of jax.grad, per group).
+
+    Standard errors: delete-a-group jackknife over the `groups` groups (Efron
+    & Tibshirani 1993, Ch. 11), which also covers the noise of the Hessian
+    estimates and the ratio's nonlinearity. Batches should be drawn with
+    replacement (or from the population): Sigma is the per-example covariance
+    only when the examples of a batch are independent.
+
+    Returns {"b_simple": NoiseScale[, "b_noise": NoiseScale]}.
+    """
+    if groups < 2 or num_samples % groups or num_samples < 2 * groups:
+        raise UserError(f"num_samples must be a multiple of groups ({groups}) and at least "
+                        f"{2 * groups}, got {num_samples!r}")
+    stats = _offline_stats(loss_fn, params, sample_batch, batch_size, num_samples // groups,
+                           groups, hessian, key)
+    return {name: NoiseScale(*(float(v) for v in values)) for name, values in stats.items()}
+
+
+@partial(jax.jit, static_argnums=(0, 2, 3, 4, 5, 6))
+def _offline_stats(loss_fn, params, sample_batch, batch_size, per_group, groups, hessian, key):
+    flat, unravel = ravel_pytree(params)
+
+    def grad(batch, x):
+        return jax.grad(lambda y: loss_fn(unravel(y), batch))(x)
+
+    def hvp(batch, v):
+        """H v with H the Hessian of the loss on `batch` (forward-over-reverse)."""
+        return jax.jvp(partial(grad, batch), (flat,), (v,))[1]
+
+    def one_sample(k):
+        k_g, k_h = jax.random.split(k)
+        g = grad(sample_batch(k_g, batch_size), flat)
+        diag = {"b_simple": g @ g}
+        if hessian:
+            diag["b_noise"] = g @ hvp(sample_batch(k_h, batch_size), g)
+        return g, diag
+
+    def accumulate(carry, keys):
+        g, diag = jax.vmap(one_sample)(keys)
+        return jax.tree.map(jnp.add, carry, (g, diag)), None
+
+    k_samples, k_hess = jax.random.split(key)
+    zeros = jnp.zeros(groups, flat.dtype)
+    init = (jnp.zeros((groups, flat.size), flat.dtype),
+            {name: zeros for name in (("b_simple", "b_noise") if hessian else ("b_simple",))})
+    sample_keys = jax.random.split(k_samples, (per_group, groups))
+    (sums, diag), _ = jax.lax.scan(accumulate, init, sample_keys)
+
+    cross = {"b_simple": sums @ sums.T}
+    if hessian:
+        def hessian_row(args):
+            k, s_k = args
+            return sums @ hvp(sample_batch(k, per_group * batch_size), s_k)
+
+        cross["b_noise"] = jax.lax.map(hessian_row, (jax.random.split(k_hess, groups), sums))
+    return {name: _jackknife(diag[name], cross[name], per_group, batch_size) for name in diag}
+
+
+def _jackknife(diag, cross, per_group, batch_size):
+    """Estimates and delete-a-group jackknife standard errors of (ratio,
+    signal, noise) from per-group sums of the diagonal terms `diag` (m,) and
+    the matrix `cross` (m, m) of cross-group inner products (its diagonal
+    holds within-group pairs and self terms, and is excluded)."""
+    m = diag.shape[0]
+    off = cross - jnp.diag(jnp.diag(cross))
+
+    def estimate(diag_sum, off_sum, groups_kept):
+        n = groups_kept * per_group
+        signal = off_sum / (n * n - groups_kept * per_group ** 2)
+        noise = batch_size * (diag_sum / n - signal)
+        return jnp.stack([noise / signal, signal, noise])
+
+    full = estimate(diag.sum(), off.sum(), m)
+    loo = jax.vmap(estimate, (0, 0, None))(diag.sum() - diag, off.sum() - off.sum(0) - off.sum(1), m - 1)
+    stderr = jnp.sqrt((m - 1) / m * ((loo - loo.mean(0)) ** 2).sum(0))
+    return jnp.stack([full, stderr], 1).reshape(-1)

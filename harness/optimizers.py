@@ -1,0 +1,57 @@
+"""Optimizers and learning-rate schedules of the large-batch literature, all
+built from optax (nothing hand-written). Tables of builders, not if/elif
+chains: a new optimizer or schedule is one entry."""
+from __future__ import annotations
+
+import optax
+
+from harness.trial import TrialConfig
+
+# Weight decay is built into these; the others get optax.add_decayed_weights.
+_DECAY_BUILT_IN = ("adamw", "lars", "lamb")
+
+_OPTIMIZERS = {
+    "sgd": lambda c, lr: optax.sgd(lr),
+    # optax's trace is TF's momentum: v <- g + m v, update -lr v (Shallue et al. Sec. 2).
+    "momentum": lambda c, lr: optax.sgd(lr, momentum=c.momentum),
+    "nesterov": lambda c, lr: optax.sgd(lr, momentum=c.momentum, nesterov=True),
+    "adam": lambda c, lr: optax.adam(lr, b1=c.b1, b2=c.b2, eps=c.eps),
+    "adamw": lambda c, lr: optax.adamw(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay),
+    # You et al. 2017. Note optax applies weight decay before the trust ratio.
+    "lars": lambda c, lr: optax.lars(lr, weight_decay=c.weight_decay, trust_coefficient=c.trust_coefficient,
+                                      momentum=c.momentum),
+    # You et al. 2020.
+    "lamb": lambda c, lr: optax.lamb(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay),
+}
+
+_SCHEDULES = {
+    "constant": lambda c, lr: optax.constant_schedule(lr),
+    # Shallue et al. 2019, Sec. 4.5: eta(t) = eta0 (1 - (1 - alpha) t / T), then alpha eta0.
+    "linear_decay": lambda c, lr: optax.polynomial_schedule(lr, c.end_lr_factor * lr, 1, c.decay_steps),
+    "cosine": lambda c, lr: optax.cosine_decay_schedule(lr, c.decay_steps, alpha=c.end_lr_factor),
+    # Goyal et al. 2017: multiply by decay_factor at each boundary step.
+    "step": lambda c, lr: optax.piecewise_constant_schedule(lr, {b: c.decay_factor for b in c.boundaries}),
+}
+
+_WARMUPS = {
+    # Goyal et al. 2017, Sec. 2.2: gradual warmup from warmup_factor * eta0 to eta0.
+    "linear": lambda c, lr: optax.linear_schedule(c.warmup_factor * lr, lr, c.warmup_steps),
+    "constant": lambda c, lr: optax.constant_schedule(c.warmup_factor * lr),
+}
+
+
+def make_schedule(config: TrialConfig) -> optax.Schedule:
+    """The learning rate at each step; after a warmup prefix the main schedule
+    starts from its own step 0."""
+    lr = config.effective_learning_rate()
+    schedule = _SCHEDULES[config.schedule](config, lr)
+    if config.warmup == "none":
+        return schedule
+    return optax.join_schedules([_WARMUPS[config.warmup](config, lr), schedule], [config.warmup_steps])
+
+
+def make_optimizer(config: TrialConfig) -> optax.GradientTransformation:
+    optimizer = _OPTIMIZERS[config.optimizer](config, make_schedule(config))
+    if config.weight_decay and config.optimizer not in _DECAY_BUILT_IN:
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), optimizer)
+    return optimizer

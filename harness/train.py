@@ -1,0 +1,278 @@
+"""The training engine: one trial, from a TrialConfig to a TrialRecord.
+
+The dataset lives on the device(s); every step draws its batch there from a
+per-epoch permutation that depends only on (seed, epoch), so a trial is
+deterministic and resumes bit-identically. Steps between two evaluations run
+inside one compiled `fori_loop`, so small batches are not dominated by Python
+dispatch. The global batch is sharded over a 1-D device mesh ('data') and jit
+partitions the step: the gradient is the mean over the whole global batch, so
+one device and eight give the same update (no pmean to get wrong).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from harness import checkpoint, noise_scale
+from harness.errors import UserError
+from harness.losses import LOSSES, METRIC_FUNCTIONS
+from harness.optimizers import make_optimizer
+from harness.trial import TrialConfig, TrialRecord
+from harness.workloads import METRICS, Workload, get_workload
+
+EVAL_BATCH = 1024
+GEOMETRIC_RATIO = 2 ** 0.25  # four evaluations per doubling of the step count
+
+
+class TrainState(NamedTuple):
+    params: dict
+    model_state: dict  # e.g. batch-norm statistics; empty for most models
+    opt_state: optax.OptState
+    gns: noise_scale.GnsState | None
+
+
+def evaluation_steps(config: TrialConfig, every: int) -> list[int]:
+    """Steps after which the validation set is evaluated (step 0 is always
+    evaluated). 'linear': every `every` steps. 'geometric': dense early,
+    GEOMETRIC_RATIO apart until that spacing reaches `every`, then every
+    `every` steps. The budget's last step is always included."""
+    steps = set(range(every, config.max_steps + 1, every)) | {config.max_steps}
+    if config.eval_schedule == "geometric":
+        s = 1.0
+        while s * (GEOMETRIC_RATIO - 1) < every and s < config.max_steps:
+            steps.add(math.ceil(s))
+            s *= GEOMETRIC_RATIO
+    return sorted(steps)
+
+
+class Engine:
+    """The compiled functions and device-resident data of one trial."""
+
+    def __init__(self, workload: Workload, data, config: TrialConfig):
+        self.config = config
+        self.mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+        replicated = NamedSharding(self.mesh, P())
+        self.train = jax.device_put((data.train_x, data.train_y), replicated)
+        self.val = _eval_chunks(data.val_x, data.val_y, jax.device_count(), NamedSharding(self.mesh, P(None, "data")))
+        self.steps_per_epoch = len(data.train_x) // config.batch_size
+        self.model = workload.make_model(data, **config.workload_options)
+        self.loss_fn, self.metric_fn = LOSSES[workload.loss], METRIC_FUNCTIONS[workload.metric]
+        self.tx = make_optimizer(config)
+        self.example = data.train_x[:1]
+        self._permutation = jax.jit(lambda key, epoch, n: jax.random.permutation(jax.random.fold_in(key, epoch), n),
+                                    static_argnums=2)
+        self._chunk = jax.jit(self._train_chunk, donate_argnums=0)
+        self._evaluate = jax.jit(self._eval)
+
+    def init(self) -> TrainState:
+        variables = self.model.init(jax.random.key(self.config.seed), self.example, train=False)
+        params = variables["params"]
+        model_state = {k: v for k, v in variables.items() if k != "params"}
+        gns = noise_scale.gns_init() if self.config.gns else None
+        state = TrainState(params, model_state, self.tx.init(params), gns)
+        return jax.device_put(state, NamedSharding(self.mesh, P()))
+
+    # --- the compiled parts ---------------------------------------------------
+    def _micro_loss(self, params, model_state, x, y):
+        variables = {"params": params, **model_state}
+        if model_state:
+            out, model_state = self.model.apply(variables, x, train=True, mutable=list(model_state))
+        else:
+            out = self.model.apply(variables, x, train=True)
+        return self.loss_fn(out, y, self.config.label_smoothing).mean(), model_state
+
+    def _step(self, state: TrainState, x, y):
+        """One update from a batch split into `microbatches` micro-batches of
+        equal size (leading axis): the mean of their gradients is the gradient
+        of the whole batch, so accumulation equals one big batch."""
+        grad_fn = jax.value_and_grad(self._micro_loss, has_aux=True)
+
+        def micro(carry, xy):
+            grads, sq_norms, loss, model_state = carry
+            (l, model_state), g = grad_fn(state.params, model_state, *xy)
+            return (jax.tree.map(jnp.add, grads, g), sq_norms + optax.tree.norm(g, squared=True),
+                    loss + l, model_state), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (grads, sq_norms, loss, model_state), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0, state.model_state), (x, y))
+        k = self.config.microbatches
+        grads = jax.tree.map(lambda g: g / k, grads)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        gns = state.gns
+        if self.config.gns:
+            b = self.config.batch_size
+            gns = noise_scale.gns_update(gns, sq_norms / k, optax.tree.norm(grads, squared=True), b // k, b,
+                                         self.config.gns_ema)
+        return TrainState(optax.apply_updates(state.params, updates), model_state, opt_state, gns), loss / k
+
+    def _train_chunk(self, state, train, perm, first, n):
+        """Steps first .. first+n-1 of an epoch whose example order is `perm`.
+        Returns the new state, the summed train loss and the index of the first
+        step with a non-finite loss (-1 if none)."""
+        (train_x, train_y), b, k = train, self.config.batch_size, self.config.microbatches
+        sharding = NamedSharding(self.mesh, P(None, "data"))
+
+        def body(i, carry):
+            state, loss_sum, bad = carry
+            idx = jax.lax.dynamic_slice_in_dim(perm, (first + i) * b, b)
+            x, y = (jax.lax.with_sharding_constraint(a[idx].reshape(k, b // k, *a.shape[1:]), sharding)
+                    for a in (train_x, train_y))
+            state, loss = self._step(state, x, y)
+            bad = jnp.where((bad < 0) & ~jnp.isfinite(loss), i, bad)
+            return state, loss_sum + loss, bad
+
+        return jax.lax.fori_loop(0, n, body, (state, jnp.float32(0.0), jnp.int32(-1)))
+
+    def _eval(self, params, model_state, val):
+        def chunk(sums, xyw):
+            x, y, w = xyw
+            out = self.model.apply({"params": params, **model_state}, x, train=False)
+            return sums + jnp.stack([(self.loss_fn(out, y) * w).sum(), (self.metric_fn(out, y) * w).sum()]), None
+
+        sums, _ = jax.lax.scan(chunk, jnp.zeros(2), val)
+        return sums / val[2].sum()
+
+    # --- host side ------------------------------------------------------------
+    def advance(self, state: TrainState, start: int, stop: int):
+        """Train from step `start` to `stop`; returns (state, mean train loss,
+        first step whose loss was not finite or None)."""
+        loss_sum, step, bad_step = 0.0, start, None
+        key = jax.random.key(self.config.seed)
+        while step < stop:
+            epoch, first = divmod(step, self.steps_per_epoch)
+            n = min(stop - step, self.steps_per_epoch - first)
+            perm = self._permutation(key, epoch, len(self.train[0]))
+            state, chunk_loss, bad = self._chunk(state, self.train, perm, first, n)
+            loss_sum += float(chunk_loss)
+            if bad_step is None and int(bad) >= 0:
+                bad_step = step + int(bad) + 1
+            step += n
+        return state, loss_sum / (stop - start), bad_step
+
+    def evaluate(self, state: TrainState) -> tuple[float, float]:
+        loss, metric = self._evaluate(state.params, state.model_state, self.val)
+        return float(loss), float(metric)
+
+
+def _eval_chunks(x, y, n_devices, sharding):
+    """The validation set as (chunks, EVAL_BATCH', ...) arrays plus weights that
+    mask the padding, so every example counts exactly once."""
+    size = min(EVAL_BATCH, len(x))
+    size = -(-size // n_devices) * n_devices
+    n = -(-len(x) // size)
+    pad = n * size - len(x)
+
+    def chunked(a):
+        return np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]).reshape(n, size, *a.shape[1:])
+
+    w = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)])
+    return jax.device_put((chunked(x), chunked(y), w.reshape(n, size)), sharding)
+
+
+def _crossed(value: float, target: float, direction: str) -> bool:
+    """Shallue et al. (2019) count a target as reached when the metric is
+    strictly below it (strictly above for a metric to maximise)."""
+    return value < target if direction == "min" else value > target
+
+
+def check_trial(config: TrialConfig, workload: Workload, train_size: int) -> float:
+    """Validate what depends on the workload and devices; returns the target."""
+    config.validate()
+    target = workload.target if config.target is None else config.target
+    direction, lo, hi = METRICS[workload.metric]
+    reachable = lo < target <= hi if direction == "min" else lo <= target < hi
+    if not reachable:
+        side = "strictly below" if direction == "min" else "strictly above"
+        raise UserError(f"target {target} can never be reached: {workload.metric} must get {side} it and "
+                        f"lies in [{lo}, {hi}]; allowed: {'(' if direction == 'min' else '['}{lo}, {hi}"
+                        f"{']' if direction == 'min' else ')'}")
+    if config.batch_size > train_size:
+        raise UserError(f"batch_size {config.batch_size} is above the training set size {train_size}; "
+                        f"allowed: 1 .. {train_size}")
+    per_device = config.batch_size // config.microbatches
+    if per_device % jax.device_count():
+        raise UserError(f"batch_size {config.batch_size} / microbatches {config.microbatches} = {per_device} is not "
+                        f"divisible by the device count {jax.device_count()}; allowed: multiples of "
+                        f"{jax.device_count() * config.microbatches}")
+    return target
+
+
+def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
+              prune_above: Callable[[], int | None] | None = None,
+              on_eval: Callable[[dict], None] | None = None) -> TrialRecord:
+    """Train one trial until the target, the budget, divergence or pruning.
+
+    Status (Shallue et al. 2019, App. B): `complete` when the validation metric
+    crossed the target, `diverged` when the train loss became non-finite or
+    exceeded `divergence_factor` times its initial value, `incomplete` when the
+    budget ran out, `pruned` when `prune_above()` says a better steps-to-target
+    exists at this batch size already."""
+    workload = get_workload(config.workload)
+    config.validate()
+    data = workload.load_data(data_dir)
+    target = check_trial(config, workload, len(data.train_x))
+    engine = Engine(workload, data, config)
+    state, saved = engine.init(), None
+    if checkpoint_dir and config.checkpoint_every:
+        state, saved = checkpoint.restore(checkpoint_dir, state)
+    rows = saved["rows"] if saved else []
+    elapsed = saved["elapsed"] if saved else 0.0
+    t0 = time.perf_counter() - elapsed
+    if not rows:
+        val_loss, metric = engine.evaluate(state)
+        rows.append(dict(step=0, examples=0, train_loss=float("nan"), val_loss=val_loss, val_metric=metric,
+                         wall_time=time.perf_counter() - t0, **_gns_row(state)))
+    initial_loss = rows[0]["val_loss"]
+    status, steps_to_target = _status_of(rows, target, workload.direction)
+    last_saved = rows[-1]["step"]
+    for stop in evaluation_steps(config, config.eval_every or workload.eval_every):
+        if status is not None and (status != "complete" or config.stop_at_target):
+            break
+        start = rows[-1]["step"]
+        if stop <= start:
+            continue
+        state, train_loss, bad_step = engine.advance(state, start, stop)
+        val_loss, metric = engine.evaluate(state)
+        row = dict(step=stop, examples=stop * config.batch_size, train_loss=train_loss, val_loss=val_loss,
+                   val_metric=metric, wall_time=time.perf_counter() - t0, **_gns_row(state))
+        rows.append(row)
+        if on_eval:
+            on_eval(row)
+        if bad_step is not None or not train_loss < config.divergence_factor * initial_loss:
+            row["diverged_at"] = bad_step or stop
+            status = "diverged"
+        elif steps_to_target is None and _crossed(metric, target, workload.direction):
+            status, steps_to_target = "complete", stop
+        elif steps_to_target is None and prune_above and (best := prune_above()) is not None and stop >= best:
+            status = "pruned"
+        if checkpoint_dir and config.checkpoint_every and stop - last_saved >= config.checkpoint_every:
+            checkpoint.save(checkpoint_dir, stop, state, {"rows": rows, "elapsed": time.perf_counter() - t0})
+            last_saved = stop
+    final = rows[-1]
+    return TrialRecord(config=config.to_dict(), status=status or "incomplete", steps_to_target=steps_to_target,
+                       metric=workload.metric, direction=workload.direction, target=target, measurements=rows,
+                       final=final, steps_run=final["step"], wall_time=time.perf_counter() - t0)
+
+
+def _status_of(rows, target, direction):
+    """Status and steps-to-target implied by rows restored from a checkpoint."""
+    for row in rows:
+        if "diverged_at" in row:
+            return "diverged", None
+        if _crossed(row["val_metric"], target, direction):
+            return "complete", row["step"]
+    return None, None
+
+
+def _gns_row(state: TrainState) -> dict:
+    if state.gns is None:
+        return {}
+    g2, trace = (float(v) for v in noise_scale.ema_estimates(state.gns))
+    return dict(gns_g2=g2, gns_trace=trace, gns_b_simple=trace / g2 if g2 > 0 else float("nan"))
