@@ -77,7 +77,8 @@ class Engine:
         model_state = {k: v for k, v in variables.items() if k != "params"}
         gns = noise_scale.gns_init() if self.config.gns else None
         state = TrainState(params, model_state, self.tx.init(params), gns)
-        return jax.device_put(state, NamedSharding(self.mesh, P()))
+        # Copies, so that leaves sharing one buffer (optax and gns zeros) can be donated.
+        return jax.device_put(jax.tree.map(jnp.copy, state), NamedSharding(self.mesh, P()))
 
     # --- the compiled parts ---------------------------------------------------
     def _micro_loss(self, params, model_state, x, y):
@@ -274,5 +275,5 @@ def _status_of(rows, target, direction):
 def _gns_row(state: TrainState) -> dict:
     if state.gns is None:
         return {}
-    g2, trace = (float(v) for v in noise_scale.ema_estimates(state.gns))
-    return dict(gns_g2=g2, gns_trace=trace, gns_b_simple=trace / g2 if g2 > 0 else float("nan"))
+    g2, trace = (float(v) for v in noise_scale.gns_estimates(state.gns))
+    return dict(gns_g2=g2, gns_trace=trace, gns_b_simple=float(noise_scale.b_simple(state.gns)))
