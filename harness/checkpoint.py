@@ -9,7 +9,8 @@ import orbax.checkpoint as ocp
 
 
 def _manager(directory) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False)
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
 
 

@@ -228,8 +228,8 @@ def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
     t0 = time.perf_counter() - elapsed
     if not rows:
         val_loss, metric = engine.evaluate(state)
-        rows.append(dict(step=0, examples=0, train_loss=float("nan"), val_loss=val_loss, val_metric=metric,
-                         wall_time=time.perf_counter() - t0, **_gns_row(state)))
+        rows.append(dict(step=0, examples=0, train_loss=None, val_loss=val_loss, val_metric=metric,
+                         wall_time=time.perf_counter() - t0))
     initial_loss = rows[0]["val_loss"]
     status, steps_to_target = _status_of(rows, target, workload.direction)
     last_saved = rows[-1]["step"]
