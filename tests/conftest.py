@@ -1,0 +1,14 @@
+"""Shared fixtures: the folder of real datasets (../shared/data or $CBS_DATA_DIR)."""
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real datasets: $CBS_DATA_DIR, else ../shared/data beside the checkout.
+    A missing folder fails the tests that need it, naming the path."""
+    path = Path(os.environ.get("CBS_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    assert path.is_dir(), f"dataset folder {path} not found: set CBS_DATA_DIR or put the data in ../shared/data"
+    return path
