@@ -252,3 +252,29 @@ def test_users_own_workload_from_a_file(data_dir, capsys):
     assert main(["train", "--workload", f"{ROOT}/experiments/custom_workload.py:nope", "--batch-size", "8",
                  "--learning-rate", "0.1"]) == 2
     assert "has no Workload named 'nope'; Workloads there: workload" in capsys.readouterr().err
+
+
+def test_two_processes_equal_one_process_with_two_devices(data_dir, tmp_path):
+    """Multi-host as far as one machine allows: two processes joined by
+    jax.distributed (gloo collectives on CPU) train like one process with two
+    devices."""
+    import json
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = [sys.executable, "-m", "harness.cli", "train", "--workload", "mnist_fc128x1", "--batch-size", "64",
+            "--learning-rate", "0.05", "--max-steps", "30", "--eval-every", "10", "--no-stop-at-target",
+            "--data-dir", str(data_dir)]
+    env1 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen(base + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                                      "--process-id", str(i), "--out", str(tmp_path / f"p{i}")], env=env1,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    env2 = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    subprocess.run(base + ["--out", str(tmp_path / "single")], env=env2, check=True, capture_output=True)
+    multi, single = (json.loads((tmp_path / d / "record.json").read_text())["measurements"] for d in ("p0", "single"))
+    assert not (tmp_path / "p1").exists(), "only process 0 writes"
+    for m, s in zip(multi, single):
+        assert m["val_loss"] == pytest.approx(s["val_loss"], rel=1e-5)

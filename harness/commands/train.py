@@ -32,16 +32,31 @@ def add_arguments(parser):
     parser.add_argument("--checkpoint-dir", help="Orbax checkpoints here; resumes from the latest one")
     parser.add_argument("--out", help="write record.json and measurements.csv into this folder")
     parser.add_argument("--json", action="store_true", help="print the trial record as JSON")
+    multi = parser.add_argument_group("multi-host (run the same command on every host)")
+    multi.add_argument("--coordinator", help="HOST:PORT of process 0, for jax.distributed.initialize")
+    multi.add_argument("--num-processes", type=int)
+    multi.add_argument("--process-id", type=int)
+
+
+def _initialize_distributed(args):
+    """Multi-host data parallelism: every process joins one global device mesh
+    and feeds the same (deterministic) batches; jit does the rest."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used only by CPU devices
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    return jax.process_index() == 0
 
 
 def run(args) -> int:
     from harness.train import run_trial
 
+    writer = _initialize_distributed(args) if args.coordinator else True
     fields = {f.name for f in dataclasses.fields(TrialConfig)}
     config = TrialConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     record = run_trial(config, data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir)
     summary = {k: v for k, v in record.to_dict().items() if k != "measurements"}
-    if args.out:
+    if args.out and writer:
         import pandas as pd
 
         out = Path(args.out)
