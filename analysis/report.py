@@ -1,0 +1,162 @@
+"""A sweep's results as one self-contained HTML page: the critical batch size
+with its interval and warnings, the steps-to-result table, the noise-scale
+summary, every figure (embedded as base64 PNG), the trials and the spec. It
+needs no server, script or network: any browser opens the file as it is.
+
+`steps_table`, `unreached` and `fit_summary` are also what `cbs analyze` prints.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import load_sweep
+from analysis.plots import Curve, analyze, sweep_figures, target_label
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2em; } .sub { color: #555; margin-top: 0; }
+.result { border-left: 5px solid #1f77b4; background: #f3f7fb; padding: 0.6em 1em; margin: 1em 0; }
+.result .big { font-size: 1.6em; font-weight: 600; }
+.warning { border-left: 5px solid #d62728; background: #fdf1f1; padding: 0.4em 1em; margin: 0.4em 0; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f0f0f0; } figure { margin: 1.5em 0; } figure img { max-width: 100%; }
+figcaption { color: #444; font-size: 0.92em; } pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
+"""
+
+
+def _num(x, digits=4) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def steps_table(sweep, curve: Curve) -> pd.DataFrame:
+    """The steps-to-result columns a reader needs: batch size, steps, examples,
+    the resolution (evaluation cadence at the crossing), the searched
+    metaparameters of the best trial and its id."""
+    searched = [c for c in ((sweep.spec.get("search") or {}).get("space") or {}) if c in curve.table]
+    return curve.table[["batch_size", "steps", "examples", "resolution", *searched, "trial_id"]]
+
+
+def unreached(sweep, curve: Curve) -> str:
+    """The sentence naming the spec's batch sizes where no trial reached the target ('' if none)."""
+    missing = sorted(set(sweep.spec["batch_sizes"]) - set(curve.table["batch_size"]))
+    return f"no trial reached the target at batch size(s) {', '.join(map(str, missing))}" if missing else ""
+
+
+def fit_summary(curve: Curve) -> list[str]:
+    """The fit in sentences: both definitions of the critical batch size, the
+    regimes of Shallue et al. (2019) and the fit's warnings (prefixed 'warning:')."""
+    fit = curve.fit
+    lo, hi = fit.b_crit_ci
+    olo, ohi = fit.b_crit_overhead_ci
+    return [
+        f"critical batch size B_crit = E_min / S_min (McCandlish et al. 2018): {_num(fit.b_crit)} "
+        f"({fit.confidence:.0%} interval {_num(lo)} .. {_num(hi)}, bootstrap over {fit.bootstrap}, "
+        f"{fit.n_bootstrap} replicates)",
+        f"S_min = {_num(fit.s_min)} steps, E_min = {_num(fit.e_min)} examples",
+        f"critical batch size at {fit.overhead_percent:g}% step overhead (Zhang et al. 2024; reference: "
+        f"{fit.overhead_reference}): {_num(fit.b_crit_overhead)} ({_num(olo)} .. {_num(ohi)}); "
+        f"with the smallest measured batch size as reference: {_num(fit.b_crit_overhead_empirical)}",
+        f"perfect scaling up to B = {_num(fit.perfect_scaling_end)}; maximal useful batch size "
+        f"(Shallue et al. 2019): {_num(fit.max_useful_batch_size)}",
+        *(f"warning: {w}" for w in fit.warnings),
+    ]
+
+
+def noise_scale_table(sweep, curve: Curve) -> pd.DataFrame | None:
+    """Per batch size, the noise scale B_simple (McCandlish et al. 2018, Eq. 2.8):
+    at the first evaluation (median over trials), over all of training (median
+    over rows) and where the best trial reached the target, the loss at which
+    B_simple predicts B_crit (their Sec. 3). None without gns columns."""
+    m = sweep.measurements
+    if "gns_b_simple" not in m or not m["gns_b_simple"].notna().any():
+        return None
+    m = m.dropna(subset=["gns_b_simple"]).sort_values("step")
+    first = m.drop_duplicates("trial_id").groupby("batch_size")["gns_b_simple"].median()
+    overall = m.groupby("batch_size")["gns_b_simple"].median()
+    at_target = curve.table[["trial_id", "steps"]].merge(
+        m, left_on=["trial_id", "steps"], right_on=["trial_id", "step"]).set_index("batch_size")["gns_b_simple"]
+    return pd.DataFrame({"B_simple at first evaluation": first, "B_simple over training": overall,
+                         "B_simple at the target (best trial)": at_target}).reset_index()
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _table_html(df: pd.DataFrame, table_id: str) -> str:
+    return df.to_html(index=False, table_id=table_id, na_rep="–", border=0,
+                      float_format=lambda v: f"{v:.4g}")
+
+
+def render_report(sweep) -> str:
+    """The HTML page of a sweep (analysis.load_sweep)."""
+    spec = sweep.spec
+    curve = analyze(sweep)
+    esc = html.escape
+    title = f"Critical batch size: {spec.get('name') or spec['workload']}"
+    counts = sweep.trials.groupby(["batch_size", "status"]).size().unstack(fill_value=0) \
+        .rename_axis(columns=None).reset_index() if len(sweep.trials) else pd.DataFrame()
+    parts = [f"<h1>{esc(title)}</h1>",
+             f"<p class='sub'>workload <b>{esc(spec['workload'])}</b>, optimizer <b>{esc(spec['optimizer'])}</b>, "
+             f"target <b>{esc(target_label(spec, curve.target))}</b>, {len(sweep.trials)} trials; "
+             f"sweep folder {esc(str(sweep.folder))}; report written "
+             f"{datetime.datetime.now().isoformat(timespec='seconds')}</p>"]
+    lines = fit_summary(curve)
+    facts = [line for line in lines if not line.startswith("warning: ")]
+    lo, hi = curve.fit.b_crit_ci
+    parts += ["<section id='fit'><h2>Critical batch size</h2><div class='result'>",
+              f"<div class='big'>B_crit = <span id='b-crit'>{_num(curve.fit.b_crit)}</span></div>",
+              f"<div>{curve.fit.confidence:.0%} interval <span id='b-crit-ci'>{_num(lo)} .. {_num(hi)}</span></div>",
+              "<ul>", *(f"<li>{esc(line)}</li>" for line in facts), "</ul></div>",
+              *(f"<div class='warning'>{esc(line)}</div>" for line in lines if line.startswith("warning: ")),
+              "</section>"]
+    parts.append("<section id='steps'><h2>Steps to result</h2>")
+    if len(curve.table):
+        parts.append(_table_html(steps_table(sweep, curve), "steps-table"))
+    if missing := unreached(sweep, curve):
+        parts.append(f"<p>{esc(missing)}</p>")
+    parts.append("</section>")
+    gns = noise_scale_table(sweep, curve)
+    if gns is not None:
+        predicted = gns["B_simple at the target (best trial)"].median()
+        parts += ["<section id='noise-scale'><h2>Gradient noise scale</h2>",
+                  f"<p>The noise scale B_simple = tr(Σ) / |G|² (McCandlish et al. 2018) predicts the critical "
+                  f"batch size without a sweep. Where the best trials reached the target (median over batch "
+                  f"sizes): <b id='b-simple'>{_num(predicted)}</b>; measured B_crit: "
+                  f"<b>{_num(curve.fit.b_crit)}</b>.</p>",
+                  _table_html(gns, "noise-scale-table"), "</section>"]
+    parts.append("<section id='figures'><h2>Figures</h2>")
+    for name, caption, fig in sweep_figures(sweep, main=curve):
+        parts.append(f"<figure id='figure-{name}'><img alt='{esc(name)}' src='data:image/png;base64,{_png(fig)}'>"
+                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+    parts.append("</section>")
+    if len(counts):
+        parts += ["<section id='trials'><h2>Trials by batch size and status</h2>",
+                  _table_html(counts, "trials-table"), "</section>"]
+    spec_file = Path(sweep.folder) / "spec.toml"
+    parts += ["<section id='spec'><h2>Spec</h2>",
+              f"<pre id='spec-toml'>{esc(spec_file.read_text())}</pre>" if spec_file.exists() else "",
+              "<details><summary>with every default resolved</summary>",
+              f"<pre id='spec-json'>{esc(json.dumps(spec, indent=1, default=str))}</pre></details></section>"]
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def write_report(sweep_folder, out_path) -> Path:
+    """Write the report of the sweep in `sweep_folder` to `out_path`."""
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_report(load_sweep(sweep_folder)), encoding="utf-8")
+    return out

@@ -1,0 +1,43 @@
+"""`cbs plot FOLDER [FOLDER ...]`: every figure a sweep's data support (Shallue
+et al. 2019; McCandlish et al. 2018), as PNG and PDF; with several sweep
+folders, also their normalised steps-to-result on one plot (optimizers, model
+sizes)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_arguments(parser):
+    parser.add_argument("folders", nargs="+", metavar="FOLDER", help="sweep folder(s) written by `cbs sweep`")
+    parser.add_argument("--out", help="folder for the figures (default: FOLDER/figures; with several "
+                                      "sweeps, one subfolder per sweep plus comparison.png/.pdf)")
+    parser.add_argument("--targets", help="comma-separated targets for the multi-target figures "
+                                          "(default: the sweep's target and two looser ones)")
+
+
+def run(args) -> int:
+    from analysis import load_sweep
+    from analysis.plots import compare_sweeps, plot_sweep, save
+    from harness.errors import UserError
+
+    targets = None
+    if args.targets:
+        try:
+            targets = [float(t) for t in args.targets.split(",")]
+        except ValueError:
+            raise UserError(f"--targets: expected comma-separated numbers, got {args.targets!r}") from None
+    sweeps = [load_sweep(folder) for folder in args.folders]
+    several = len(sweeps) > 1
+    paths = []
+    for sweep in sweeps:
+        out = Path(args.out) / sweep.folder.name if args.out and several else \
+            Path(args.out) if args.out else sweep.folder / "figures"
+        written = plot_sweep(sweep, out, targets)
+        if not written:
+            print(f"{sweep.folder}: no figure: no trial has completed yet")
+        paths += written
+    if several:
+        paths += save(compare_sweeps(sweeps), Path(args.out or ".") / "comparison")
+    for path in paths:
+        print(path)
+    return 0

@@ -1,0 +1,155 @@
+"""The HTML report as a reader sees it (rendered by headless Chromium), and the
+`cbs analyze`, `cbs plot` and `cbs report` commands on a hand-made sweep folder
+whose steps to result are known (tests/test_plots.py: make_sweep)."""
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from analysis import load_sweep
+from analysis.fit import fit_sweep
+from harness.cli import main
+from test_plots import B_CRIT, TARGET, designed_steps, make_sweep
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SIZES = (4, 8, 16, 32, 64, 128)
+# Injected into a copy of the report: after the page has loaded, write what the
+# reader sees (rendered text, table cells, decoded image sizes) into the DOM.
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const cells = (id) => [...document.querySelectorAll(`#${id} tr`)].map(
+    (tr) => [...tr.children].map((c) => c.innerText.trim()));
+  const seen = {
+    b_crit: document.getElementById("b-crit").innerText,
+    headline: document.querySelector(".result .big").innerText,
+    steps: cells("steps-table"),
+    noise: cells("noise-scale-table"),
+    trials: cells("trials-table"),
+    spec: document.getElementById("spec-toml").innerText,
+    images: [...document.images].map((i) => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]),
+    warnings: [...document.querySelectorAll(".warning")].map((w) => w.innerText),
+  };
+  const out = document.createElement("pre");
+  out.id = "seen";
+  out.textContent = JSON.stringify(seen);
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+@pytest.fixture(scope="module")
+def sweep_folder(tmp_path_factory):
+    return make_sweep(tmp_path_factory.mktemp("report") / "sweep", batch_sizes=SIZES)
+
+
+@pytest.fixture(scope="module")
+def report(sweep_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "report.html"
+    assert main(["report", str(sweep_folder), "--out", str(out)]) == 0
+    return out
+
+
+def _chromium(page, tmp_path, *args):
+    if not shutil.which(CHROMIUM):
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'chromium-profile'}", *args, page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+def test_report_is_self_contained(report):
+    text = report.read_text()
+    assert not re.search(r"<script|<link|src=['\"](?!data:image/png;base64,)", text)
+    assert text.count("<img ") == 7
+
+
+def test_report_as_rendered_by_chromium(report, sweep_folder, tmp_path):
+    page = tmp_path / "probed.html"
+    page.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+    dom = _chromium(page, tmp_path, "--dump-dom", "--virtual-time-budget=10000")
+    seen = json.loads(html.unescape(re.search(r'<pre id="seen">(.*?)</pre>', dom, re.S)[1]))
+
+    sweep = load_sweep(sweep_folder)
+    fit = fit_sweep(sweep.trials, sweep.measurements, TARGET, "min")
+    assert seen["b_crit"] == f"{fit.b_crit:.4g}" and seen["headline"] == f"B_crit = {fit.b_crit:.4g}"
+    assert float(seen["b_crit"]) == pytest.approx(B_CRIT, rel=0.1)
+
+    header, *rows = seen["steps"]
+    assert header == ["batch_size", "steps", "examples", "resolution", "learning_rate", "momentum", "trial_id"]
+    assert [(int(r[0]), int(r[1]), int(r[2])) for r in rows] == [
+        (b, designed_steps(b, 0), b * designed_steps(b, 0)) for b in SIZES]
+
+    header, *rows = seen["noise"]
+    assert header[0] == "batch_size" and "B_simple at the target (best trial)" in header
+    at_target = [float(r[header.index("B_simple at the target (best trial)")]) for r in rows]
+    np.testing.assert_allclose(at_target, [20 + designed_steps(b, 0) / 10 for b in SIZES], rtol=1e-3)
+
+    assert seen["trials"] == [["batch_size", "complete", "diverged"]] + [[str(b), "3", "1"] for b in SIZES]
+    assert 'workload = "linear_regression"' in seen["spec"]
+
+    names = [alt for alt, *_ in seen["images"]]
+    assert names == ["steps", "steps_normalised", "metaparameters", "feasibility", "budgets", "pareto",
+                     "noise_scale"]
+    assert all(complete and width > 400 and height > 300 for _, complete, width, height in seen["images"])
+    assert seen["warnings"] == [f"warning: {w}" for w in fit.warnings]
+
+
+def test_report_screenshot(report, tmp_path):
+    """What a reader sees first: the page renders to a non-blank picture."""
+    _chromium(report, tmp_path, f"--screenshot={tmp_path / 'shot.png'}", "--window-size=1200,900")
+    pixels = matplotlib.image.imread(tmp_path / "shot.png")
+    assert pixels.shape[:2] == (900, 1200)
+    assert pixels[..., :3].std() > 0.05  # text, tables and figures, not an empty page
+
+
+def test_analyze_json(sweep_folder, capsys):
+    assert main(["analyze", str(sweep_folder), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["target"], out["direction"]) == (TARGET, "min")
+    assert [(r["batch_size"], r["steps"]) for r in out["rows"]] == [(b, designed_steps(b, 0)) for b in SIZES]
+    assert out["fit"]["b_crit"] == pytest.approx(B_CRIT, rel=0.1)
+    assert len(out["fit"]["b_crit_ci"]) == 2 and "b_crit_overhead20" in out["fit"]
+
+
+def test_analyze_text_and_other_target(sweep_folder, capsys):
+    assert main(["analyze", str(sweep_folder), "--target", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("steps to result (squared_error < 0.2, linear_regression, nesterov; 24 trials):")
+    sweep = load_sweep(sweep_folder)
+    rows = sweep.measurements.merge(sweep.trials[["trial_id", "status"]])
+    crossed = rows[(rows["status"] == "complete") & (rows["batch_size"] == 4) & (rows["val_metric"] < 0.2)]
+    assert int(re.search(r"^\s+4\s+(\d+)", out, re.M)[1]) == crossed["step"].min()
+    assert "critical batch size B_crit = E_min / S_min" in out
+
+
+def test_commands_reject_a_folder_that_is_not_a_sweep(tmp_path, capsys):
+    for command in ("analyze", "plot", "report"):
+        assert main([command, str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cbs: error: ") and "not a sweep folder" in err and err.count("\n") == 1
+
+
+def test_plot_several_sweeps_with_comparison(tmp_path, capsys):
+    first = make_sweep(tmp_path / "first", batch_sizes=(8, 16, 32, 64))
+    other = make_sweep(tmp_path / "other", gns=False, batch_sizes=(8, 16, 32))
+    out = tmp_path / "figs"
+    assert main(["plot", str(first), str(other), "--out", str(out), "--targets", "0.2"]) == 0
+    printed = capsys.readouterr().out.split()
+    names = ["steps", "steps_normalised", "metaparameters", "feasibility", "budgets", "pareto"]
+    assert printed == [str(out / sweep / f"{name}.{ext}") for sweep, extra in (("first", ["noise_scale"]),
+                                                                             ("other", []))
+                       for name in names + extra for ext in ("png", "pdf")] + \
+        [str(out / "comparison.png"), str(out / "comparison.pdf")]
+    height, width, _ = matplotlib.image.imread(out / "comparison.png").shape
+    assert width > 500 and height > 400
+    assert all(Path(p).stat().st_size > 1000 for p in printed)
+    assert main(["plot", str(other), "--targets", "x"]) == 2
+    assert "--targets: expected comma-separated numbers" in capsys.readouterr().err
