@@ -101,7 +101,8 @@ def _profile(u, log_b, y, w):
     """Residual sum of squares of log S at log B_crit = u, and the best log S_min.
     Shapes: u (...), log_b (n,), y and w (..., n) (w: 1 where measured, else 0)."""
     r = y - np.logaddexp(0.0, u[..., None] - log_b)      # log S - log(1 + B_crit/B)
-    log_s_min = (w * r).sum(-1) / w.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a replicate with no batch size measured: NaN
+        log_s_min = (w * r).sum(-1) / w.sum(-1)
     return (w * (r - log_s_min[..., None]) ** 2).sum(-1), log_s_min
 
 
