@@ -94,24 +94,26 @@ class Engine:
         equal size (leading axis): the mean of their gradients is the gradient
         of the whole batch, so accumulation equals one big batch."""
         grad_fn = jax.value_and_grad(self._micro_loss, has_aux=True)
+        k, gns = self.config.microbatches, state.gns
+        if k == 1:
+            (loss, model_state), grads = grad_fn(state.params, state.model_state, x[0], y[0])
+        else:
+            def micro(carry, xy):
+                grads, sq_norms, loss, model_state = carry
+                (l, model_state), g = grad_fn(state.params, model_state, *xy)
+                return (jax.tree.map(jnp.add, grads, g), sq_norms + optax.tree.norm(g, squared=True),
+                        loss + l, model_state), None
 
-        def micro(carry, xy):
-            grads, sq_norms, loss, model_state = carry
-            (l, model_state), g = grad_fn(state.params, model_state, *xy)
-            return (jax.tree.map(jnp.add, grads, g), sq_norms + optax.tree.norm(g, squared=True),
-                    loss + l, model_state), None
-
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (grads, sq_norms, loss, model_state), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0, state.model_state), (x, y))
-        k = self.config.microbatches
-        grads = jax.tree.map(lambda g: g / k, grads)
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (grads, sq_norms, loss, model_state), _ = jax.lax.scan(
+                micro, (zeros, 0.0, 0.0, state.model_state), (x, y))
+            grads, loss = jax.tree.map(lambda g: g / k, grads), loss / k
+            if self.config.gns:
+                b = self.config.batch_size
+                gns = noise_scale.gns_update(gns, sq_norms / k, optax.tree.norm(grads, squared=True), b // k, b,
+                                             self.config.gns_ema)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        gns = state.gns
-        if self.config.gns:
-            b = self.config.batch_size
-            gns = noise_scale.gns_update(gns, sq_norms / k, optax.tree.norm(grads, squared=True), b // k, b,
-                                         self.config.gns_ema)
-        return TrainState(optax.apply_updates(state.params, updates), model_state, opt_state, gns), loss / k
+        return TrainState(optax.apply_updates(state.params, updates), model_state, opt_state, gns), loss
 
     def _train_chunk(self, state, train, perm, first, n):
         """Steps first .. first+n-1 of an epoch whose example order is `perm`.
