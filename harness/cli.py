@@ -10,6 +10,13 @@ from harness.errors import UserError
 COMMANDS = {
     "workloads": ("harness.commands.workloads", "list the registered workloads"),
     "train": ("harness.commands.train", "train one trial"),
+    "gns": ("harness.commands.gns", "gradient noise scale over training and the critical batch size it predicts"),
+    "sweep": ("harness.commands.sweep", "run, resume or extend a batch-size sweep from a spec file"),
+    "analyze": ("harness.commands.analyze", "steps-to-result table and critical batch size fits of a sweep"),
+    "plot": ("harness.commands.plot", "every figure of one or more sweeps (PNG and PDF)"),
+    "report": ("harness.commands.report", "one self-contained HTML report of a sweep"),
+    "fit": ("harness.commands.fit", "fit the critical batch size to a steps-vs-batch-size table"),
+    "nqm": ("harness.commands.nqm", "exact steps vs batch size on the noisy quadratic model"),
 }
 
 

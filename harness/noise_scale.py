@@ -20,7 +20,8 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
+import optax
+from jax.tree_util import Partial
 
 from harness.errors import UserError
 
@@ -85,6 +86,8 @@ def b_simple(state: GnsState):
 
 # --------------------------------------------------------------- offline ----
 
+GROUPS = 16  # jackknife groups of the offline estimates
+
 class NoiseScale(NamedTuple):
     """An offline noise-scale estimate `value` = `noise` / `signal`, each with
     its jackknife standard error. For B_simple, signal = |G|^2 and noise =
@@ -98,7 +101,7 @@ class NoiseScale(NamedTuple):
     noise_stderr: float
 
 
-def b_simple_offline(loss_fn, params, sample_batch, batch_size, num_samples, key, *, groups=16) -> NoiseScale:
+def b_simple_offline(loss_fn, params, sample_batch, batch_size, num_samples, key, *, groups=GROUPS) -> NoiseScale:
     """B_simple = tr(Sigma) / |G|^2 at fixed `params` (McCandlish et al. 2018,
     eq. 2.9), from `num_samples` independent gradients of `loss_fn(params,
     batch)` (a scalar mean loss) on batches `sample_batch(key, batch_size)`.
@@ -107,7 +110,7 @@ def b_simple_offline(loss_fn, params, sample_batch, batch_size, num_samples, key
                                 groups=groups, hessian=False)["b_simple"]
 
 
-def b_noise_offline(loss_fn, params, sample_batch, batch_size, num_samples, key, *, groups=16) -> NoiseScale:
+def b_noise_offline(loss_fn, params, sample_batch, batch_size, num_samples, key, *, groups=GROUPS) -> NoiseScale:
     """B_noise = tr(H Sigma) / (G^T H G) at fixed `params` (McCandlish et al.
     2018, eq. 2.8) with Hessian-vector products; see `offline_noise_scales`."""
     return offline_noise_scales(loss_fn, params, sample_batch, batch_size, num_samples, key,
@@ -115,7 +118,7 @@ def b_noise_offline(loss_fn, params, sample_batch, batch_size, num_samples, key,
 
 
 def offline_noise_scales(loss_fn: Callable, params, sample_batch: Callable, batch_size: int,
-                         num_samples: int, key, *, groups: int = 16, hessian: bool = True) -> dict:
+                         num_samples: int, key, *, groups: int = GROUPS, hessian: bool = True) -> dict:
     """B_simple (and, with `hessian`, B_noise) at fixed parameters.
 
     Draws `num_samples` gradients g_j, each on its own batch of `batch_size`
@@ -132,7 +135,13 @@ def offline_noise_scales(loss_fn: Callable, params, sample_batch: Callable, batc
     multiplies, so that it stays unbiased: g_j^T H_j g_j with H_j on a fresh
     batch of `batch_size` examples, and S_k^T H_k S_l with H_k on a fresh batch
     of (num_samples / groups) * batch_size examples (one Hessian-vector
-    product, jax.jvp of jax.grad, per group).
+    product, jax.jvp of jax.grad, per group). The diagonal terms are the noisy
+    part of B_noise at batch_size 1 (a one-example Hessian): a few examples
+    per sample give a much smaller standard error for the same samples.
+
+    `loss_fn` and `sample_batch` may be `jax.tree_util.Partial`s binding
+    arrays (e.g. the training set): those are passed to the compiled function
+    rather than embedded in it.
 
     Standard errors: delete-a-group jackknife over the `groups` groups (Efron
     & Tibshirani 1993, Ch. 11), which also covers the noise of the Hessian
@@ -142,54 +151,86 @@ def offline_noise_scales(loss_fn: Callable, params, sample_batch: Callable, batc
 
     Returns {"b_simple": NoiseScale[, "b_noise": NoiseScale]}.
     """
-    if groups < 2 or num_samples % groups or num_samples < 2 * groups:
-        raise UserError(f"num_samples must be a multiple of groups ({groups}) and at least "
-                        f"{2 * groups}, got {num_samples!r}")
-    stats = _offline_stats(loss_fn, params, sample_batch, batch_size, num_samples // groups,
-                           groups, hessian, key)
-    return {name: NoiseScale(*(float(v) for v in values)) for name, values in stats.items()}
-
-
-@partial(jax.jit, static_argnums=(0, 2, 3, 4, 5, 6))
-def _offline_stats(loss_fn, params, sample_batch, batch_size, per_group, groups, hessian, key):
-    flat, unravel = ravel_pytree(params)
-
-    def grad(batch, x):
-        return jax.grad(lambda y: loss_fn(unravel(y), batch))(x)
-
-    def hvp(batch, v):
-        """H v with H the Hessian of the loss on `batch` (forward-over-reverse)."""
-        return jax.jvp(partial(grad, batch), (flat,), (v,))[1]
-
-    def one_sample(k):
-        k_g, k_h = jax.random.split(k)
-        g = grad(sample_batch(k_g, batch_size), flat)
-        diag = {"b_simple": g @ g}
-        if hessian:
-            diag["b_noise"] = g @ hvp(sample_batch(k_h, batch_size), g)
-        return g, diag
-
-    def accumulate(carry, keys):
-        g, diag = jax.vmap(one_sample)(keys)
-        return jax.tree.map(jnp.add, carry, (g, diag)), None
-
-    k_samples, k_hess = jax.random.split(key)
-    zeros = jnp.zeros(groups, flat.dtype)
-    init = (jnp.zeros((groups, flat.size), flat.dtype),
-            {name: zeros for name in (("b_simple", "b_noise") if hessian else ("b_simple",))})
-    sample_keys = jax.random.split(k_samples, (per_group, groups))
-    (sums, diag), _ = jax.lax.scan(accumulate, init, sample_keys)
-
-    cross = {"b_simple": sums @ sums.T}
+    check_num_samples(num_samples, groups)
+    # Partial makes the functions pytrees: arrays bound in them (a training set)
+    # become arguments of the compiled functions instead of constants baked into them.
+    loss_fn, sample_batch = _as_partial(loss_fn), _as_partial(sample_batch)
+    per_group = num_samples // groups
+    names = ("b_simple", "b_noise") if hessian else ("b_simple",)
+    acc = _zeros(params, groups, names)
+    k_samples, k_hessian = jax.random.split(key)
+    # A Python loop over compiled steps, not lax.scan: inside an XLA:CPU loop body
+    # the weight gradient of a convolution leaves the fast path (~70x slower,
+    # jax-ml/jax#12868), and vmap over samples turns it into a grouped convolution,
+    # also slow on CPU (GUIDE §8). Dispatch is asynchronous, so the loop costs little.
+    for j in range(num_samples):
+        acc = _add_sample(acc, loss_fn, params, sample_batch, k_samples, j, batch_size, hessian)
+    sums, diag = acc
+    cross = {"b_simple": _gram(sums, sums)}
     if hessian:
-        def hessian_row(args):
-            k, s_k = args
-            return sums @ hvp(sample_batch(k, per_group * batch_size), s_k)
-
-        cross["b_noise"] = jax.lax.map(hessian_row, (jax.random.split(k_hess, groups), sums))
-    return {name: _jackknife(diag[name], cross[name], per_group, batch_size) for name in diag}
+        cross["b_noise"] = jnp.stack([_hessian_row(loss_fn, params, sample_batch, sums, k, k_hessian, per_group * batch_size)
+                                      for k in range(groups)])
+    return {name: NoiseScale(*(float(v) for v in _jackknife(diag[name], cross[name], per_group, batch_size)))
+            for name in names}
 
 
+def check_num_samples(num_samples: int, groups: int = GROUPS) -> None:
+    """UserError unless `num_samples` splits into `groups` groups of at least 2."""
+    if groups < 2 or num_samples % groups or num_samples < 2 * groups:
+        raise UserError(f"num_samples must be a multiple of {groups} (the jackknife groups) and at least "
+                        f"{2 * groups}, got {num_samples!r}")
+
+
+def _as_partial(f):
+    return f if isinstance(f, Partial) else Partial(f)
+
+
+def _hvp(loss_fn, params, batch, tangent):
+    """H v with H the Hessian of the loss on `batch` (forward-over-reverse)."""
+    return jax.jvp(lambda p: jax.grad(loss_fn)(p, batch), (params,), (tangent,))[1]
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def _zeros(params, groups, names):
+    """Empty per-group sums, derived from `params` so that they carry the same
+    sharding type as the sums `_add_sample` returns (else it compiles twice)."""
+    sums = jax.tree.map(lambda p: jnp.broadcast_to(jnp.zeros_like(p), (groups, *p.shape)), params)
+    return sums, {name: jax.tree.leaves(sums)[0].reshape(groups, -1)[:, 0] for name in names}
+
+
+@partial(jax.jit, static_argnums=(6, 7), donate_argnums=0)
+def _add_sample(acc, loss_fn, params, sample_batch, key, j, batch_size, hessian):
+    """Adds sample j, a gradient g on a fresh batch, to its group's sum, and its
+    diagonal terms |g|^2 and g^T H' g (H' the Hessian on another fresh batch).
+    Gradients stay pytrees: flattening them into one vector (a concatenation)
+    also pushes XLA:CPU's convolution weight gradients off their fast path."""
+    sums, diag = acc
+    group = j % diag["b_simple"].shape[0]
+    k_gradient, k_hessian = jax.random.split(jax.random.fold_in(key, j))
+    g = jax.grad(loss_fn)(params, sample_batch(k_gradient, batch_size))
+    terms = {"b_simple": optax.tree.vdot(g, g)}
+    if hessian:
+        terms["b_noise"] = optax.tree.vdot(g, _hvp(loss_fn, params, sample_batch(k_hessian, batch_size), g))
+    sums = jax.tree.map(lambda s, x: s.at[group].add(x), sums, g)
+    return sums, {name: diag[name].at[group].add(terms[name]) for name in diag}
+
+
+@partial(jax.jit, static_argnums=6)
+def _hessian_row(loss_fn, params, sample_batch, sums, group, key, batch_size):
+    """(S_group^T H S_l)_l with H the Hessian on a fresh batch."""
+    batch = sample_batch(jax.random.fold_in(key, group), batch_size)
+    hv = _hvp(loss_fn, params, batch, jax.tree.map(lambda s: s[group], sums))
+    return _gram(sums, jax.tree.map(lambda x: x[None], hv))[:, 0]
+
+
+@jax.jit
+def _gram(a, b):
+    """Inner products of the stacked pytrees a (m, ...) and b (k, ...): (m, k)."""
+    return sum(x.reshape(x.shape[0], -1) @ y.reshape(y.shape[0], -1).T
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@partial(jax.jit, static_argnums=(2, 3))
 def _jackknife(diag, cross, per_group, batch_size):
     """Estimates and delete-a-group jackknife standard errors of (ratio,
     signal, noise) from per-group sums of the diagonal terms `diag` (m,) and
