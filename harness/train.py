@@ -10,6 +10,7 @@ one device and eight give the same update (no pmean to get wrong).
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Callable, NamedTuple
@@ -68,7 +69,12 @@ class Engine:
         self.example = data.train_x[:1]
         self._permutation = jax.jit(lambda key, epoch, n: jax.random.permutation(jax.random.fold_in(key, epoch), n),
                                     static_argnums=2)
-        self._chunk = jax.jit(self._train_chunk, donate_argnums=0)
+        self._steps = jax.jit(self._train_steps, donate_argnums=0)
+        self._one_step = jax.jit(self._train_step_at, donate_argnums=3)
+        # XLA:CPU lays out a convolution's weight gradient badly inside a loop
+        # (jax-ml/jax#12868: ~10x slower, measured in benchmarks/RESULTS.md), so
+        # there the engine dispatches one compiled step at a time instead.
+        self.fused = jax.default_backend() != "cpu" or not _has_convolution(self.model, self.example)
         self._evaluate = jax.jit(self._eval)
 
     def init(self) -> TrainState:
@@ -115,23 +121,23 @@ class Engine:
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), model_state, opt_state, gns), loss
 
-    def _train_chunk(self, state, train, perm, first, n):
-        """Steps first .. first+n-1 of an epoch whose example order is `perm`.
-        Returns the new state, the summed train loss and the index of the first
-        step with a non-finite loss (-1 if none)."""
+    def _train_step_at(self, train, perm, i, carry):
+        """Step i of an epoch whose example order is `perm`. The carry holds the
+        state, the summed train loss and the index of the first step with a
+        non-finite loss (-1 if none)."""
+        state, loss_sum, bad = carry
         (train_x, train_y), b, k = train, self.config.batch_size, self.config.microbatches
         sharding = NamedSharding(self.mesh, P(None, "data"))
+        idx = jax.lax.dynamic_slice_in_dim(perm, i * b, b)
+        x, y = (jax.lax.with_sharding_constraint(a[idx].reshape(k, b // k, *a.shape[1:]), sharding)
+                for a in (train_x, train_y))
+        state, loss = self._step(state, x, y)
+        return state, loss_sum + loss, jnp.where((bad < 0) & ~jnp.isfinite(loss), i, bad)
 
-        def body(i, carry):
-            state, loss_sum, bad = carry
-            idx = jax.lax.dynamic_slice_in_dim(perm, (first + i) * b, b)
-            x, y = (jax.lax.with_sharding_constraint(a[idx].reshape(k, b // k, *a.shape[1:]), sharding)
-                    for a in (train_x, train_y))
-            state, loss = self._step(state, x, y)
-            bad = jnp.where((bad < 0) & ~jnp.isfinite(loss), i, bad)
-            return state, loss_sum + loss, bad
-
-        return jax.lax.fori_loop(0, n, body, (state, jnp.float32(0.0), jnp.int32(-1)))
+    def _train_steps(self, state, train, perm, first, n):
+        """Steps first .. first+n-1 of an epoch in one dispatch."""
+        return jax.lax.fori_loop(first, first + n, functools.partial(self._train_step_at, train, perm),
+                                 (state, jnp.float32(0.0), jnp.int32(-1)))
 
     def _eval(self, params, model_state, val):
         def chunk(sums, xyw):
@@ -152,16 +158,27 @@ class Engine:
             epoch, first = divmod(step, self.steps_per_epoch)
             n = min(stop - step, self.steps_per_epoch - first)
             perm = self._permutation(key, epoch, len(self.train[0]))
-            state, chunk_loss, bad = self._chunk(state, self.train, perm, first, n)
+            if self.fused:
+                state, chunk_loss, bad = self._steps(state, self.train, perm, first, n)
+            else:
+                carry = (state, jnp.float32(0.0), jnp.int32(-1))
+                for i in range(first, first + n):
+                    carry = self._one_step(self.train, perm, i, carry)
+                state, chunk_loss, bad = carry
             loss_sum += float(chunk_loss)
             if bad_step is None and int(bad) >= 0:
-                bad_step = step + int(bad) + 1
+                bad_step = epoch * self.steps_per_epoch + int(bad) + 1
             step += n
         return state, loss_sum / (stop - start), bad_step
 
     def evaluate(self, state: TrainState) -> tuple[float, float]:
         loss, metric = self._evaluate(state.params, state.model_state, self.val)
         return float(loss), float(metric)
+
+
+def _has_convolution(model, example) -> bool:
+    jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.key(0), x, train=False))(example)
+    return "conv_general_dilated" in str(jaxpr)
 
 
 def _eval_chunks(x, y, n_devices, sharding):

@@ -1,0 +1,64 @@
+"""A sweep folder (harness.store) as tidy pandas tables.
+
+`load_sweep(folder)` returns a `SweepTables` with
+- `trials`: one row per finished trial: trial_id, batch_size, status,
+  steps_to_target (NaN when none), seed, steps_run, wall_time, and one
+  column per TrialConfig field (learning_rate, momentum, optimizer, ...);
+- `measurements`: one row per evaluation: trial_id, batch_size, step,
+  examples, train_loss, val_loss, val_metric, wall_time (and gns_* columns
+  when the noise scale was tracked);
+- `spec`: the sweep's normalized spec (workload, metric, direction, target,
+  batch_sizes, ...; see harness.spec).
+A corrupt record is skipped with a warning: the loader never fails on one.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import UserError
+from harness.store import CorruptRecord, Store, parse_record
+
+FIRST_COLUMNS = ["trial_id", "batch_size", "status", "steps_to_target", "seed", "steps_run", "wall_time"]
+
+
+@dataclass
+class SweepTables:
+    trials: pd.DataFrame
+    measurements: pd.DataFrame
+    spec: dict
+    folder: Path
+
+
+def load_sweep(folder) -> SweepTables:
+    store = Store(folder)
+    stored = store.read_spec()
+    if stored is None:
+        raise UserError(f"{folder}: not a sweep folder (no spec.json); allowed: a folder written by `cbs sweep`")
+    trials, measurements = [], []
+    for path in sorted(store.trials_dir.glob("*/record.json")):
+        try:
+            record = parse_record(path)
+        except CorruptRecord as e:
+            warnings.warn(f"skipping a corrupt trial record: {e}", stacklevel=2)
+            continue
+        trial_id = path.parent.name
+        config = record["config"]
+        trials.append({"trial_id": trial_id, "status": record["status"],
+                       "steps_to_target": np.nan if record["steps_to_target"] is None else record["steps_to_target"],
+                       "steps_run": record["steps_run"], "wall_time": record.get("wall_time", np.nan),
+                       **{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
+                          if k != "workload" and not isinstance(v, dict)}})
+        measurements += [{"trial_id": trial_id, "batch_size": config["batch_size"], **row}
+                         for row in record["measurements"]]
+    trials = pd.DataFrame(trials, columns=None if trials else FIRST_COLUMNS)
+    trials = trials[FIRST_COLUMNS + [c for c in trials.columns if c not in FIRST_COLUMNS]]
+    trials["steps_to_target"] = trials["steps_to_target"].astype(float)
+    measurements = pd.DataFrame(measurements, columns=None if measurements else
+                                ["trial_id", "batch_size", "step", "examples", "train_loss", "val_loss",
+                                 "val_metric", "wall_time"])
+    return SweepTables(trials.reset_index(drop=True), measurements, stored["spec"], store.folder)

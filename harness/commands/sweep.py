@@ -1,0 +1,89 @@
+"""`cbs sweep SPEC.toml`: run (resume, or extend) a batch-size sweep, then print
+its steps-to-result table and critical batch size and plot the curve.
+
+The spec format is documented in harness/spec.py. Several `cbs sweep`
+processes pointed at one --out folder (on one machine or on a shared
+filesystem) split the trials between them."""
+from __future__ import annotations
+
+import sys
+
+from harness.store import DEFAULT_LEASE_S
+
+
+def add_arguments(parser):
+    parser.add_argument("spec", help="the sweep spec, a TOML file (format: harness/spec.py; examples: experiments/)")
+    parser.add_argument("--out", help="the sweep folder (default: runs/<spec file name>)")
+    parser.add_argument("--workers", type=int,
+                        help="local worker processes (default: one per GPU, else one per CPU core)")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="run trials in local processes, or as Ray tasks (needs critical-batch-size[ray])")
+    parser.add_argument("--address", help="with --executor ray: the cluster address (default: start a local Ray)")
+    parser.add_argument("--data-dir", help="folder of the datasets (default: $CBS_DATA_DIR or a cache folder)")
+    parser.add_argument("--lease", type=float, default=DEFAULT_LEASE_S,
+                        help="seconds after which a silent worker's trial is taken over (default: %(default)s)")
+
+
+def run(args) -> int:
+    from harness.errors import UserError
+    from harness.sweep import run_sweep
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers: must be >= 1, got {args.workers}; allowed: integers >= 1")
+    outcome = run_sweep(args.spec, args.out, workers=args.workers, executor=args.executor, address=args.address,
+                        data_dir=args.data_dir, lease_s=args.lease, progress=sys.stderr)
+    print(summary(outcome))
+    print(results(outcome.folder))
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def summary(outcome) -> str:
+    statuses = ", ".join(f"{n} {status}" for status, n in sorted(outcome.by_status.items()))
+    lines = [f"sweep {outcome.folder}: {outcome.trials} trials ({statuses}); "
+             f"{outcome.pending_at_start} run or resumed now in {_duration(outcome.wall_time)}; "
+             f"{outcome.steps_run} training steps in all"]
+    if outcome.extended:
+        lines.append(f"extended the sweep: {', '.join(outcome.extended)}")
+    pruned = outcome.by_status.get("pruned", 0)
+    if pruned:
+        lines.append(f"exact pruning stopped {pruned} trials that could no longer beat the best steps-to-target "
+                     f"at their batch size; it saved at most {outcome.steps_saved_at_most} steps (an upper bound: "
+                     "each pruned trial counted to its budget)")
+    return "\n".join(lines)
+
+
+def results(folder) -> str:
+    """The steps-to-result table, the critical batch size and the plot's path."""
+    from analysis import load_sweep
+    from analysis.fit import fit_sweep
+    from analysis.plots import save, steps_plot
+    from analysis.steps import steps_to_result
+
+    sweep = load_sweep(folder)
+    spec = sweep.spec
+    sign = "<" if spec["direction"] == "min" else ">"
+    table = steps_to_result(sweep.trials, sweep.measurements, spec["target"], spec["direction"])
+    searched = list((spec.get("search") or {}).get("space", {}))
+    lines = [f"steps to result ({spec['metric']} {sign} {spec['target']}, {spec['workload']}):"]
+    if table.empty:
+        return "\n".join(lines + ["  no batch size reached the target"])
+    lines.append(table[["batch_size", "steps", "examples", "resolution", *searched, "trial_id"]]
+                 .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    missing = sorted(set(spec["batch_sizes"]) - set(table["batch_size"]))
+    if missing:
+        lines.append(f"no trial reached the target at batch size(s) {', '.join(map(str, missing))}")
+    fit = fit_sweep(sweep.trials, sweep.measurements, spec["target"], spec["direction"])
+    lo, hi = fit.b_crit_ci
+    lines.append(f"critical batch size (McCandlish et al. 2018, B_crit = E_min / S_min): {fit.b_crit:.4g} "
+                 f"({fit.confidence:.0%} interval {lo:.4g} .. {hi:.4g}); S_min = {fit.s_min:.4g} steps")
+    lines.append(f"critical batch size ({fit.overhead_percent:g}% step overhead, Zhang et al. 2024): "
+                 f"{fit.b_crit_overhead:.4g}; perfect scaling up to B = {fit.perfect_scaling_end:g}")
+    lines += [f"note: {w}" for w in fit.warnings]
+    paths = save(steps_plot({spec.get("name") or spec["workload"]: table}, {spec.get("name") or spec["workload"]: fit}),
+                 sweep.folder / "steps_to_result")
+    lines.append(f"plot: {paths[0]}")
+    return "\n".join(lines)

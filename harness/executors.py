@@ -1,0 +1,158 @@
+"""Where a sweep's trials run: local worker processes, or Ray tasks.
+
+Local: one process per GPU when `nvidia-smi` lists GPUs, else one process per
+CPU core, each pinned to its core with XLA's CPU thread pools limited to one
+thread. Measured on the build machine (GUIDE §8, benchmarks/RESULTS.md):
+one process per core beats one process using both cores by 1.6x, and
+vmapping trials of a CNN is 3-5x slower, so trials run in processes, not
+vmapped groups. Workers are spawned (not forked) so each sets its
+environment before importing JAX; this module imports no JAX for that reason.
+
+Ray: each trial is a task (one GPU per task when the cluster has GPUs) that
+claims the trial in the shared store, so Ray workers, local workers and other
+machines can share one sweep folder.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from harness.errors import UserError
+
+CPU_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+PARENT_POLL_S = 0.5
+
+
+def local_devices() -> tuple[str, int]:
+    """('gpu', count) when nvidia-smi lists GPUs, else ('cpu', usable cores)."""
+    if shutil.which("nvidia-smi"):
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+        gpus = [line for line in listing.splitlines() if line.startswith("GPU ")]
+        if gpus:
+            return "gpu", len(gpus)
+    return "cpu", len(os.sched_getaffinity(0))
+
+
+def compilation_cache(folder) -> dict:
+    """Environment that makes JAX keep compiled programs in the sweep folder,
+    so a trial whose program another worker already compiled (same batch size
+    and shapes) skips compilation, which dominates short trials on CPU."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(Path(folder).absolute() / ".jax_cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1"}
+
+
+def placement(kind: str, count: int, index: int, workers: int, folder) -> dict:
+    """The environment (and CPU core) of local worker `index`."""
+    env = compilation_cache(folder)
+    if kind == "gpu":
+        env["CUDA_VISIBLE_DEVICES"] = str(index % count)
+        sharing = math.ceil(workers / count)
+        if sharing > 1:
+            env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / sharing:.2f}"
+        return {"env": env, "core": None}
+    cores = sorted(os.sched_getaffinity(0))
+    env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_XLA_FLAGS}".strip()
+    return {"env": env, "core": cores[index % len(cores)]}
+
+
+def worker_main(placement: dict, parent: int, work_kwargs: dict) -> None:
+    """A local worker process: place itself, then run harness.sweep.work."""
+    os.environ.update(placement["env"])
+    if placement["core"] is not None:
+        os.sched_setaffinity(0, {placement["core"]})
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    from harness.sweep import work
+
+    try:
+        work(**work_kwargs)
+    except UserError as e:
+        print(f"cbs: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Die with the sweep process (kill -9 included): orphaned workers would
+    keep running trials nobody waits for."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
+def run_local(folder, trials, prune, data_dir, lease_s, progress=None, workers=None) -> None:
+    kind, count = local_devices()
+    workers = min(workers or count, len(trials))
+    context = multiprocessing.get_context("spawn")
+    work_kwargs = dict(folder=folder, trials=trials, prune=prune, data_dir=data_dir, lease_s=lease_s)
+    procs = [context.Process(target=worker_main, name=f"cbs-worker-{i}",
+                             args=(placement(kind, count, i, workers, folder), os.getpid(), work_kwargs))
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            multiprocessing.connection.wait([p.sentinel for p in procs], timeout=PARENT_POLL_S)
+            if progress:
+                progress.update()
+            failed = [p for p in procs if p.exitcode not in (None, 0)]
+            if failed:
+                raise UserError(f"sweep worker {failed[0].name} exited with status {failed[0].exitcode} "
+                                "(its error is printed above); finished trials are kept: re-run to resume")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+        if progress:
+            progress.close()
+
+
+def _ray_trial(folder, trial, prune, data_dir, lease_s) -> bool:
+    """One Ray task: run one trial unless another worker holds it."""
+    from harness.store import Store
+    from harness.sweep import try_trial
+
+    return try_trial(Store(folder), trial, prune, data_dir, lease_s)
+
+
+def run_ray(folder, trials, prune, data_dir, lease_s, progress=None, address=None) -> None:
+    """Run the trials as Ray tasks on the cluster at `address` (a local
+    instance when None, or the one this process already joined)."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray; allowed: pip install 'critical-batch-size[ray]', "
+                        "or --executor local") from None
+    from harness.store import Store
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    gpus = ray.cluster_resources().get("GPU", 0)
+    env = compilation_cache(folder)
+    if not gpus:
+        env["XLA_FLAGS"] = CPU_XLA_FLAGS
+    options = {"num_cpus": 1, "num_gpus": 1 if gpus else 0, "max_retries": 2, "runtime_env": {"env_vars": env}}
+    task = ray.remote(**options)(_ray_trial)
+    store = Store(folder)
+    pending = list(trials)
+    try:
+        while pending:
+            refs = [task.remote(folder, t, prune, data_dir, lease_s) for t in pending]
+            while refs:
+                done, refs = ray.wait(refs, timeout=PARENT_POLL_S)
+                ray.get(done)
+                if progress:
+                    progress.update()
+            pending = [t for t in pending if not store.is_done(t.id)]
+            if pending:  # held by live workers elsewhere: wait for them to finish or for their leases to lapse
+                time.sleep(min(lease_s / 8, 1.0))
+    finally:
+        if progress:
+            progress.close()

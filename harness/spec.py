@@ -1,0 +1,468 @@
+"""Sweep spec files: one TOML file describes a batch-size x metaparameter study
+(the protocol of Shallue et al. 2019, Sec. 3-4; GUIDE §2).
+
+Format (every key is optional unless marked required)::
+
+    name = "quickstart"                  # a label, free text
+    description = "..."                  # free text
+    workload = "mnist_fc1024"            # required: a name of harness.workloads, or path/to/file.py:name
+    workload_options = {}                # passed to the workload's make_model
+    optimizer = "nesterov"               # sgd | momentum | nesterov | adam | adamw | lars | lamb
+    batch_sizes = [8, 16, 32]            # required: a list, or {min = 8, max = 1024}: the powers of two between
+    target = 0.05                        # default: the workload's target; within the metric's range
+    max_steps = 10000                    # step budget per trial ...
+    max_examples = 5_000_000             # ... and/or an example budget: steps = ceil(max_examples / B)
+    eval_every = 100                     # default: the workload's cadence (the resolution of steps-to-result)
+    eval_schedule = "linear"             # linear | geometric (dense early: harness.train.evaluation_steps)
+    seeds = 1                            # repeats of every trial: a count (seeds 0..n-1) or a list of seeds
+    prune = true                         # stop trials that can no longer beat the best steps-to-target at B
+    checkpoint_every = 1000              # steps between checkpoints (resume after a crash); default eval_every * 10
+    lr_scaling = "linear"                # none | linear | sqrt: scale learning_rate from reference_batch_size
+    reference_batch_size = 64            # (with lr_scaling) instead of searching the learning rate
+
+    [fixed]                              # metaparameters shared by all trials: any TrialConfig field
+    schedule = "linear_decay"            # (harness.trial) except the ones set above, plus
+    decay_fraction = 1.0                 # decay_steps as a fraction of the trial's step budget
+
+    [search]                             # optional: without it, one trial per batch size and seed
+    kind = "quasi_random"                # grid | quasi_random
+    sequence = "halton"                  # halton | sobol (scrambled; quasi_random only)
+    trials = 16                          # points per batch size (quasi_random only, required there)
+    seed = 0                             # scrambling seed (quasi_random only)
+
+    [search.space]                       # default: the workload's search_space (same format)
+    learning_rate = {min = 1e-3, max = 10.0, scale = "log"}
+    momentum = {min = 0.9, max = 0.9999, scale = "log1m"}    # 1 - momentum uniform in log space
+    decay_fraction = {min = 0.5, max = 1.0}                  # scale linear by default
+    warmup_steps = {min = 0, max = 100, integer = true}
+    label_smoothing = [0.0, 0.01, 0.1]                       # a list: the values to try
+
+A search space maps a metaparameter to a list of values (a grid axis, or a
+categorical choice in a quasi-random search) or to a range
+`{min, max, scale = linear | log | log1m, integer = false}` (quasi-random only;
+log1m samples log(1 - x) uniformly, as Shallue et al. do for momentum).
+Workload.search_space uses the same format. Every batch size gets the same
+points (dimensions assigned in sorted name order), so extending `trials` or a
+grid axis keeps the existing trials.
+
+A trial id is `b{B:06d}-{8 hex digits of the metaparameters' hash}-s{seed}`: re-expanding a spec
+gives the same ids. Errors name the file and field: `file: field: problem; allowed: ...`.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import tomllib
+import types
+import typing
+import warnings
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from harness.errors import UserError
+from harness.trial import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS, TrialConfig
+
+INT, NUMBER, STR, BOOL, LIST, TABLE = "integer", "number", "string", "boolean", "list", "table"
+EVAL_SCHEDULES = ("linear", "geometric")
+
+# key -> (accepted types, allowed values or None): the schema of a spec file, as data.
+TOP_LEVEL = {
+    "name": ((STR,), None),
+    "description": ((STR,), None),
+    "workload": ((STR,), None),
+    "workload_options": ((TABLE,), None),
+    "optimizer": ((STR,), OPTIMIZERS),
+    "batch_sizes": ((LIST, TABLE), None),
+    "target": ((NUMBER,), None),
+    "max_steps": ((INT,), None),
+    "max_examples": ((INT,), None),
+    "eval_every": ((INT,), None),
+    "eval_schedule": ((STR,), EVAL_SCHEDULES),
+    "seeds": ((INT, LIST), None),
+    "prune": ((BOOL,), None),
+    "checkpoint_every": ((INT,), None),
+    "lr_scaling": ((STR,), LR_SCALINGS),
+    "reference_batch_size": ((INT,), None),
+    "fixed": ((TABLE,), None),
+    "search": ((TABLE,), None),
+}
+SEARCH = {
+    "kind": ((STR,), ("grid", "quasi_random")),
+    "sequence": ((STR,), ("halton", "sobol")),
+    "trials": ((INT,), None),
+    "seed": ((INT,), None),
+    "space": ((TABLE,), None),
+}
+RANGE = {
+    "min": ((NUMBER,), None),
+    "max": ((NUMBER,), None),
+    "scale": ((STR,), ("linear", "log", "log1m")),
+    "integer": ((BOOL,), None),
+}
+BATCH_RANGE = {"min": ((INT,), None), "max": ((INT,), None)}
+REQUIRED = ("workload", "batch_sizes")
+
+# TrialConfig fields the spec's top level sets for every trial; the rest are metaparameters.
+MANAGED = ("workload", "workload_options", "batch_size", "optimizer", "seed", "target", "max_steps", "eval_every",
+           "eval_schedule", "checkpoint_every", "lr_scaling", "reference_batch_size")
+# String metaparameters with a closed set of values.
+CHOICES = {"schedule": SCHEDULES, "warmup": WARMUPS}
+_HINTS = typing.get_type_hints(TrialConfig)
+METAPARAMETERS = {f.name: _HINTS[f.name] for f in fields(TrialConfig) if f.name not in MANAGED}
+METAPARAMETERS["decay_fraction"] = float
+NOT_COMPARED = ("name", "description")  # free text: may change without changing the sweep
+CHECKPOINTS_PER_EVAL = 10
+
+
+def _type_name(value) -> str:
+    if isinstance(value, bool):
+        return BOOL
+    if isinstance(value, int):
+        return INT
+    if isinstance(value, float):
+        return NUMBER
+    return {str: STR, list: LIST, dict: TABLE}.get(type(value), type(value).__name__)
+
+
+def _is(value, kind: str) -> bool:
+    name = _type_name(value)
+    return name == kind or (kind == NUMBER and name == INT)
+
+
+class _Checker:
+    """Raises UserError as `file: field: problem; allowed: ...`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def fail(self, field: str, problem: str, allowed: str):
+        raise UserError(f"{self.path}: {field}: {problem}; allowed: {allowed}")
+
+    def table(self, table: dict, schema: dict, prefix: str = ""):
+        for key, value in table.items():
+            if key not in schema:
+                self.fail(prefix + key, "unknown key", ", ".join(schema))
+            kinds, allowed = schema[key]
+            if not any(_is(value, k) for k in kinds):
+                self.fail(prefix + key, f"expected {' or '.join(kinds)}, got {_type_name(value)} {value!r}",
+                          " or ".join(kinds))
+            if allowed is not None and value not in allowed:
+                self.fail(prefix + key, f"unknown value {value!r}", ", ".join(allowed))
+
+    def metaparameter(self, field: str, name: str, value):
+        if name not in METAPARAMETERS:
+            self.fail(field, "unknown metaparameter", ", ".join(sorted(METAPARAMETERS)))
+        hint = METAPARAMETERS[name]
+        if not _fits(value, hint):
+            self.fail(field, f"expected {_hint_name(hint)}, got {_type_name(value)} {value!r}", _hint_name(hint))
+        if name in CHOICES and value not in CHOICES[name]:
+            self.fail(field, f"unknown value {value!r}", ", ".join(CHOICES[name]))
+
+
+def _fits(value, hint) -> bool:
+    """Whether a TOML value fits a TrialConfig field's type annotation."""
+    if isinstance(hint, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint) if h is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, list) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
+    return _is(value, {int: INT, float: NUMBER, str: STR, bool: BOOL, dict: TABLE}[hint])
+
+
+def _hint_name(hint) -> str:
+    if isinstance(hint, types.UnionType):
+        return " or ".join(_hint_name(h) for h in typing.get_args(hint) if h is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return f"list of {_hint_name(typing.get_args(hint)[0])}s"
+    return {int: INT, float: NUMBER, str: STR, bool: BOOL, dict: TABLE}[hint]
+
+
+def _numeric(hint) -> bool:
+    return any(h in (int, float) for h in (typing.get_args(hint) or (hint,)))
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial of a sweep: a stable id and its configuration."""
+
+    id: str
+    config: TrialConfig
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated spec. `normalized` is the spec with every default resolved
+    (batch sizes and seeds as lists, the search space filled in): what the
+    result store keeps, hashes and compares."""
+
+    path: str
+    normalized: dict
+
+    def __getattr__(self, key):
+        if key == "normalized":  # not yet set (e.g. while unpickling)
+            raise AttributeError(key)
+        try:
+            return self.normalized[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    @property
+    def hash(self) -> str:
+        return spec_hash(self.normalized)
+
+    def steps_for(self, batch_size: int) -> int:
+        """The step budget at B: max_steps, or ceil(max_examples / B), or the smaller of both
+        (Shallue et al. 2019, Sec. 4.1: step and example budgets)."""
+        budgets = [self.max_steps] if self.max_steps else []
+        if self.max_examples:
+            budgets.append(math.ceil(self.max_examples / batch_size))
+        return min(budgets)
+
+    def points(self) -> list[dict]:
+        """The metaparameter points every batch size gets (search values, then fixed ones)."""
+        search = self.search
+        if search is None:
+            return [dict(self.fixed)]
+        space = dict(sorted(search["space"].items()))
+        if search["kind"] == "grid":
+            samples = [dict(zip(space, combo)) for combo in itertools.product(*space.values())]
+        else:
+            samples = [_from_unit(space, u) for u in _unit_points(search, len(space))]
+        return [{**s, **self.fixed} for s in samples]
+
+    def trials(self) -> list[Trial]:
+        """Every trial, ordered by batch size, point, seed."""
+        out = []
+        for batch_size in self.batch_sizes:
+            for point in self.points():
+                digest = spec_hash(point)[:8]
+                for seed in self.seeds:
+                    out.append(Trial(f"b{batch_size:06d}-{digest}-s{seed}", self._config(batch_size, point, seed)))
+        return out
+
+    def _config(self, batch_size: int, point: dict, seed: int) -> TrialConfig:
+        values = dict(point)
+        steps = self.steps_for(batch_size)
+        if (fraction := values.pop("decay_fraction", None)) is not None:
+            values["decay_steps"] = max(1, round(fraction * steps))
+        if "boundaries" in values:
+            values["boundaries"] = tuple(values["boundaries"])
+        return TrialConfig(workload=self.workload, workload_options=self.workload_options, batch_size=batch_size,
+                           optimizer=self.optimizer, seed=seed, target=self.target, max_steps=steps,
+                           eval_every=self.eval_every, eval_schedule=self.eval_schedule,
+                           checkpoint_every=self.checkpoint_every, lr_scaling=self.lr_scaling,
+                           reference_batch_size=self.reference_batch_size, **values)
+
+
+def spec_hash(d: dict) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def _unit_points(search: dict, dims: int) -> np.ndarray:
+    """`trials` scrambled Halton or Sobol points in [0, 1)^dims (scipy.stats.qmc).
+    Both are extensible sequences: the first n points do not depend on how many follow."""
+    from scipy.stats import qmc  # imported here: scipy.stats takes a second to import
+
+    if dims == 0:
+        return np.zeros((search["trials"], 0))
+    engine = {"halton": qmc.Halton, "sobol": qmc.Sobol}[search["sequence"]](d=dims, scramble=True,
+                                                                             seed=search["seed"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The balance properties of Sobol", UserWarning)
+        return engine.random(search["trials"])
+
+
+def _from_unit(space: dict, u: np.ndarray) -> dict:
+    """Map a point of [0, 1)^d to metaparameter values: linear, log, or log(1 - x)
+    uniform (Shallue et al. 2019, Sec. 4.5: 1 - momentum sampled in log space)."""
+    out = {}
+    for (name, dist), ui in zip(space.items(), u):
+        ui = float(ui)
+        if isinstance(dist, list):
+            out[name] = dist[min(int(ui * len(dist)), len(dist) - 1)]
+            continue
+        lo, hi, scale = dist["min"], dist["max"], dist["scale"]
+        if scale == "linear":
+            x = lo + ui * (hi - lo)
+        elif scale == "log":
+            x = math.exp(math.log(lo) + ui * (math.log(hi) - math.log(lo)))
+        else:
+            x = 1 - math.exp(math.log(1 - lo) + ui * (math.log(1 - hi) - math.log(1 - lo)))
+        out[name] = int(round(x)) if dist["integer"] else x
+    return out
+
+
+def load_spec(path, data_dir=None) -> SweepSpec:
+    """Parse and validate a spec file; every error is a UserError naming the
+    file and field, raised before any training."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: spec file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML: {e}") from None
+    return parse_spec(raw, path, data_dir)
+
+
+def parse_spec(raw: dict, path="spec", data_dir=None) -> SweepSpec:
+    from harness.workloads import METRICS, get_workload
+
+    check = _Checker(path)
+    check.table(raw, TOP_LEVEL)
+    for key in REQUIRED:
+        if key not in raw:
+            check.fail(key, "missing (required)", f"see {TOP_LEVEL[key][0]} in harness/spec.py")
+    try:
+        workload = get_workload(raw["workload"])
+    except UserError as e:
+        raise UserError(f"{path}: workload: {e}") from None
+
+    batch_sizes = _batch_sizes(check, raw["batch_sizes"])
+    direction, lo, hi = METRICS[workload.metric]
+    target = raw.get("target", workload.target)
+    if not (lo < target <= hi if direction == "min" else lo <= target < hi):
+        check.fail("target", f"{target} is outside the range of {workload.metric} (it must be crossed "
+                             f"{'from above' if direction == 'min' else 'from below'})",
+                   f"{'(' if direction == 'min' else '['}{lo}, {hi}{']' if direction == 'min' else ')'}")
+    if "max_steps" not in raw and "max_examples" not in raw:
+        check.fail("max_steps", "missing: a trial needs a budget", "max_steps and/or max_examples")
+    for key in ("max_steps", "max_examples", "eval_every", "checkpoint_every", "reference_batch_size"):
+        if key in raw and raw[key] < 1:
+            check.fail(key, f"must be positive, got {raw[key]}", "integers >= 1")
+    seeds = raw.get("seeds", 1)
+    if isinstance(seeds, int):
+        if seeds < 1:
+            check.fail("seeds", f"must be positive, got {seeds}", "a count >= 1 or a list of integers")
+        seeds = list(range(seeds))
+    if not seeds or not all(_is(s, INT) for s in seeds) or len(set(seeds)) != len(seeds):
+        check.fail("seeds", f"expected distinct integers, got {seeds!r}", "a count >= 1 or a list of integers")
+    lr_scaling = raw.get("lr_scaling", "none")
+    if lr_scaling != "none" and "reference_batch_size" not in raw:
+        check.fail("reference_batch_size", f"missing: lr_scaling {lr_scaling!r} scales from it", "integers >= 1")
+
+    fixed = raw.get("fixed", {})
+    for key, value in fixed.items():
+        check.metaparameter(f"fixed.{key}", key, value)
+    search = _search(check, raw.get("search"), workload, fixed)
+    searched = search["space"] if search else {}
+    if "learning_rate" not in fixed and "learning_rate" not in searched:
+        check.fail("fixed.learning_rate", "missing: every trial needs a learning rate",
+                   "learning_rate in [fixed] or in [search.space]")
+    if fixed.get("decay_steps") is not None and "decay_fraction" in {*fixed, *searched}:
+        check.fail("fixed.decay_steps", "given with decay_fraction", "one of decay_steps, decay_fraction")
+
+    eval_every = raw.get("eval_every", workload.eval_every)
+    normalized = dict(
+        name=raw.get("name", path.stem if isinstance(path, Path) else str(path)),
+        description=raw.get("description", ""),
+        workload=raw["workload"], workload_options=raw.get("workload_options", {}),
+        metric=workload.metric, direction=direction, target=target,
+        optimizer=raw.get("optimizer", "nesterov"), batch_sizes=batch_sizes,
+        max_steps=raw.get("max_steps"), max_examples=raw.get("max_examples"),
+        eval_every=eval_every, eval_schedule=raw.get("eval_schedule", "linear"),
+        seeds=seeds, prune=raw.get("prune", True),
+        checkpoint_every=raw.get("checkpoint_every", eval_every * CHECKPOINTS_PER_EVAL),
+        lr_scaling=lr_scaling, reference_batch_size=raw.get("reference_batch_size"),
+        fixed=fixed, search=search)
+    spec = SweepSpec(str(path), normalized)
+    trials = spec.trials()
+    ids = [t.id for t in trials]
+    if len(set(ids)) != len(ids):
+        check.fail("search.space", "the search gives the same point twice", "distinct values")
+    train_size = len(workload.load_data(data_dir).train_x)
+    if batch_sizes[-1] > train_size:
+        check.fail("batch_sizes", f"{batch_sizes[-1]} is above the training set size {train_size}",
+                   f"1 .. {train_size}")
+    for trial in trials:
+        try:
+            trial.config.validate()
+        except UserError as e:
+            raise UserError(f"{path}: trial {trial.id}: {e}") from None
+    return spec
+
+
+def _batch_sizes(check: _Checker, value) -> list[int]:
+    if isinstance(value, dict):
+        check.table(value, BATCH_RANGE, "batch_sizes.")
+        if set(value) != {"min", "max"}:
+            check.fail("batch_sizes", "a range needs min and max", "{min = 2^i, max = 2^j} or a list")
+        lo, hi = value["min"], value["max"]
+        for key, b in value.items():
+            if b < 1 or b & (b - 1):
+                check.fail(f"batch_sizes.{key}", f"{b} is not a positive power of two", "1, 2, 4, 8, ...")
+        if lo > hi:
+            check.fail("batch_sizes", f"min {lo} > max {hi}", "min <= max")
+        return [2 ** k for k in range(lo.bit_length() - 1, hi.bit_length())]
+    if not value:
+        check.fail("batch_sizes", "empty list", "a non-empty list of positive integers")
+    for b in value:
+        if not _is(b, INT) or b < 1:
+            check.fail("batch_sizes", f"{b!r} is not a positive integer", "integers >= 1")
+    if len(set(value)) != len(value):
+        check.fail("batch_sizes", "repeated batch size", "distinct integers")
+    return sorted(value)
+
+
+def _search(check: _Checker, search: dict | None, workload, fixed: dict) -> dict | None:
+    if search is None:
+        return None
+    check.table(search, SEARCH, "search.")
+    kind = search.get("kind", "quasi_random")
+    space = search.get("space", workload.search_space)
+    if not space:
+        check.fail("search.space", "empty, and the workload has no default search space",
+                   "a table of metaparameter = [values] or {min, max, scale}")
+    if kind == "grid":
+        for key in ("trials", "sequence", "seed"):
+            if key in search:
+                check.fail(f"search.{key}", "only for kind = quasi_random", "kind, space")
+    elif "trials" not in search or search["trials"] < 1:
+        check.fail("search.trials", "missing or < 1: quasi-random search needs a number of points",
+                   "integers >= 1")
+    normalized = {}
+    for name, dist in space.items():
+        field = f"search.space.{name}"
+        if name not in METAPARAMETERS:
+            check.fail(field, "unknown metaparameter", ", ".join(sorted(METAPARAMETERS)))
+        if name in fixed:
+            check.fail(field, "also in [fixed]", "a metaparameter in one of [fixed], [search.space]")
+        if isinstance(dist, list):
+            if not dist:
+                check.fail(field, "empty grid", "a non-empty list of values")
+            for v in dist:
+                check.metaparameter(field, name, v)
+            normalized[name] = dist
+        elif isinstance(dist, dict):
+            normalized[name] = _range(check, field, name, dist, kind)
+        else:
+            check.fail(field, f"expected list or table, got {_type_name(dist)} {dist!r}",
+                       "[values] or {min, max, scale}")
+    out = {"kind": kind, "space": normalized}
+    if kind == "quasi_random":
+        out.update(sequence=search.get("sequence", "halton"), trials=search["trials"], seed=search.get("seed", 0))
+    return out
+
+
+def _range(check: _Checker, field: str, name: str, dist: dict, kind: str) -> dict:
+    check.table(dist, RANGE, field + ".")
+    if kind == "grid":
+        check.fail(field, "a range needs kind = quasi_random", "a list of values for a grid")
+    if not _numeric(METAPARAMETERS[name]):
+        check.fail(field, "a range of a non-numeric metaparameter", "a list of values")
+    if "min" not in dist or "max" not in dist:
+        check.fail(field, "a range needs min and max", "{min, max, scale}")
+    for key in ("min", "max"):
+        check.metaparameter(f"{field}.{key}", name, dist[key])
+    lo, hi, scale = dist["min"], dist["max"], dist.get("scale", "linear")
+    if not lo < hi:
+        check.fail(field, f"min {lo} >= max {hi}", "min < max")
+    if scale == "log" and lo <= 0:
+        check.fail(field, f"log scale needs min > 0, got {lo}", "0 < min < max")
+    if scale == "log1m" and hi >= 1:
+        check.fail(field, f"log1m scale (log(1 - x)) needs max < 1, got {hi}", "min < max < 1")
+    integer = dist.get("integer", int in (typing.get_args(METAPARAMETERS[name]) or (METAPARAMETERS[name],)))
+    return {"min": lo, "max": hi, "scale": scale, "integer": integer}

@@ -1,0 +1,359 @@
+"""The result store: a sweep is a folder.
+
+    FOLDER/spec.toml                 the spec file as the user wrote it (latest run)
+    FOLDER/spec.json                 {"hash", "spec": normalized spec, "trial_ids"}
+    FOLDER/trials/<id>/record.json   a TrialRecord, written atomically
+    FOLDER/trials/<id>/checkpoints/  Orbax checkpoints while the trial runs
+    FOLDER/trials/<id>/claim.<n>     leases: which worker runs the trial
+
+Every file is written atomically (temporary file in the same folder, fsync,
+os.replace, fsync of the folder), so a crash leaves the old file or the new
+one, never half of one. Claims make several processes, or machines sharing
+the folder, run each trial once: a claim is created exclusively (os.link
+fails if the name exists, also on NFS), renewed by a heartbeat thread, and a
+dead worker's claim (lease expired, or its process gone on this host) is
+taken over by exclusively creating the next generation `claim.<n+1>`.
+Generations only grow while a trial is unfinished, so a late taker can
+never create a name that already holds a live claim.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.spec import NOT_COMPARED, SweepSpec
+
+RECORD_KEYS = ("config", "status", "steps_to_target", "measurements", "steps_run")
+DEFAULT_LEASE_S = 60.0
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a crash leaves either the old or the new
+    file (temporary file in the same folder, fsync, rename, fsync the folder)."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def warn(message: str) -> None:
+    print(f"cbs: warning: {message}", file=sys.stderr, flush=True)
+
+
+class CorruptRecord(Exception):
+    pass
+
+
+def parse_record(path: Path) -> dict:
+    """A record file's content; CorruptRecord when it is not a whole record."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptRecord(f"{path}: {e}") from None
+    if not isinstance(record, dict) or any(k not in record for k in RECORD_KEYS):
+        raise CorruptRecord(f"{path}: not a trial record (needs {', '.join(RECORD_KEYS)})")
+    return record
+
+
+def spec_differences(old: dict, new: dict) -> tuple[list[str], list[str]]:
+    """(changed fields, extended fields) between two normalized specs. Extending
+    means only adding: batch sizes, seeds, quasi-random trials, grid values."""
+    changed, extended = [], []
+    for key in sorted(set(_flatten(old)) | set(_flatten(new))):
+        a, b = _flatten(old).get(key), _flatten(new).get(key)
+        if a == b or key.split(".")[0] in NOT_COMPARED:
+            continue
+        grid_axis = key.startswith("search.space.") and (old.get("search") or {}).get("kind") == "grid"
+        if (key in ("batch_sizes", "seeds") or grid_axis) and isinstance(a, list) and isinstance(b, list) \
+                and all(x in b for x in a):
+            extended.append(key)
+        elif key == "search.trials" and isinstance(a, int) and isinstance(b, int) and b > a:
+            extended.append(key)
+        else:
+            changed.append(f"{key} ({json.dumps(a)} -> {json.dumps(b)})")
+    return changed, extended
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for key, value in (d or {}).items():
+        if isinstance(value, dict) and value and not (prefix.startswith("search.space.") or key == "workload_options"):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+class Store:
+    """One sweep folder."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.trials_dir = self.folder / "trials"
+
+    # --- the spec ---------------------------------------------------------------
+    def read_spec(self) -> dict | None:
+        path = self.folder / "spec.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def open(self, spec: SweepSpec, spec_text: str) -> list[str]:
+        """Create the sweep, or check that `spec` is the stored one or extends
+        it (returns the extended fields); UserError naming the differences
+        otherwise."""
+        stored = self.read_spec()
+        extended = []
+        if stored is not None:
+            changed, extended = spec_differences(stored["spec"], spec.normalized)
+            if changed:
+                raise UserError(f"{spec.path}: the spec differs from the sweep in {self.folder}: "
+                                f"{'; '.join(changed)}; allowed: the stored spec ({self.folder / 'spec.toml'}), "
+                                "or one that only adds batch sizes, seeds or trials (or use another --out)")
+            ids = [t.id for t in spec.trials()]
+            missing = set(stored["trial_ids"]) - set(ids)
+            if missing:
+                raise UserError(f"{spec.path}: the spec expands to other trials than the sweep in {self.folder} "
+                                f"(e.g. {sorted(missing)[0]} is gone: has the sampling library changed?); "
+                                "allowed: the same trials, or a new --out folder")
+        self.trials_dir.mkdir(parents=True, exist_ok=True)
+        if stored is None or extended:
+            atomic_write(self.folder / "spec.toml", spec_text)
+            atomic_write(self.folder / "spec.json", json.dumps(
+                {"hash": spec.hash, "spec": spec.normalized, "trial_ids": [t.id for t in spec.trials()]}, indent=1))
+        return extended
+
+    # --- records ----------------------------------------------------------------
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.trials_dir / trial_id
+
+    def record_path(self, trial_id: str) -> Path:
+        return self.trial_dir(trial_id) / "record.json"
+
+    def checkpoint_dir(self, trial_id: str) -> Path:
+        return self.trial_dir(trial_id) / "checkpoints"
+
+    def is_done(self, trial_id: str) -> bool:
+        return self.record_path(trial_id).exists()
+
+    def write_record(self, trial_id: str, record: dict) -> None:
+        self.trial_dir(trial_id).mkdir(parents=True, exist_ok=True)
+        atomic_write(self.record_path(trial_id), json.dumps(record))
+        shutil.rmtree(self.checkpoint_dir(trial_id), ignore_errors=True)
+
+    def log_attempt(self, trial_id: str, worker: str) -> None:
+        """Append who starts (or resumes) the trial, and from which checkpoint step,
+        to trials/<id>/attempts.jsonl: the trial's history across crashes and workers."""
+        steps = [int(p.name) for p in self.checkpoint_dir(trial_id).glob("*") if p.name.isdigit()]
+        line = json.dumps({"worker": worker, "time": time.time(), "checkpoint_step": max(steps, default=None)})
+        with open(self.trial_dir(trial_id) / "attempts.jsonl", "a") as f:
+            f.write(line + "\n")
+
+    def attempts(self, trial_id: str) -> list[dict]:
+        path = self.trial_dir(trial_id) / "attempts.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def remove_stale_checkpoints(self, trial_ids) -> None:
+        """Checkpoints of finished trials (left when a crash came between the
+        record's write and their removal)."""
+        for trial_id in trial_ids:
+            if self.is_done(trial_id) and self.checkpoint_dir(trial_id).exists():
+                shutil.rmtree(self.checkpoint_dir(trial_id), ignore_errors=True)
+
+    def set_aside_corrupt(self, trial_ids) -> list[str]:
+        """Move every corrupt record of `trial_ids` to record.json.corrupt-<time>
+        (kept for inspection) with a warning, so those trials run again."""
+        bad = []
+        for trial_id in trial_ids:
+            path = self.record_path(trial_id)
+            if not path.exists():
+                continue
+            try:
+                parse_record(path)
+            except CorruptRecord as e:
+                warn(f"corrupt trial record, the trial will run again: {e}")
+                try:
+                    os.replace(path, path.with_name(f"record.json.corrupt-{time.time():.0f}"))
+                except FileNotFoundError:  # another worker set it aside first
+                    pass
+                bad.append(trial_id)
+        return bad
+
+    # --- claims -----------------------------------------------------------------
+    def try_claim(self, trial_id: str, worker: str, lease_s: float = DEFAULT_LEASE_S) -> "Lease | None":
+        """A lease on the trial, or None while another live worker holds it."""
+        folder = self.trial_dir(trial_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        generations = sorted(int(p.name.split(".")[1]) for p in folder.glob("claim.*") if p.name[6:].isdigit())
+        if generations:
+            current = folder / f"claim.{generations[-1]}"
+            try:
+                holder = json.loads(current.read_text())
+            except FileNotFoundError:
+                return None
+            if not _expired(holder):
+                return None
+        generation = generations[-1] + 1 if generations else 0
+        lease = Lease(folder / f"claim.{generation}", worker, lease_s)
+        return lease if lease.create() else None
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _expired(holder: dict) -> bool:
+    """A claim is void once its lease ran out, or at once when its process is
+    gone on this host (so re-running after a crash need not wait for the lease)."""
+    if holder.get("expires", 0) < time.time():
+        return True
+    host, _, pid = holder.get("worker", "").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return False
+
+
+@dataclass
+class Lease:
+    """A claim on one trial, kept alive by a heartbeat thread while in use
+    (`with lease: ...`). `lost` turns true when another worker took it over
+    (this worker stalled past its lease): the holder must stop."""
+
+    path: Path
+    worker: str
+    lease_s: float
+    lost: bool = False
+
+    def _content(self, expires: float) -> str:
+        return json.dumps({"worker": self.worker, "expires": expires})
+
+    def create(self) -> bool:
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(self._content(time.time() + self.lease_s))
+        try:
+            os.link(tmp, self.path)  # atomic and exclusive: EEXIST when another worker got there first
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink()
+
+    def held(self) -> bool:
+        """False once another worker has taken the trial over (one stat)."""
+        if not self.lost:
+            self.lost = self.path.with_name(f"claim.{int(self.path.name.split('.')[1]) + 1}").exists()
+        return not self.lost
+
+    def renew(self, expires: float | None = None) -> None:
+        if not self.held():
+            return
+        atomic_write(self.path, self._content(time.time() + self.lease_s if expires is None else expires))
+
+    def __enter__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self):
+        while not self._stop.wait(self.lease_s / 4):
+            self.renew()
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        if not self.lost:
+            self.renew(expires=0.0)  # released: the next claimer takes the next generation
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the sweep needs to know of a finished trial."""
+
+    batch_size: int
+    status: str
+    steps_to_target: int | None
+    steps_run: int
+    max_steps: int
+
+
+class RecordIndex:
+    """Summaries of the finished trials in a store, read incrementally: each
+    record is parsed once, so refreshing is a directory listing. Corrupt
+    records are left out (the sweep sets them aside and reruns the trial)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.summaries: dict[str, Summary] = {}
+
+    def refresh(self) -> "RecordIndex":
+        for entry in os.scandir(self.store.trials_dir):
+            if entry.name in self.summaries:
+                continue
+            path = Path(entry.path) / "record.json"
+            try:
+                record = parse_record(path)
+            except CorruptRecord:
+                continue
+            config = record["config"]
+            self.summaries[entry.name] = Summary(config["batch_size"], record["status"], record["steps_to_target"],
+                                                 record["steps_run"], config["max_steps"])
+        return self
+
+    def best_trial(self, batch_size: int) -> str | None:
+        """The complete trial at `batch_size` with the fewest steps to the target
+        (ties: the smallest id), or None."""
+        done = [(s.steps_to_target, trial_id) for trial_id, s in self.summaries.items()
+                if s.batch_size == batch_size and s.status == "complete" and s.steps_to_target is not None]
+        return min(done)[1] if done else None
+
+    def best_steps(self, batch_size: int) -> int | None:
+        """The fewest steps to the target of any complete trial at `batch_size`:
+        the steps-to-result there so far (Shallue et al. 2019, Sec. 3.3)."""
+        best = self.best_trial(batch_size)
+        return None if best is None else self.summaries[best].steps_to_target
+
+
+class BestSoFar:
+    """`prune_above` for run_trial: the best steps-to-target at one batch size
+    among finished trials, re-read at most every `interval_s` seconds. A stale
+    value only prunes less, never wrongly: the bound can only go down."""
+
+    def __init__(self, index: RecordIndex, batch_size: int, interval_s: float = 1.0):
+        self.index, self.batch_size, self.interval_s = index, batch_size, interval_s
+        self._last = -float("inf")
+
+    def __call__(self) -> int | None:
+        if time.monotonic() - self._last >= self.interval_s:
+            self.index.refresh()
+            self._last = time.monotonic()
+        return self.index.best_steps(self.batch_size)
