@@ -75,6 +75,8 @@ class Engine:
         # (jax-ml/jax#12868: ~10x slower, measured in benchmarks/RESULTS.md), so
         # there the engine dispatches one compiled step at a time instead.
         self.fused = jax.default_backend() != "cpu" or not _has_convolution(self.model, self.example)
+        # Placed like the step's outputs, so that the first and later steps share one compilation.
+        self._zero_sums = jax.device_put((np.float32(0.0), np.int32(-1)), replicated)
         self._evaluate = jax.jit(self._eval)
 
     def init(self) -> TrainState:
@@ -161,7 +163,7 @@ class Engine:
             if self.fused:
                 state, chunk_loss, bad = self._steps(state, self.train, perm, first, n)
             else:
-                carry = (state, jnp.float32(0.0), jnp.int32(-1))
+                carry = (state, *jax.tree.map(jnp.copy, self._zero_sums))
                 for i in range(first, first + n):
                     carry = self._one_step(self.train, perm, i, carry)
                 state, chunk_loss, bad = carry
