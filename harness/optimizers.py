@@ -3,9 +3,15 @@ built from optax (nothing hand-written). Tables of builders, not if/elif
 chains: a new optimizer or schedule is one entry."""
 from __future__ import annotations
 
+import dataclasses
+
 import optax
 
 from harness.trial import TrialConfig
+
+# Numeric metaparameters that may be traced values: trials that differ only in
+# these share one compiled program (and one entry of the compilation cache).
+TRACED = ("momentum", "end_lr_factor", "warmup_factor", "weight_decay", "b1", "b2", "eps", "trust_coefficient")
 
 # Weight decay is built into these; the others get optax.add_decayed_weights.
 _DECAY_BUILT_IN = ("adamw", "lars", "lamb")
@@ -40,18 +46,30 @@ _WARMUPS = {
 }
 
 
-def make_schedule(config: TrialConfig) -> optax.Schedule:
-    """The learning rate at each step; after a warmup prefix the main schedule
-    starts from its own step 0."""
-    lr = config.effective_learning_rate()
+def hyperparameters(config: TrialConfig) -> dict:
+    """The traced metaparameters of a trial, with the learning rate after the
+    batch-size scaling rule, as data for `make_optimizer(config, hparams)`."""
+    return {"learning_rate": config.effective_learning_rate(), **{k: getattr(config, k) for k in TRACED}}
+
+
+def make_schedule(config: TrialConfig, lr=None) -> optax.Schedule:
+    """The learning rate at each step from eta0 = `lr` (default: the config's,
+    after scaling); after a warmup prefix the main schedule starts from its own
+    step 0."""
+    lr = config.effective_learning_rate() if lr is None else lr
     schedule = _SCHEDULES[config.schedule](config, lr)
     if config.warmup == "none":
         return schedule
     return optax.join_schedules([_WARMUPS[config.warmup](config, lr), schedule], [config.warmup_steps])
 
 
-def make_optimizer(config: TrialConfig) -> optax.GradientTransformation:
-    optimizer = _OPTIMIZERS[config.optimizer](config, make_schedule(config))
+def make_optimizer(config: TrialConfig, hparams: dict | None = None) -> optax.GradientTransformation:
+    """The trial's optimizer. `hparams` (see `hyperparameters`) may hold traced
+    values; the structure (optimizer, schedule, whether weight decay is on)
+    comes from `config` alone."""
+    hp = hyperparameters(config) if hparams is None else hparams
+    c = dataclasses.replace(config, **{k: hp[k] for k in TRACED})
+    optimizer = _OPTIMIZERS[config.optimizer](c, make_schedule(c, hp["learning_rate"]))
     if config.weight_decay and config.optimizer not in _DECAY_BUILT_IN:
-        return optax.chain(optax.add_decayed_weights(config.weight_decay), optimizer)
+        return optax.chain(optax.add_decayed_weights(c.weight_decay), optimizer)
     return optimizer

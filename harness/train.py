@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from harness import checkpoint, noise_scale
 from harness.errors import UserError
 from harness.losses import LOSSES, METRIC_FUNCTIONS
-from harness.optimizers import make_optimizer
+from harness.optimizers import hyperparameters, make_optimizer
 from harness.trial import TrialConfig, TrialRecord
 from harness.workloads import METRICS, Workload, get_workload
 
@@ -37,6 +37,7 @@ class TrainState(NamedTuple):
     model_state: dict  # e.g. batch-norm statistics; empty for most models
     opt_state: optax.OptState
     gns: noise_scale.GnsState | None
+    hparams: dict  # traced metaparameters (harness.optimizers.hyperparameters) and label smoothing
 
 
 def evaluation_steps(config: TrialConfig, every: int) -> list[int]:
@@ -65,7 +66,6 @@ class Engine:
         self.steps_per_epoch = len(data.train_x) // config.batch_size
         self.model = workload.make_model(data, **config.workload_options)
         self.loss_fn, self.metric_fn = LOSSES[workload.loss], METRIC_FUNCTIONS[workload.metric]
-        self.tx = make_optimizer(config)
         self.example = data.train_x[:1]
         self._permutation = jax.jit(lambda key, epoch, n: jax.random.permutation(jax.random.fold_in(key, epoch), n),
                                     static_argnums=2)
@@ -84,24 +84,28 @@ class Engine:
         params = variables["params"]
         model_state = {k: v for k, v in variables.items() if k != "params"}
         gns = noise_scale.gns_init() if self.config.gns else None
-        state = TrainState(params, model_state, self.tx.init(params), gns)
+        hparams = {k: np.float32(v) for k, v in hyperparameters(self.config).items()}
+        hparams["label_smoothing"] = np.float32(self.config.label_smoothing)
+        state = TrainState(params, model_state, make_optimizer(self.config).init(params), gns, hparams)
         # Copies, so that leaves sharing one buffer (optax and gns zeros) can be donated.
         return jax.device_put(jax.tree.map(jnp.copy, state), NamedSharding(self.mesh, P()))
 
     # --- the compiled parts ---------------------------------------------------
-    def _micro_loss(self, params, model_state, x, y):
+    def loss(self, params, model_state, x, y, label_smoothing=0.0):
+        """Mean training loss of a batch and the updated model state."""
         variables = {"params": params, **model_state}
         if model_state:
             out, model_state = self.model.apply(variables, x, train=True, mutable=list(model_state))
         else:
             out = self.model.apply(variables, x, train=True)
-        return self.loss_fn(out, y, self.config.label_smoothing).mean(), model_state
+        return self.loss_fn(out, y, label_smoothing).mean(), model_state
 
     def _step(self, state: TrainState, x, y):
         """One update from a batch split into `microbatches` micro-batches of
         equal size (leading axis): the mean of their gradients is the gradient
         of the whole batch, so accumulation equals one big batch."""
-        grad_fn = jax.value_and_grad(self._micro_loss, has_aux=True)
+        smoothing = state.hparams["label_smoothing"]
+        grad_fn = jax.value_and_grad(lambda p, s, x, y: self.loss(p, s, x, y, smoothing), has_aux=True)
         k, gns = self.config.microbatches, state.gns
         if k == 1:
             (loss, model_state), grads = grad_fn(state.params, state.model_state, x[0], y[0])
@@ -120,8 +124,9 @@ class Engine:
                 b = self.config.batch_size
                 gns = noise_scale.gns_update(gns, sq_norms / k, optax.tree.norm(grads, squared=True), b // k, b,
                                              self.config.gns_ema)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), model_state, opt_state, gns), loss
+        tx = make_optimizer(self.config, state.hparams)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), model_state, opt_state, gns, state.hparams), loss
 
     def _train_step_at(self, train, perm, i, carry):
         """Step i of an epoch whose example order is `perm`. The carry holds the

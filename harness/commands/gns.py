@@ -104,7 +104,7 @@ def _offline(config: TrialConfig, args, sample_batch_size, checkpoint_dir) -> di
 
 
 def _training_loss(engine, model_state, params, batch):
-    return engine._micro_loss(params, model_state, *batch)[0]
+    return engine.loss(params, model_state, *batch)[0]
 
 
 def _sample_with_replacement(train_x, train_y, key, batch_size):
