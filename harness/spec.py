@@ -309,7 +309,7 @@ def load_spec(path, data_dir=None) -> SweepSpec:
 
 
 def parse_spec(raw: dict, path="spec", data_dir=None) -> SweepSpec:
-    from harness.workloads import METRICS, get_workload
+    from harness.workloads import get_workload, reachable, target_interval
 
     check = _Checker(path)
     check.table(raw, TOP_LEVEL)
@@ -322,12 +322,11 @@ def parse_spec(raw: dict, path="spec", data_dir=None) -> SweepSpec:
         raise UserError(f"{path}: workload: {e}") from None
 
     batch_sizes = _batch_sizes(check, raw["batch_sizes"])
-    direction, lo, hi = METRICS[workload.metric]
     target = raw.get("target", workload.target)
-    if not (lo < target <= hi if direction == "min" else lo <= target < hi):
+    if not reachable(workload.metric, target):
         check.fail("target", f"{target} is outside the range of {workload.metric} (it must be crossed "
-                             f"{'from above' if direction == 'min' else 'from below'})",
-                   f"{'(' if direction == 'min' else '['}{lo}, {hi}{']' if direction == 'min' else ')'}")
+                             f"{'from above' if workload.direction == 'min' else 'from below'})",
+                   target_interval(workload.metric))
     if "max_steps" not in raw and "max_examples" not in raw:
         check.fail("max_steps", "missing: a trial needs a budget", "max_steps and/or max_examples")
     for key in ("max_steps", "max_examples", "eval_every", "checkpoint_every", "reference_batch_size"):
@@ -360,7 +359,7 @@ def parse_spec(raw: dict, path="spec", data_dir=None) -> SweepSpec:
         name=raw.get("name", path.stem if isinstance(path, Path) else str(path)),
         description=raw.get("description", ""),
         workload=raw["workload"], workload_options=raw.get("workload_options", {}),
-        metric=workload.metric, direction=direction, target=target,
+        metric=workload.metric, direction=workload.direction, target=target,
         optimizer=raw.get("optimizer", "nesterov"), batch_sizes=batch_sizes,
         max_steps=raw.get("max_steps"), max_examples=raw.get("max_examples"),
         eval_every=eval_every, eval_schedule=raw.get("eval_schedule", "linear"),

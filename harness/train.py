@@ -26,7 +26,7 @@ from harness.errors import UserError
 from harness.losses import LOSSES, METRIC_FUNCTIONS
 from harness.optimizers import hyperparameters, make_optimizer
 from harness.trial import TrialConfig, TrialRecord
-from harness.workloads import METRICS, Workload, get_workload
+from harness.workloads import Workload, get_workload, reachable, target_interval
 
 EVAL_BATCH = 1024
 GEOMETRIC_RATIO = 2 ** 0.25  # four evaluations per doubling of the step count
@@ -213,13 +213,10 @@ def check_trial(config: TrialConfig, workload: Workload, train_size: int) -> flo
     """Validate what depends on the workload and devices; returns the target."""
     config.validate()
     target = workload.target if config.target is None else config.target
-    direction, lo, hi = METRICS[workload.metric]
-    reachable = lo < target <= hi if direction == "min" else lo <= target < hi
-    if not reachable:
-        side = "strictly below" if direction == "min" else "strictly above"
-        raise UserError(f"target {target} can never be reached: {workload.metric} must get {side} it and "
-                        f"lies in [{lo}, {hi}]; allowed: {'(' if direction == 'min' else '['}{lo}, {hi}"
-                        f"{']' if direction == 'min' else ')'}")
+    if not reachable(workload.metric, target):
+        side = "strictly below" if workload.direction == "min" else "strictly above"
+        raise UserError(f"target {target} can never be reached: {workload.metric} must get {side} it; "
+                        f"allowed: {target_interval(workload.metric)}")
     if config.batch_size > train_size:
         raise UserError(f"batch_size {config.batch_size} is above the training set size {train_size}; "
                         f"allowed: 1 .. {train_size}")

@@ -25,6 +25,19 @@ METRICS = {
 }
 
 
+def reachable(metric: str, target: float) -> bool:
+    """Whether a metric can get strictly past `target` (Shallue et al.'s strict
+    crossing): below it for a metric to minimise, above it to maximise."""
+    direction, lo, hi = METRICS[metric]
+    return lo < target <= hi if direction == "min" else lo <= target < hi
+
+
+def target_interval(metric: str) -> str:
+    """The targets `reachable` accepts, in interval notation."""
+    direction, lo, hi = METRICS[metric]
+    return f"({lo}, {hi}]" if direction == "min" else f"[{lo}, {hi})"
+
+
 @dataclass(frozen=True)
 class Workload:
     """The contract every trial runs through (after AlgoPerf's workload API).
