@@ -56,16 +56,17 @@ def _log(ax, which="x", base=2):
     subdivisions between powers of two, and on the many small log10 panels of
     the feasibility plot they cost more time than they help."""
     axis = ax.xaxis if which == "x" else ax.yaxis
+    lo, hi = ax.dataLim.intervalx if which == "x" else ax.dataLim.intervaly
+    # Whole decades for base 10, so that at least two ticks are labelled; one
+    # power of `base` either side of a single value (a singular range otherwise).
+    if 0 < lo <= hi < math.inf and (base == 10 or lo == hi):
+        (ax.set_xlim if which == "x" else ax.set_ylim)(*(_decades(lo, hi) if base == 10 else (lo / base, hi * base)))
     (ax.set_xscale if which == "x" else ax.set_yscale)("log", base=base)
     axis.set_major_locator(LogLocator(base=base, numticks=12))
     axis.set_major_formatter(FuncFormatter(
         lambda v, _: f"{base}{str(round(math.log(v, base))).translate(SUPERSCRIPT)}" if v > 0 else ""))
     axis.set_minor_locator(NullLocator())
     ax.grid(True, which="major", alpha=0.3)
-    if base == 10:  # whole decades, so that at least two ticks are labelled
-        lo, hi = ax.dataLim.intervalx if which == "x" else ax.dataLim.intervaly
-        if 0 < lo <= hi < math.inf:
-            (ax.set_xlim if which == "x" else ax.set_ylim)(*_decades(lo, hi))
 
 
 def _decades(lo, hi):
