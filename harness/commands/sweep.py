@@ -59,31 +59,14 @@ def summary(outcome) -> str:
 def results(folder) -> str:
     """The steps-to-result table, the critical batch size and the plot's path."""
     from analysis import load_sweep
-    from analysis.fit import fit_sweep
-    from analysis.plots import save, steps_plot
-    from analysis.steps import steps_to_result
+    from analysis.plots import analyze, save, steps_plot
+    from harness.commands.analyze import summary_text
 
     sweep = load_sweep(folder)
-    spec = sweep.spec
-    sign = "<" if spec["direction"] == "min" else ">"
-    table = steps_to_result(sweep.trials, sweep.measurements, spec["target"], spec["direction"])
-    searched = list((spec.get("search") or {}).get("space", {}))
-    lines = [f"steps to result ({spec['metric']} {sign} {spec['target']}, {spec['workload']}):"]
-    if table.empty:
-        return "\n".join(lines + ["  no batch size reached the target"])
-    lines.append(table[["batch_size", "steps", "examples", "resolution", *searched, "trial_id"]]
-                 .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    missing = sorted(set(spec["batch_sizes"]) - set(table["batch_size"]))
-    if missing:
-        lines.append(f"no trial reached the target at batch size(s) {', '.join(map(str, missing))}")
-    fit = fit_sweep(sweep.trials, sweep.measurements, spec["target"], spec["direction"])
-    lo, hi = fit.b_crit_ci
-    lines.append(f"critical batch size (McCandlish et al. 2018, B_crit = E_min / S_min): {fit.b_crit:.4g} "
-                 f"({fit.confidence:.0%} interval {lo:.4g} .. {hi:.4g}); S_min = {fit.s_min:.4g} steps")
-    lines.append(f"critical batch size ({fit.overhead_percent:g}% step overhead, Zhang et al. 2024): "
-                 f"{fit.b_crit_overhead:.4g}; perfect scaling up to B = {fit.perfect_scaling_end:g}")
-    lines += [f"note: {w}" for w in fit.warnings]
-    paths = save(steps_plot({spec.get("name") or spec["workload"]: table}, {spec.get("name") or spec["workload"]: fit}),
-                 sweep.folder / "steps_to_result")
-    lines.append(f"plot: {paths[0]}")
-    return "\n".join(lines)
+    curve = analyze(sweep)
+    text = summary_text(sweep, curve)
+    if curve.table.empty:
+        return text
+    name = sweep.spec.get("name") or sweep.spec["workload"]
+    paths = save(steps_plot({name: curve.table}, {name: curve.fit}), sweep.folder / "steps_to_result")
+    return f"{text}\nplot: {paths[0]}"
