@@ -343,8 +343,12 @@ def analyze(sweep, target: float | None = None, **fit_options) -> Curve:
 def looser_targets(sweep, fractions=LOOSER_TARGETS) -> list[float]:
     """Targets between the spec's and the median metric at the trials' first
     evaluation, geometrically interpolated and rounded to two digits: the
-    several targets of McCandlish et al.'s Fig. 7 (2018)."""
+    several targets of McCandlish et al.'s Fig. 7 (2018). None for a pruned
+    sweep: pruning is exact for the spec's target only (a pruned trial may have
+    crossed a looser target first, and its curve is gone)."""
     target = sweep.spec["target"]
+    if sweep.spec.get("prune", True):
+        return []
     rows = sweep.measurements.sort_values("step").drop_duplicates("trial_id")
     start = float(rows["val_metric"].median()) if len(rows) else math.nan
     if not (target > 0 and start > 0) or start == target:
@@ -392,7 +396,7 @@ def sweep_figures(sweep, targets=None, main: Curve | None = None):
     the optimal metaparameters, the feasibility scatter (momentum optimizers),
     the best metric within budgets, the Pareto plot and the noise scale over
     training. `targets`: for the multi-target figures (default: the spec's and
-    two looser ones). `main`: the sweep's `analyze` at its spec's target, when
+    two looser ones when the sweep was not pruned). `main`: the sweep's `analyze` at its spec's target, when
     already computed."""
     spec, main = sweep.spec, main or analyze(sweep)
     curves = {target_label(spec, main.target): main}
