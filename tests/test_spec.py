@@ -1,6 +1,5 @@
 """Sweep spec files: validation messages and deterministic trial expansion."""
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -9,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from conftest import DATA_DIR as DATA
 from harness.errors import UserError
 from harness.spec import load_spec, parse_spec
 
-DATA = os.environ.get("CBS_DATA_DIR", "/work/shared/data")
 BASE = """
 workload = "linear_regression"
 optimizer = "momentum"

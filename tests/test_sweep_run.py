@@ -15,12 +15,12 @@ import pytest
 
 from analysis import load_sweep
 from analysis.steps import steps_to_result
+from conftest import DATA_DIR as DATA
 from harness.spec import load_spec
 from harness.store import Store
 from harness.executors import placement, worker_main
 from harness.sweep import run_sweep
 
-DATA = os.environ.get("CBS_DATA_DIR", "/work/shared/data")
 SPEC = """
 workload = "mnist_fc32x1"
 optimizer = "sgd"

@@ -10,11 +10,11 @@ import time
 import pytest
 
 from analysis import load_sweep
+from conftest import DATA_DIR as DATA
 from harness.errors import UserError
 from harness.spec import load_spec
 from harness.store import Store, atomic_write, parse_record, spec_differences
 
-DATA = os.environ.get("CBS_DATA_DIR", "/work/shared/data")
 SPEC = """
 workload = "linear_regression"
 optimizer = "sgd"
