@@ -31,7 +31,8 @@ def add_arguments(parser):
     parser.add_argument("--data-dir", help="folder of the datasets (default: $CBS_DATA_DIR or a cache folder)")
     parser.add_argument("--checkpoint-dir", help="Orbax checkpoints here; resumes from the latest one")
     parser.add_argument("--out", help="write record.json and measurements.csv into this folder")
-    parser.add_argument("--json", action="store_true", help="print the trial record as JSON")
+    parser.add_argument("--json", action="store_true", help="print the trial record as JSON (with --out, "
+                        "`measurements` names the CSV file instead of listing the rows)")
     multi = parser.add_argument_group("multi-host (run the same command on every host)")
     multi.add_argument("--coordinator", help="HOST:PORT of process 0, for jax.distributed.initialize")
     multi.add_argument("--num-processes", type=int)
@@ -55,7 +56,7 @@ def run(args) -> int:
     fields = {f.name for f in dataclasses.fields(TrialConfig)}
     config = TrialConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     record = run_trial(config, data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir)
-    summary = {k: v for k, v in record.to_dict().items() if k != "measurements"}
+    summary = record.to_dict()  # the measurements inline, or the file they are in with --out
     if args.out and writer:
         import pandas as pd
 
@@ -63,7 +64,7 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "record.json").write_text(json.dumps(record.to_dict(), indent=1))
         pd.DataFrame(record.measurements).to_csv(out / "measurements.csv", index=False)
-        summary["measurements_file"] = str(out / "measurements.csv")
+        summary["measurements"] = str(out / "measurements.csv")
     if args.json:
         json.dump(summary, sys.stdout, indent=1)
         print()
