@@ -119,7 +119,7 @@ def test_kill_9_at_any_moment_then_resume_equals_uninterrupted(reference, tmp_pa
     proc = cbs_sweep(spec, out, "--workers", "2")
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
-    assert "steps to result (error_rate < 0.15, mnist_fc32x1)" in stdout
+    assert "steps to result (error_rate < 0.15, mnist_fc32x1, sgd; 6 trials):" in stdout
     done, expected = records(out), records(reference)
     assert done.keys() == expected.keys()
     for trial_id in expected:
