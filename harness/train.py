@@ -100,30 +100,51 @@ class Engine:
             out = self.model.apply(variables, x, train=True)
         return self.loss_fn(out, y, label_smoothing).mean(), model_state
 
-    def _step(self, state: TrainState, x, y):
-        """One update from a batch split into `microbatches` micro-batches of
-        equal size (leading axis): the mean of their gradients is the gradient
-        of the whole batch, so accumulation equals one big batch."""
+    def _gradients(self, state: TrainState, x, y):
+        """The gradient of the whole batch (given as `microbatches` equal
+        micro-batches on the leading axis), its mean loss, the new model state,
+        and for the noise scale the mean squared norm of the gradients of the
+        `groups` equal parts it was computed from.
+
+        Micro-batches are scanned: the mean of their gradients is the gradient
+        of the whole batch, so accumulation equals one big batch. With one
+        micro-batch, the noise scale on several devices uses the per-device
+        gradients (vmapped over the device axis, each device computing its
+        own) before their mean, the all-reduced gradient: McCandlish et al.
+        (2018), App. A.1."""
         smoothing = state.hparams["label_smoothing"]
         grad_fn = jax.value_and_grad(lambda p, s, x, y: self.loss(p, s, x, y, smoothing), has_aux=True)
-        k, gns = self.config.microbatches, state.gns
-        if k == 1:
+        k, b, devices = self.config.microbatches, self.config.batch_size, self.mesh.size
+        if k == 1 and not (self.config.gns and devices > 1):
             (loss, model_state), grads = grad_fn(state.params, state.model_state, x[0], y[0])
-        else:
-            def micro(carry, xy):
-                grads, sq_norms, loss, model_state = carry
-                (l, model_state), g = grad_fn(state.params, model_state, *xy)
-                return (jax.tree.map(jnp.add, grads, g), sq_norms + optax.tree.norm(g, squared=True),
-                        loss + l, model_state), None
+            return grads, loss, model_state, None, 1
+        if k == 1:
+            xs, ys = (jax.lax.with_sharding_constraint(a[0].reshape(devices, b // devices, *a.shape[2:]),
+                                                       NamedSharding(self.mesh, P("data"))) for a in (x, y))
+            (losses, states), g = jax.vmap(grad_fn, in_axes=(None, None, 0, 0))(state.params, state.model_state,
+                                                                                 xs, ys)
+            per_device_sq = jax.vmap(lambda g: optax.tree.norm(g, squared=True))(g)
+            mean = functools.partial(jnp.mean, axis=0)
+            return jax.tree.map(mean, g), losses.mean(), jax.tree.map(mean, states), per_device_sq.mean(), devices
 
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
-            (grads, sq_norms, loss, model_state), _ = jax.lax.scan(
-                micro, (zeros, 0.0, 0.0, state.model_state), (x, y))
-            grads, loss = jax.tree.map(lambda g: g / k, grads), loss / k
-            if self.config.gns:
-                b = self.config.batch_size
-                gns = noise_scale.gns_update(gns, sq_norms / k, optax.tree.norm(grads, squared=True), b // k, b,
-                                             self.config.gns_ema)
+        def micro(carry, xy):
+            grads, sq_norms, loss, model_state = carry
+            (l, model_state), g = grad_fn(state.params, model_state, *xy)
+            return (jax.tree.map(jnp.add, grads, g), sq_norms + optax.tree.norm(g, squared=True),
+                    loss + l, model_state), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (grads, sq_norms, loss, model_state), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0, state.model_state), (x, y))
+        return jax.tree.map(lambda g: g / k, grads), loss / k, model_state, sq_norms / k, k
+
+    def _step(self, state: TrainState, x, y):
+        """One update; with `gns`, the two-batch noise-scale estimate too."""
+        grads, loss, model_state, small_sq, groups = self._gradients(state, x, y)
+        gns = state.gns
+        if self.config.gns:
+            b = self.config.batch_size
+            gns = noise_scale.gns_update(gns, small_sq, optax.tree.norm(grads, squared=True), b // groups, b,
+                                         self.config.gns_ema)
         tx = make_optimizer(self.config, state.hparams)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), model_state, opt_state, gns, state.hparams), loss
@@ -220,6 +241,9 @@ def check_trial(config: TrialConfig, workload: Workload, train_size: int) -> flo
     if config.batch_size > train_size:
         raise UserError(f"batch_size {config.batch_size} is above the training set size {train_size}; "
                         f"allowed: 1 .. {train_size}")
+    if config.gns and config.microbatches < 2 and jax.device_count() < 2:
+        raise UserError("gns needs two gradient estimates at the same parameters: microbatches >= 2, "
+                        "or several devices (per-device vs all-reduced gradients)")
     per_device = config.batch_size // config.microbatches
     if per_device % jax.device_count():
         raise UserError(f"batch_size {config.batch_size} / microbatches {config.microbatches} = {per_device} is not "

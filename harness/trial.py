@@ -105,9 +105,6 @@ class TrialConfig:
         if self.microbatches < 1 or self.batch_size % self.microbatches:
             raise UserError(
                 f"microbatches must divide batch_size {self.batch_size}, got {self.microbatches!r}")
-        if self.gns and self.microbatches < 2:
-            raise UserError("gns needs microbatches >= 2 (the two-batch estimator compares "
-                            "micro-batch and full-batch gradients)")
         if self.schedule in ("linear_decay", "cosine") and not (self.decay_steps or 0) >= 1:
             raise UserError(f"schedule {self.schedule!r} needs decay_steps >= 1")
         if self.lr_scaling != "none" and not (self.reference_batch_size or 0) >= 1:

@@ -160,14 +160,15 @@ from harness.train import run_trial
 from harness.trial import TrialConfig
 import jax
 r = run_trial(TrialConfig(workload="mnist_fc128x1", batch_size=64, learning_rate=0.05, max_steps=30,
-                          eval_every=10, stop_at_target=False, microbatches=2, gns=True), data_dir=sys.argv[1])
+                          eval_every=10, stop_at_target=False, microbatches=int(sys.argv[2]), gns=True),
+              data_dir=sys.argv[1])
 print(json.dumps({"devices": jax.device_count(), "rows": r.measurements}))
 """
 
 
-def _run_on(devices, data_dir):
+def _run_on(devices, data_dir, microbatches=2):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    out = subprocess.run([sys.executable, "-c", _DP_SCRIPT, str(data_dir)], env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", _DP_SCRIPT, str(data_dir), str(microbatches)], env=env, capture_output=True, text=True,
                          check=True)
     import json
 
@@ -180,6 +181,22 @@ def test_eight_devices_equal_one_device(data_dir):
     for r1, r8 in zip(one["rows"][1:], eight["rows"][1:]):
         for key in ("train_loss", "val_loss", "val_metric", "gns_g2", "gns_trace"):
             assert r8[key] == pytest.approx(r1[key], rel=1e-3, abs=1e-6), key
+
+
+def test_per_device_noise_scale_equals_the_micro_batch_split(data_dir):
+    """On 8 devices without micro-batches, the two-batch estimate compares
+    per-device and all-reduced gradients; it must equal the estimate from 8
+    micro-batches (the same partition of the batch) on one device."""
+    per_device, micro = _run_on(8, data_dir, microbatches=1), _run_on(1, data_dir, microbatches=8)
+    for rd, rm in zip(per_device["rows"][1:], micro["rows"][1:]):
+        for key in ("val_loss", "gns_g2", "gns_trace", "gns_b_simple"):
+            assert rd[key] == pytest.approx(rm[key], rel=2e-3), key
+
+
+def test_noise_scale_needs_two_estimates(capsys, data_dir):
+    assert main(["train", "--workload", "linear_regression", "--batch-size", "8", "--learning-rate", "0.1",
+                 "--gns"]) == 2
+    assert "gns needs two gradient estimates at the same parameters: microbatches >= 2" in capsys.readouterr().err
 
 
 # --- checkpoint and resume ----------------------------------------------------------
