@@ -231,8 +231,8 @@ def _crossed(value: float, target: float, direction: str) -> bool:
 
 
 def check_trial(config: TrialConfig, workload: Workload, train_size: int) -> float:
-    """Validate what depends on the workload and devices; returns the target."""
-    config.validate()
+    """Validate what depends on the workload, its data and the devices
+    (TrialConfig.validate checks the rest); returns the target."""
     target = workload.target if config.target is None else config.target
     if not reachable(workload.metric, target):
         side = "strictly below" if workload.direction == "min" else "strictly above"
