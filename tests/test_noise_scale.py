@@ -248,7 +248,7 @@ def test_cbs_gns_on_mnist_matches_b_simple_from_every_per_example_gradient(capsy
     state, _ = checkpoint.restore(tmp_path, engine.init())
 
     def example_grad(x, y):
-        return jax.grad(lambda p: engine._micro_loss(p, state.model_state, x[None], y[None])[0])(state.params)
+        return jax.grad(lambda p: engine.loss(p, state.model_state, x[None], y[None])[0])(state.params)
 
     @jax.jit
     def sums(x, y):
