@@ -67,8 +67,10 @@ class Engine:
         self.model = workload.make_model(data, **config.workload_options)
         self.loss_fn, self.metric_fn = LOSSES[workload.loss], METRIC_FUNCTIONS[workload.metric]
         self.example = data.train_x[:1]
-        self._permutation = jax.jit(lambda key, epoch, n: jax.random.permutation(jax.random.fold_in(key, epoch), n),
-                                    static_argnums=2)
+        n, key = len(data.train_x), jax.random.key(config.seed)
+        # The order of epoch e depends on (seed, e) alone; one epoch's is kept, as evaluations split epochs.
+        self.epoch_order = functools.lru_cache(maxsize=1)(
+            jax.jit(lambda epoch: jax.random.permutation(jax.random.fold_in(key, epoch), n)))
         self._steps = jax.jit(self._train_steps, donate_argnums=0)
         self._one_step = jax.jit(self._train_step_at, donate_argnums=3)
         # XLA:CPU lays out a convolution's weight gradient badly inside a loop
@@ -181,11 +183,10 @@ class Engine:
         """Train from step `start` to `stop`; returns (state, mean train loss,
         first step whose loss was not finite or None)."""
         loss_sum, step, bad_step = 0.0, start, None
-        key = jax.random.key(self.config.seed)
         while step < stop:
             epoch, first = divmod(step, self.steps_per_epoch)
             n = min(stop - step, self.steps_per_epoch - first)
-            perm = self._permutation(key, epoch, len(self.train[0]))
+            perm = self.epoch_order(epoch)
             if self.fused:
                 state, chunk_loss, bad = self._steps(state, self.train, perm, first, n)
             else:
