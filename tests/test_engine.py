@@ -217,7 +217,6 @@ def test_kill_and_resume_gives_identical_measurements(data_dir, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not _saved_steps(tmp_path / "ckpt"):
         time.sleep(0.05)
-    time.sleep(0.5)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     saved = _saved_steps(tmp_path / "ckpt")
