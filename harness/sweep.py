@@ -86,6 +86,12 @@ def _run_claimed(store: Store, trial: Trial, lease, prune_above, data_dir) -> No
                            prune_above=prune_above, on_eval=on_eval)
     except LeaseLost:
         return
+    except Exception:
+        # A worker that stalled past its lease may find its trial's folder
+        # tidied by the worker that took over (e.g. mid-checkpoint): not an error.
+        if not lease.held():
+            return
+        raise
     store.write_record(trial.id, record.to_dict())
 
 
