@@ -70,12 +70,9 @@ def _config(args) -> TrialConfig:
     """The trial of `cbs train` with the noise scale on. Defaults differ where
     the noise scale needs it: 2 micro-batches, train the whole budget, and one
     checkpoint at its end (to read the final parameters back)."""
-    fields = {f.name for f in dataclasses.fields(TrialConfig)}
-    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    given.setdefault("microbatches", 2)
-    given.setdefault("stop_at_target", False)
-    given.setdefault("checkpoint_every", given.get("max_steps", TrialConfig.max_steps))
-    config = TrialConfig(**{**given, "gns": True})
+    max_steps = args.max_steps or TrialConfig.max_steps
+    config = train_command.config_from_args(args, microbatches=2, stop_at_target=False, checkpoint_every=max_steps)
+    config = dataclasses.replace(config, gns=True)
     config.validate()
     return config
 

@@ -39,6 +39,14 @@ def add_arguments(parser):
     multi.add_argument("--process-id", type=int)
 
 
+def config_from_args(args, **defaults) -> TrialConfig:
+    """The TrialConfig of the options given on the command line; `defaults`
+    replace TrialConfig's own for the options not given."""
+    fields = {f.name for f in dataclasses.fields(TrialConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return TrialConfig(**{**defaults, **given})
+
+
 def _initialize_distributed(args):
     """Multi-host data parallelism: every process joins one global device mesh
     and feeds the same (deterministic) batches; jit does the rest."""
@@ -53,8 +61,7 @@ def run(args) -> int:
     from harness.train import run_trial
 
     writer = _initialize_distributed(args) if args.coordinator else True
-    fields = {f.name for f in dataclasses.fields(TrialConfig)}
-    config = TrialConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    config = config_from_args(args)
     record = run_trial(config, data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir)
     summary = record.to_dict()  # the measurements inline, or the file they are in with --out
     if args.out and writer:
