@@ -8,7 +8,7 @@ diagonal preconditioner p_i = h_i^-gamma. Heavy-ball momentum (plain SGD is
 beta = 0): v' = beta v - a p g, x' = x + v'. Per coordinate, with u = a p h,
 the state w = (x, v) evolves as w' = Phi w - a p xi (1, 1) with
 Phi = [[1 - u, beta], [-u, beta]], so the second moments follow the 3x3 linear
-map of the paper's Eq. 6 (GUIDE Sec. 5). Its closed form at any t comes from the
+map of the paper's Eq. 6. Its closed form at any t comes from the
 two eigenvalues mu_1, mu_2 of Phi (mu_1 mu_2 = beta): with
 e1^T Phi^k y = c_1 mu_1^k + c_2 mu_2^k (Lagrange interpolation of Phi^k),
 
@@ -130,7 +130,7 @@ def expected_loss(steps, batch_size, learning_rate, momentum=0.0, precondition=0
 
 
 def steps_lower_bound(batch_sizes, target=TARGET, dims=DIMS):
-    """The reference line K / (2 C B) of Zhang et al. 2019 (GUIDE Sec. 5)."""
+    """The reference line K / (2 C B) of Zhang et al. 2019, Sec. 3."""
     return dims / (2 * target * np.asarray(batch_sizes, float))
 
 

@@ -10,7 +10,6 @@ and PDF, `sweep_figures` yields every figure a sweep's data supports and
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-from analysis.fit import FitResult, fit_sweep
-from analysis.steps import best_metric, steps_to_result
+from analysis.curves import Curve, analyze, looser_targets, target_label
+from analysis.steps import best_metric
 from harness.errors import UserError
-from harness.trial import TrialConfig
+from harness.engine.trial import TrialConfig
 
 BATCH_LABEL = "batch size (examples per step)"
 SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -311,53 +310,11 @@ def noise_scale_plot(measurements: pd.DataFrame, b_crit: float | None = None,
 
 
 # --- a sweep's figures ------------------------------------------------------------
-LOOSER_TARGETS = (0.1, 0.3)  # extra targets for the Pareto plot: fractions of the way
-                             # (in log space) from the target to the first evaluation
 MOMENTUM_OPTIMIZERS = ("momentum", "nesterov", "lars")
 
 
-@dataclass
-class Curve:
-    """Steps to result of a sweep at one target (analysis.steps.steps_to_result)
-    and its McCandlish fit (analysis.fit.fit_sweep)."""
-
-    target: float
-    table: pd.DataFrame
-    fit: FitResult
-
-
-def target_label(spec: dict, target: float) -> str:
-    return f"{spec['metric']} {'<' if spec['direction'] == 'min' else '>'} {target:g}"
-
-
-def analyze(sweep, target: float | None = None, **fit_options) -> Curve:
-    """Steps to result and the fit of a sweep (analysis.load_sweep) at `target`
-    (default: the spec's)."""
-    target = sweep.spec["target"] if target is None else target
-    direction = sweep.spec["direction"]
-    table = steps_to_result(sweep.trials, sweep.measurements, target, direction)
-    fit = fit_sweep(sweep.trials, sweep.measurements, target, direction, **fit_options)
-    return Curve(target, table, fit)
-
-
-def looser_targets(sweep, fractions=LOOSER_TARGETS) -> list[float]:
-    """Targets between the spec's and the median metric at the trials' first
-    evaluation, geometrically interpolated and rounded to two digits: the
-    several targets of McCandlish et al.'s Fig. 7 (2018). None for a pruned
-    sweep: pruning is exact for the spec's target only (a pruned trial may have
-    crossed a looser target first, and its curve is gone)."""
-    target = sweep.spec["target"]
-    if sweep.spec.get("prune", True):
-        return []
-    rows = sweep.measurements.sort_values("step").drop_duplicates("trial_id")
-    start = float(rows["val_metric"].median()) if len(rows) else math.nan
-    if not (target > 0 and start > 0) or start == target:
-        return []
-    return [float(f"{target * (start / target) ** f:.2g}") for f in fractions]
-
-
 def _applied_learning_rate(best: pd.DataFrame) -> pd.Series:
-    """The learning rate the trials trained with, after lr_scaling (harness.trial)."""
+    """The learning rate the trials trained with, after lr_scaling (harness.engine.trial)."""
     if "lr_scaling" not in best:
         return best["learning_rate"]
     return best.apply(lambda r: TrialConfig(

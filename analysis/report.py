@@ -2,8 +2,6 @@
 with its interval and warnings, the steps-to-result table, the noise-scale
 summary, every figure (embedded as base64 PNG), the trials and the spec. It
 needs no server, script or network: any browser opens the file as it is.
-
-`steps_table`, `unreached` and `fit_summary` are also what `cbs analyze` prints.
 """
 from __future__ import annotations
 
@@ -12,13 +10,13 @@ import datetime
 import html
 import io
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from analysis import load_sweep
-from analysis.plots import Curve, analyze, sweep_figures, target_label
+from analysis.curves import Curve, analyze, fit_summary, num, steps_table, summary_text, target_label, unreached
+from analysis.plots import save, steps_plot, sweep_figures
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
@@ -32,44 +30,6 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f0f0f0; } figure { margin: 1.5em 0; } figure img { max-width: 100%; }
 figcaption { color: #444; font-size: 0.92em; } pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
 """
-
-
-def _num(x, digits=4) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
-
-
-def steps_table(sweep, curve: Curve) -> pd.DataFrame:
-    """The steps-to-result columns a reader needs: batch size, steps, examples,
-    the resolution (evaluation cadence at the crossing), the searched
-    metaparameters of the best trial and its id."""
-    searched = [c for c in ((sweep.spec.get("search") or {}).get("space") or {}) if c in curve.table]
-    return curve.table[["batch_size", "steps", "examples", "resolution", *searched, "trial_id"]]
-
-
-def unreached(sweep, curve: Curve) -> str:
-    """The sentence naming the spec's batch sizes where no trial reached the target ('' if none)."""
-    missing = sorted(set(sweep.spec["batch_sizes"]) - set(curve.table["batch_size"]))
-    return f"no trial reached the target at batch size(s) {', '.join(map(str, missing))}" if missing else ""
-
-
-def fit_summary(curve: Curve) -> list[str]:
-    """The fit in sentences: both definitions of the critical batch size, the
-    regimes of Shallue et al. (2019) and the fit's warnings (prefixed 'warning:')."""
-    fit = curve.fit
-    lo, hi = fit.b_crit_ci
-    olo, ohi = fit.b_crit_overhead_ci
-    return [
-        f"critical batch size B_crit = E_min / S_min (McCandlish et al. 2018): {_num(fit.b_crit)} "
-        f"({fit.confidence:.0%} interval {_num(lo)} .. {_num(hi)}, bootstrap over {fit.bootstrap}, "
-        f"{fit.n_bootstrap} replicates)",
-        f"S_min = {_num(fit.s_min)} steps, E_min = {_num(fit.e_min)} examples",
-        f"critical batch size at {fit.overhead_percent:g}% step overhead (Zhang et al. 2024; reference: "
-        f"{fit.overhead_reference}): {_num(fit.b_crit_overhead)} ({_num(olo)} .. {_num(ohi)}); "
-        f"with the smallest measured batch size as reference: {_num(fit.b_crit_overhead_empirical)}",
-        f"perfect scaling up to B = {_num(fit.perfect_scaling_end)}; maximal useful batch size "
-        f"(Shallue et al. 2019): {_num(fit.max_useful_batch_size)}",
-        *(f"warning: {w}" for w in fit.warnings),
-    ]
 
 
 def noise_scale_table(sweep, curve: Curve) -> pd.DataFrame | None:
@@ -117,8 +77,8 @@ def render_report(sweep) -> str:
     facts = [line for line in lines if not line.startswith("warning: ")]
     lo, hi = curve.fit.b_crit_ci
     parts += ["<section id='fit'><h2>Critical batch size</h2><div class='result'>",
-              f"<div class='big'>B_crit = <span id='b-crit'>{_num(curve.fit.b_crit)}</span></div>",
-              f"<div>{curve.fit.confidence:.0%} interval <span id='b-crit-ci'>{_num(lo)} .. {_num(hi)}</span></div>",
+              f"<div class='big'>B_crit = <span id='b-crit'>{num(curve.fit.b_crit)}</span></div>",
+              f"<div>{curve.fit.confidence:.0%} interval <span id='b-crit-ci'>{num(lo)} .. {num(hi)}</span></div>",
               "<ul>", *(f"<li>{esc(line)}</li>" for line in facts), "</ul></div>",
               *(f"<div class='warning'>{esc(line)}</div>" for line in lines if line.startswith("warning: ")),
               "</section>"]
@@ -134,8 +94,8 @@ def render_report(sweep) -> str:
         parts += ["<section id='noise-scale'><h2>Gradient noise scale</h2>",
                   f"<p>The noise scale B_simple = tr(Σ) / |G|² (McCandlish et al. 2018) predicts the critical "
                   f"batch size without a sweep. Where the best trials reached the target (median over batch "
-                  f"sizes): <b id='b-simple'>{_num(predicted)}</b>; measured B_crit: "
-                  f"<b>{_num(curve.fit.b_crit)}</b>.</p>",
+                  f"sizes): <b id='b-simple'>{num(predicted)}</b>; measured B_crit: "
+                  f"<b>{num(curve.fit.b_crit)}</b>.</p>",
                   _table_html(gns, "noise-scale-table"), "</section>"]
     parts.append("<section id='figures'><h2>Figures</h2>")
     for name, caption, fig in sweep_figures(sweep, main=curve):
@@ -160,3 +120,15 @@ def write_report(sweep_folder, out_path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_report(load_sweep(sweep_folder)), encoding="utf-8")
     return out
+
+
+def sweep_results(folder) -> str:
+    """The steps-to-result table, the critical batch size and the plot's path."""
+    sweep = load_sweep(folder)
+    curve = analyze(sweep)
+    text = summary_text(sweep, curve)
+    if curve.table.empty:
+        return text
+    name = sweep.spec.get("name") or sweep.spec["workload"]
+    paths = save(steps_plot({name: curve.table}, {name: curve.fit}), sweep.folder / "steps_to_result")
+    return f"{text}\nplot: {paths[0]}"

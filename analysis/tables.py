@@ -1,4 +1,4 @@
-"""A sweep folder (harness.store) as tidy pandas tables.
+"""A sweep folder (harness.sweep.store) as tidy pandas tables.
 
 `load_sweep(folder)` returns a `SweepTables` with
 - `trials`: one row per finished trial: trial_id, batch_size, status,
@@ -8,8 +8,10 @@
   examples, train_loss, val_loss, val_metric, wall_time (and gns_* columns
   when the noise scale was tracked);
 - `spec`: the sweep's normalized spec (workload, metric, direction, target,
-  batch_sizes, ...; see harness.spec).
+  batch_sizes, ...; see harness.sweep.spec).
 A corrupt record is skipped with a warning: the loader never fails on one.
+
+`read_steps_table(path)` reads a user's own steps-vs-batch-size CSV (`cbs fit`).
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import UserError
-from harness.store import CorruptRecord, Store, parse_record
+from harness.sweep.store import CorruptRecord, Store, parse_record
 
+STEPS_COLUMNS = ("batch_size", "steps")  # of a user's steps-vs-batch-size table (`cbs fit`)
 FIRST_COLUMNS = ["trial_id", "batch_size", "status", "steps_to_target", "seed", "steps_run", "wall_time"]
 
 
@@ -62,3 +65,34 @@ def load_sweep(folder) -> SweepTables:
                                 ["trial_id", "batch_size", "step", "examples", "train_loss", "val_loss",
                                  "val_metric", "wall_time"])
     return SweepTables(trials.reset_index(drop=True), measurements, stored["spec"], store.folder)
+
+
+def read_steps_table(path) -> pd.DataFrame:
+    """The user's table, checked: UserError on a missing file, missing columns,
+    non-positive values or a batch size listed twice within a group."""
+    try:
+        table = pd.read_csv(path)
+    except FileNotFoundError:
+        raise UserError(f"no such file: {path}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} as CSV: {str(e).splitlines()[0]}") from None
+    missing = [c for c in STEPS_COLUMNS if c not in table.columns]
+    if missing:
+        raise UserError(f"{path} lacks column(s) {', '.join(missing)}; needs batch_size and "
+                        f"steps (optional: group); found: {', '.join(map(str, table.columns))}")
+    for column in STEPS_COLUMNS:
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = table[~(values > 0)]
+        if len(bad):
+            raise UserError(f"{column} must be a positive number; row {bad.index[0] + 2} of "
+                            f"{path} has {bad[column].iloc[0]!r}")
+        table[column] = values
+    if "group" not in table.columns:
+        table["group"] = ""
+    table["group"] = table["group"].fillna("").astype(str)
+    twice = table[table.duplicated(["group", "batch_size"])]
+    if len(twice):
+        where = f" in group {twice['group'].iloc[0]!r}" if twice["group"].iloc[0] else ""
+        raise UserError(f"batch_size {twice['batch_size'].iloc[0]:g} appears twice{where} in "
+                        f"{path}: give one row per batch size (its steps to result)")
+    return table

@@ -43,9 +43,9 @@ def matmul_peak(n=2048, repeats=5, rounds=5) -> float:
 
 
 def _engine(workload, batch_size, data_dir):
-    from harness.train import Engine
-    from harness.trial import TrialConfig
-    from harness.workloads import get_workload
+    from harness.engine.train import Engine
+    from harness.engine.trial import TrialConfig
+    from harness.engine.workloads import get_workload
 
     w = get_workload(workload)
     config = TrialConfig(workload=workload, batch_size=batch_size, learning_rate=0.01, optimizer="nesterov")

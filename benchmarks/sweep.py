@@ -23,14 +23,14 @@ import jax
 
 from analysis import load_sweep
 from analysis.steps import steps_to_result
-from harness.spec import load_spec
-from harness.sweep import run_sweep
+from harness.sweep.spec import load_spec
+from harness.sweep.run import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_TRIAL = """
 import json, sys
-from harness.train import run_trial
-from harness.trial import TrialConfig
+from harness.engine.train import run_trial
+from harness.engine.trial import TrialConfig
 record = run_trial(TrialConfig.from_dict(json.loads(sys.argv[1])), data_dir=sys.argv[2] or None)
 print(json.dumps({"steps_run": record.steps_run, "steps_to_target": record.steps_to_target,
                   "status": record.status, "batch_size": record.config["batch_size"]}))

@@ -25,9 +25,9 @@ def measure(workload, batch_size, trials, mode, seconds, data_dir):
     import jax
     import jax.numpy as jnp
 
-    from harness.train import Engine
-    from harness.trial import TrialConfig
-    from harness.workloads import get_workload
+    from harness.engine.train import Engine
+    from harness.engine.trial import TrialConfig
+    from harness.engine.workloads import get_workload
 
     w = get_workload(workload)
     engine = Engine(w, w.load_data(data_dir), TrialConfig(workload=workload, batch_size=batch_size,

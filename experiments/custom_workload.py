@@ -2,14 +2,14 @@
 
     cbs train --workload experiments/custom_workload.py:workload --batch-size 64 --learning-rate 0.05
 
-Bring a Flax model, your data as arrays in a `harness.data.Dataset` (or any
+Bring a Flax model, your data as arrays in a `harness.engine.data.Dataset` (or any
 dataset tensorflow-datasets serves: `load_dataset("tfds:<name>", data_dir)`),
 and name the loss and the validation metric.
 """
 import flax.linen as nn
 
-from harness.data import Dataset, load_dataset
-from harness.workloads import Workload
+from harness.engine.data import Dataset, load_dataset
+from harness.engine.workloads import Workload
 
 
 class TinyCNN(nn.Module):

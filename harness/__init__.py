@@ -1,1 +1,2 @@
-"""The critical batch size harness: training engine and sweep engine."""
+"""The critical batch size harness: harness.engine (one trial), harness.sweep
+(many trials), harness.cli (the `cbs` command); the analysis is in `analysis`."""

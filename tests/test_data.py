@@ -1,4 +1,4 @@
-"""harness.data on the real datasets, on files written in the official formats,
+"""harness.engine.data on the real datasets, on files written in the official formats,
 and on tensorflow-datasets builders prepared locally."""
 import gzip
 import hashlib
@@ -14,8 +14,8 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
-from harness import data
-from harness.data import load_dataset
+from harness.engine import data
+from harness.engine.data import load_dataset
 from harness.errors import UserError
 
 # Class counts of the full official training sets (../shared/data/README.md).

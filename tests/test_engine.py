@@ -12,10 +12,11 @@ import numpy as np
 import optax
 import pytest
 
-from harness import optimizers, trial
+from harness.engine import optimizers, trial
 from harness.cli import main
-from harness.train import evaluation_steps, run_trial
-from harness.trial import TrialConfig
+from harness.engine.evaluation import evaluation_steps
+from harness.engine.train import run_trial
+from harness.engine.trial import TrialConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 FC = dict(workload="mnist_fc1024", optimizer="nesterov", learning_rate=0.05, momentum=0.9)
@@ -156,8 +157,8 @@ def test_schedules_match_their_formulas():
 # --- data parallel ----------------------------------------------------------------
 _DP_SCRIPT = """
 import json, sys
-from harness.train import run_trial
-from harness.trial import TrialConfig
+from harness.engine.train import run_trial
+from harness.engine.trial import TrialConfig
 import jax
 r = run_trial(TrialConfig(workload="mnist_fc128x1", batch_size=64, learning_rate=0.05, max_steps=30,
                           eval_every=10, stop_at_target=False, microbatches=int(sys.argv[2]), gns=True),
@@ -302,7 +303,7 @@ def test_batch_norm_model_trains_with_per_micro_batch_statistics(data_dir, monke
     batch only through the per-micro-batch statistics."""
     import dataclasses
 
-    from harness.workloads import WORKLOADS
+    from harness.engine.workloads import WORKLOADS
 
     resnet = dataclasses.replace(WORKLOADS["cifar10_resnet8"], name="mnist_resnet8",
                                  load_data=WORKLOADS["mnist_fc1024"].load_data)

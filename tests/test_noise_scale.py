@@ -1,11 +1,11 @@
 """The noise-scale estimators against the closed form of linear regression
-(GUIDE §3), with fresh Gaussian samples each time.
+(McCandlish et al. 2018, App. A), with fresh Gaussian samples each time.
 
 Model: y = x.w* + eps, x ~ N(0, Lambda) with Lambda diagonal, eps ~ N(0, s^2),
 loss 1/2 (x.w - y)^2. With delta = w - w*, the per-example gradient is
 g = x (x.delta - eps), so G = Lambda delta, H = Lambda and, by Isserlis'
 theorem, Sigma = (delta' Lambda delta + s^2) Lambda + Lambda delta delta' Lambda.
-Lambda = I gives GUIDE §3's Sigma = (|delta|^2 + s^2) I + delta delta'.
+Lambda = I gives the closed form Sigma = (|delta|^2 + s^2) I + delta delta'.
 """
 import json
 
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from harness import noise_scale as ns
+from harness.engine import noise_scale as ns
 from harness.errors import UserError
 
 D = 8
@@ -178,7 +178,7 @@ def _exact_noise_scales(w):
     """B_simple and B_noise of the workload's training set (the distribution the
     offline samples are drawn from, with replacement) at weights w, from all
     per-example gradients g_i = x_i (x_i . w - y_i)."""
-    from harness.workloads import get_workload
+    from harness.engine.workloads import get_workload
 
     data = get_workload("linear_regression").load_data()
     x, y = data.train_x.astype(np.float64), data.train_y.astype(np.float64)
@@ -190,10 +190,10 @@ def _exact_noise_scales(w):
 
 
 def test_cbs_gns_offline_estimates_match_the_exact_values_at_the_final_weights(capsys, tmp_path):
-    from harness import checkpoint
-    from harness.train import Engine
-    from harness.trial import TrialConfig
-    from harness.workloads import get_workload
+    from harness.engine import checkpoint
+    from harness.engine.train import Engine
+    from harness.engine.trial import TrialConfig
+    from harness.engine.workloads import get_workload
 
     out = _cbs_gns(capsys, "--learning-rate", "0.02", "--max-steps", "20", "--num-samples", "1024",
                    "--checkpoint-dir", str(tmp_path))
@@ -232,11 +232,11 @@ def test_cbs_gns_rejects_a_sample_count_before_training(capsys):
 def test_cbs_gns_on_mnist_matches_b_simple_from_every_per_example_gradient(capsys, tmp_path, data_dir):
     """On real data: the offline B_simple of a trained MLP against the exact
     B_simple of the 55,000-example training set, from all per-example gradients."""
-    from harness import checkpoint
+    from harness.engine import checkpoint
     from harness.cli import main
-    from harness.train import Engine
-    from harness.trial import TrialConfig
-    from harness.workloads import get_workload
+    from harness.engine.train import Engine
+    from harness.engine.trial import TrialConfig
+    from harness.engine.workloads import get_workload
 
     args = dict(workload="mnist_fc16x1", batch_size=64, learning_rate=0.05, microbatches=4, max_steps=100)
     assert main(["gns", "--json", "--eval-every", "50", "--num-samples", "512", "--data-dir", str(data_dir),

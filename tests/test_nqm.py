@@ -1,4 +1,4 @@
-"""The noisy quadratic model: closed form vs the GUIDE's 3x3 recursion and a
+"""The noisy quadratic model: closed form vs the 3x3 second-moment recursion and a
 Monte Carlo simulation of the same model; the steps search; Zhang et al. 2019's
 findings; `cbs nqm`."""
 import json
@@ -15,7 +15,7 @@ CASES = [  # (learning rate, momentum, preconditioning power)
 
 
 def recursion_loss(steps, batch_size, lr, beta, gamma, dims):
-    """Iterate the second-moment map of Zhang et al. 2019 (GUIDE Sec. 5) step by step."""
+    """Iterate the second-moment map of Zhang et al. 2019 (Eq. 6) step by step."""
     h = curvatures(dims)
     ap = lr * h ** -gamma
     u = ap * h

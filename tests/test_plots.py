@@ -210,13 +210,13 @@ def designed_steps(batch_size, quality):
 
 
 def make_sweep(folder, gns=True, batch_sizes=tuple(2 ** k for k in range(9))):
-    """A sweep folder in the store's format (harness.store) whose trials have
+    """A sweep folder in the store's format (harness.sweep.store) whose trials have
     hand-made metric curves: at each batch size, trial 0 crosses the target at
     `designed_steps(B, 0)`, trial 1 later, trial 2 never (complete), trial 3
     diverges. Metric: target * sqrt((S - 0.5) / step), strictly below the
     target from step S on."""
-    from harness.spec import load_spec
-    from harness.store import Store
+    from harness.sweep.spec import load_spec
+    from harness.sweep.store import Store
 
     folder.mkdir(parents=True, exist_ok=True)
     text = SPEC.replace("{batch_sizes}", str(list(batch_sizes)))

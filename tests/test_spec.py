@@ -10,7 +10,7 @@ from scipy import stats
 
 from conftest import DATA_DIR as DATA
 from harness.errors import UserError
-from harness.spec import load_spec, parse_spec
+from harness.sweep.spec import load_spec, parse_spec
 
 BASE = """
 workload = "linear_regression"
@@ -63,9 +63,9 @@ def error_of(tmp_path, text):
                                             "allowed: 1 .. 16384"),
     (GRID.replace("[8, 32]", "{min = 8, max = 48}"), "batch_sizes.max: 48 is not a positive power of two"),
     (GRID + "", None),
-    ("target = -1.0\n" + GRID, "target: -1.0 is outside the range of squared_error"),
+    ("target = -1.0\n" + GRID, "target: -1.0 can never be reached: squared_error must get strictly below it"),
     (GRID.replace("linear_regression", "mnist_simple_cnn") .replace("max_steps", "target = 1.5\nmax_steps"),
-     "target: 1.5 is outside the range of error_rate (it must be crossed from above); allowed: (0.0, 1.0]"),
+     "target: 1.5 can never be reached: error_rate must get strictly below it; allowed: (0.0, 1.0]"),
     (GRID.replace("linear_regression", "nope"), "workload: unknown workload 'nope'; valid: "),
     (GRID.replace('"momentum"', '"adagrad"'), "optimizer: unknown value 'adagrad'; allowed: sgd, momentum"),
     (GRID.replace("max_steps = 100", ""), "max_steps: missing: a trial needs a budget; allowed: max_steps and/or"),
@@ -115,7 +115,7 @@ def test_grid_expands_to_the_product_per_batch_size_and_seed(tmp_path):
 def test_quasi_random_is_deterministic_across_processes_and_extends_by_prefix(tmp_path):
     path = spec_file(tmp_path, QUASI)
     ids = [t.id for t in load_spec(path, DATA).trials()]
-    code = f"from harness.spec import load_spec; print(' '.join(t.id for t in load_spec({str(path)!r}).trials()))"
+    code = f"from harness.sweep.spec import load_spec; print(' '.join(t.id for t in load_spec({str(path)!r}).trials()))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert other == ids and len(set(ids)) == len(ids) == 128
     fewer = load_spec(spec_file(tmp_path, QUASI.replace("trials = 64", "trials = 10"), "few.toml"), DATA)
@@ -161,7 +161,7 @@ def test_power_of_two_range_and_lr_scaling_without_search(tmp_path):
 
 def test_default_search_space_comes_from_the_workload(tmp_path):
     spec = parse_spec({"workload": "mnist_fc1024", "optimizer": "sgd", "batch_sizes": [64], "max_steps": 10,
-                       "search": {"trials": 4}}, "inline", DATA)
+                       "search": {"trials": 4}}, "inline")
     assert spec.search["space"] == {"learning_rate": {"min": 1e-3, "max": 10.0, "scale": "log", "integer": False}}
     assert len(spec.trials()) == 4 and spec.target == 0.03 and spec.metric == "error_rate"
 

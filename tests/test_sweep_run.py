@@ -16,10 +16,10 @@ import pytest
 from analysis import load_sweep
 from analysis.steps import steps_to_result
 from conftest import DATA_DIR as DATA
-from harness.spec import load_spec
-from harness.store import Store
-from harness.executors import placement, worker_main
-from harness.sweep import run_sweep
+from harness.sweep.spec import load_spec
+from harness.sweep.store import Store
+from harness.sweep.executors import placement, worker_main
+from harness.sweep.run import run_sweep
 
 SPEC = """
 workload = "mnist_fc32x1"

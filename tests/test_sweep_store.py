@@ -12,8 +12,9 @@ import pytest
 from analysis import load_sweep
 from conftest import DATA_DIR as DATA
 from harness.errors import UserError
-from harness.spec import load_spec
-from harness.store import Store, atomic_write, parse_record, spec_differences
+from harness.sweep.spec import load_spec
+from harness.sweep.leases import atomic_write
+from harness.sweep.store import Store, parse_record, spec_differences
 
 SPEC = """
 workload = "linear_regression"
@@ -46,7 +47,7 @@ def fake_record(config, steps_to_target=None, status="incomplete"):
 WRITER = """
 import json, sys
 from pathlib import Path
-from harness.store import atomic_write
+from harness.sweep.leases import atomic_write
 path, i = Path(sys.argv[1]), 0
 while True:
     i += 1
@@ -157,7 +158,7 @@ def test_an_expired_lease_is_taken_over_once_and_its_holder_learns_it(tmp_path):
 
 
 def test_a_dead_process_on_this_host_loses_its_claim_at_once(tmp_path):
-    from harness.store import worker_id
+    from harness.sweep.leases import worker_id
 
     store, spec, _ = open_store(tmp_path, SPEC)
     trial = spec.trials()[0].id
@@ -179,8 +180,8 @@ def test_record_round_trip(tmp_path):
 
 
 def test_promising_first_starts_each_batch_size_with_the_previous_best(tmp_path):
-    from harness.store import RecordIndex
-    from harness.sweep import promising_first
+    from harness.sweep.store import RecordIndex
+    from harness.sweep.worker import promising_first
 
     store, spec, _ = open_store(tmp_path, SPEC)
     at8 = [t for t in spec.trials() if t.config.batch_size == 8]

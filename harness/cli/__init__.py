@@ -8,15 +8,15 @@ import sys
 from harness.errors import UserError
 
 COMMANDS = {
-    "workloads": ("harness.commands.workloads", "list the registered workloads"),
-    "train": ("harness.commands.train", "train one trial"),
-    "gns": ("harness.commands.gns", "gradient noise scale over training and the critical batch size it predicts"),
-    "sweep": ("harness.commands.sweep", "run, resume or extend a batch-size sweep from a spec file"),
-    "analyze": ("harness.commands.analyze", "steps-to-result table and critical batch size fits of a sweep"),
-    "plot": ("harness.commands.plot", "every figure of one or more sweeps (PNG and PDF)"),
-    "report": ("harness.commands.report", "one self-contained HTML report of a sweep"),
-    "fit": ("harness.commands.fit", "fit the critical batch size to a steps-vs-batch-size table"),
-    "nqm": ("harness.commands.nqm", "exact steps vs batch size on the noisy quadratic model"),
+    "workloads": ("harness.cli.workloads", "list the registered workloads"),
+    "train": ("harness.cli.train", "train one trial"),
+    "gns": ("harness.cli.gns", "gradient noise scale over training and the critical batch size it predicts"),
+    "sweep": ("harness.cli.sweep", "run, resume or extend a batch-size sweep from a spec file"),
+    "analyze": ("harness.cli.analyze", "steps-to-result table and critical batch size fits of a sweep"),
+    "plot": ("harness.cli.plot", "every figure of one or more sweeps (PNG and PDF)"),
+    "report": ("harness.cli.report", "one self-contained HTML report of a sweep"),
+    "fit": ("harness.cli.fit", "fit the critical batch size to a steps-vs-batch-size table"),
+    "nqm": ("harness.cli.nqm", "exact steps vs batch size on the noisy quadratic model"),
 }
 
 
@@ -42,6 +42,3 @@ def main(argv=None) -> int:
         print(f"cbs: error: {e}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -162,7 +162,7 @@ def offline_noise_scales(loss_fn: Callable, params, sample_batch: Callable, batc
     # A Python loop over compiled steps, not lax.scan: inside an XLA:CPU loop body
     # the weight gradient of a convolution leaves the fast path (~70x slower,
     # jax-ml/jax#12868), and vmap over samples turns it into a grouped convolution,
-    # also slow on CPU (GUIDE §8). Dispatch is asynchronous, so the loop costs little.
+    # also slow on CPU (benchmarks/RESULTS.md). Dispatch is asynchronous, so the loop costs little.
     for j in range(num_samples):
         acc = _add_sample(acc, loss_fn, params, sample_batch, k_samples, j, batch_size, hessian)
     sums, diag = acc

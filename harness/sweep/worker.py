@@ -1,24 +1,20 @@
-"""The sweep engine: run every trial of a spec once, in parallel, resumably.
+"""A sweep worker: claim an unfinished trial, run it, write its record, repeat.
 
-`run_sweep` validates the spec, opens the result store (harness.store), sets
-corrupt records aside and hands the unfinished trials to an executor
-(harness.executors), whose workers all run `work`: claim a trial, run it with
-its checkpoint folder (an interrupted trial resumes there) and the exact
-pruning bound, write its record, repeat until every trial has a record.
-
-Exact pruning (GUIDE §2): steps-to-result at B is the minimum over complete
-trials of their first crossing, so a trial that has not crossed the target by
-step t >= the best crossing already found at B can no longer change it.
+Every worker of a sweep (local processes, Ray tasks, other machines sharing
+the folder) runs `work`. A trial is claimed with a lease (harness.sweep.leases)
+so it runs once; it runs with its checkpoint folder, so an interrupted trial
+resumes there; and with the exact pruning bound: steps-to-result at B is the
+minimum over complete trials of their first crossing (Shallue et al. 2019,
+Sec. 3.1), so a trial that has not crossed the target by step t >= the best
+crossing already found at B can no longer change it, and stops.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
-from harness.progress import Progress
-from harness.spec import Trial, load_spec
-from harness.store import DEFAULT_LEASE_S, BestSoFar, RecordIndex, Store, worker_id
+from harness.sweep.leases import DEFAULT_LEASE_S, worker_id
+from harness.sweep.spec import Trial
+from harness.sweep.store import BestSoFar, RecordIndex, Store
 
 
 class LeaseLost(Exception):
@@ -56,7 +52,7 @@ def promising_first(trials: list[Trial], index: RecordIndex) -> list[Trial]:
 
 
 def _point(trial_id: str) -> str:
-    """The metaparameters' hash in a trial id (harness.spec: b{B}-{hash}-s{seed})."""
+    """The metaparameters' hash in a trial id (harness.sweep.spec: b{B}-{hash}-s{seed})."""
     return trial_id.split("-")[1]
 
 
@@ -74,7 +70,7 @@ def try_trial(store: Store, trial: Trial, prune: bool, data_dir=None, lease_s: f
 
 
 def _run_claimed(store: Store, trial: Trial, lease, prune_above, data_dir) -> None:
-    from harness.train import run_trial
+    from harness.engine.train import run_trial
 
     def on_eval(row):
         if not lease.held():
@@ -93,52 +89,3 @@ def _run_claimed(store: Store, trial: Trial, lease, prune_above, data_dir) -> No
             return
         raise
     store.write_record(trial.id, record.to_dict())
-
-
-@dataclass(frozen=True)
-class SweepOutcome:
-    """What a finished sweep reports: trial counts, steps executed, and the
-    compute pruning saved. `steps_saved_at_most` is an upper bound: each pruned
-    trial counted as if it had run to its budget, though it might have reached
-    the target (and stopped) earlier."""
-
-    folder: Path
-    trials: int
-    pending_at_start: int
-    by_status: dict
-    steps_run: int
-    steps_saved_at_most: int
-    wall_time: float
-    extended: list
-
-
-def run_sweep(spec_path, out=None, *, workers: int | None = None, executor: str = "local", address=None,
-              data_dir=None, lease_s: float = DEFAULT_LEASE_S, progress=None) -> SweepOutcome:
-    """Run (or resume, or extend) the sweep of a spec file in folder `out`
-    (default runs/<spec name>), showing progress on the stream `progress`."""
-    from harness import executors
-
-    t0 = time.perf_counter()
-    spec = load_spec(spec_path, data_dir)
-    store = Store(out or Path("runs") / Path(spec_path).stem)
-    extended = store.open(spec, Path(spec_path).read_text())
-    trials = spec.trials()
-    store.set_aside_corrupt(t.id for t in trials)
-    store.remove_stale_checkpoints(t.id for t in trials)
-    pending = [t for t in trials if not store.is_done(t.id)]
-    watcher = Progress(store.folder, [t.id for t in trials], progress) if progress else None
-    kwargs = dict(folder=str(store.folder), trials=pending, prune=spec.prune, data_dir=data_dir, lease_s=lease_s,
-                  progress=watcher)
-    if pending:
-        if executor == "ray":
-            executors.run_ray(address=address, **kwargs)
-        else:
-            executors.run_local(workers=workers, **kwargs)
-    summaries = RecordIndex(store).refresh().summaries
-    mine = [summaries[t.id] for t in trials if t.id in summaries]
-    by_status = {}
-    for s in mine:
-        by_status[s.status] = by_status.get(s.status, 0) + 1
-    return SweepOutcome(store.folder, len(trials), len(pending), by_status, sum(s.steps_run for s in mine),
-                        sum(s.max_steps - s.steps_run for s in mine if s.status == "pruned"),
-                        time.perf_counter() - t0, extended)

@@ -16,7 +16,7 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from analysis import load_sweep
-    from analysis.plots import analyze
+    from analysis.curves import analyze, summary_text
 
     sweep = load_sweep(args.folder)
     curve = analyze(sweep, args.target)
@@ -29,19 +29,3 @@ def run(args) -> int:
         return 0
     print(summary_text(sweep, curve))
     return 0
-
-
-def summary_text(sweep, curve) -> str:
-    """The steps-to-result table and the fits, as `cbs analyze` and `cbs sweep` print them."""
-    from analysis.plots import target_label
-    from analysis.report import fit_summary, steps_table, unreached
-
-    spec = sweep.spec
-    lines = [f"steps to result ({target_label(spec, curve.target)}, {spec['workload']}, {spec['optimizer']}; "
-             f"{len(sweep.trials)} trials):"]
-    if curve.table.empty:
-        return "\n".join(lines + ["  no batch size reached the target"])
-    lines.append(steps_table(sweep, curve).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    if missing := unreached(sweep, curve):
-        lines.append(missing)
-    return "\n".join(lines + fit_summary(curve))

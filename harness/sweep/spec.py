@@ -1,11 +1,11 @@
 """Sweep spec files: one TOML file describes a batch-size x metaparameter study
-(the protocol of Shallue et al. 2019, Sec. 3-4; GUIDE §2).
+(the protocol of Shallue et al. 2019, Sec. 3-4).
 
 Format (every key is optional unless marked required)::
 
     name = "quickstart"                  # a label, free text
     description = "..."                  # free text
-    workload = "mnist_fc1024"            # required: a name of harness.workloads, or path/to/file.py:name
+    workload = "mnist_fc1024"            # required: a name of harness.engine.workloads, or path/to/file.py:name
     workload_options = {}                # passed to the workload's make_model
     optimizer = "nesterov"               # sgd | momentum | nesterov | adam | adamw | lars | lamb
     batch_sizes = [8, 16, 32]            # required: a list, or {min = 8, max = 1024}: the powers of two between
@@ -13,7 +13,7 @@ Format (every key is optional unless marked required)::
     max_steps = 10000                    # step budget per trial ...
     max_examples = 5_000_000             # ... and/or an example budget: steps = ceil(max_examples / B)
     eval_every = 100                     # default: the workload's cadence (the resolution of steps-to-result)
-    eval_schedule = "linear"             # linear | geometric (dense early: harness.train.evaluation_steps)
+    eval_schedule = "linear"             # linear | geometric (dense early: harness.engine.evaluation)
     seeds = 1                            # repeats of every trial: a count (seeds 0..n-1) or a list of seeds
     prune = true                         # stop trials that can no longer beat the best steps-to-target at B
     checkpoint_every = 1000              # steps between checkpoints (resume after a crash); default eval_every * 10
@@ -21,7 +21,7 @@ Format (every key is optional unless marked required)::
     reference_batch_size = 64            # (with lr_scaling) instead of searching the learning rate
 
     [fixed]                              # metaparameters shared by all trials: any TrialConfig field
-    schedule = "linear_decay"            # (harness.trial) except the ones set above, plus
+    schedule = "linear_decay"            # (harness.engine.trial) except the ones set above, plus
     decay_fraction = 1.0                 # decay_steps as a fraction of the trial's step budget
 
     [search]                             # optional: without it, one trial per batch size and seed
@@ -63,11 +63,14 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.engine.evaluation import EVAL_SCHEDULES
+from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
+from harness.engine.targets import check_batch_size, check_target
+from harness.engine.trial import TrialConfig
+from harness.engine.workloads import get_workload
 from harness.errors import UserError
-from harness.trial import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS, TrialConfig
 
 INT, NUMBER, STR, BOOL, LIST, TABLE = "integer", "number", "string", "boolean", "list", "table"
-EVAL_SCHEDULES = ("linear", "geometric")
 
 # key -> (accepted types, allowed values or None): the schema of a spec file, as data.
 TOP_LEVEL = {
@@ -296,8 +299,9 @@ def _from_unit(space: dict, u: np.ndarray) -> dict:
 
 
 def load_spec(path, data_dir=None) -> SweepSpec:
-    """Parse and validate a spec file; every error is a UserError naming the
-    file and field, raised before any training."""
+    """Parse and validate a spec file, and check it against the workload's
+    data (the largest batch size against the training set); every error is a
+    UserError naming the file and field, raised before any training."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -305,17 +309,20 @@ def load_spec(path, data_dir=None) -> SweepSpec:
         raise UserError(f"{path}: spec file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML: {e}") from None
-    return parse_spec(raw, path, data_dir)
+    spec = parse_spec(raw, path)
+    train_size = len(get_workload(spec.workload).load_data(data_dir).train_x)
+    check_batch_size(spec.batch_sizes[-1], train_size, f"{path}: batch_sizes:")
+    return spec
 
 
-def parse_spec(raw: dict, path="spec", data_dir=None) -> SweepSpec:
-    from harness.workloads import get_workload, reachable, target_interval
-
+def parse_spec(raw: dict, path="spec") -> SweepSpec:
+    """Validate a spec (the content of a spec file) and expand it into trials;
+    reads no data."""
     check = _Checker(path)
     check.table(raw, TOP_LEVEL)
     for key in REQUIRED:
         if key not in raw:
-            check.fail(key, "missing (required)", f"see {TOP_LEVEL[key][0]} in harness/spec.py")
+            check.fail(key, "missing (required)", f"see {TOP_LEVEL[key][0]} in harness/sweep/spec.py")
     try:
         workload = get_workload(raw["workload"])
     except UserError as e:
@@ -323,10 +330,7 @@ def parse_spec(raw: dict, path="spec", data_dir=None) -> SweepSpec:
 
     batch_sizes = _batch_sizes(check, raw["batch_sizes"])
     target = raw.get("target", workload.target)
-    if not reachable(workload.metric, target):
-        check.fail("target", f"{target} is outside the range of {workload.metric} (it must be crossed "
-                             f"{'from above' if workload.direction == 'min' else 'from below'})",
-                   target_interval(workload.metric))
+    check_target(workload.metric, target, f"{path}: target:")
     if "max_steps" not in raw and "max_examples" not in raw:
         check.fail("max_steps", "missing: a trial needs a budget", "max_steps and/or max_examples")
     for key in ("max_steps", "max_examples", "eval_every", "checkpoint_every", "reference_batch_size"):
@@ -372,10 +376,6 @@ def parse_spec(raw: dict, path="spec", data_dir=None) -> SweepSpec:
     ids = [t.id for t in trials]
     if len(set(ids)) != len(ids):
         check.fail("search.space", "the search gives the same point twice", "distinct values")
-    train_size = len(workload.load_data(data_dir).train_x)
-    if batch_sizes[-1] > train_size:
-        check.fail("batch_sizes", f"{batch_sizes[-1]} is above the training set size {train_size}",
-                   f"1 .. {train_size}")
     for trial in trials:
         try:
             trial.config.validate()

@@ -6,7 +6,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from harness.workloads import WORKLOADS
+    from harness.engine.workloads import WORKLOADS
 
     print(f"{'workload':28} {'metric':14} {'direction':9} {'target':>7}  description")
     for w in WORKLOADS.values():

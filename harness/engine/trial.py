@@ -7,15 +7,12 @@ one place so that bad input fails before any training starts.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
+from harness.engine.evaluation import EVAL_SCHEDULES
+from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
 from harness.errors import UserError
 
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "lars", "lamb")
-SCHEDULES = ("constant", "linear_decay", "cosine", "step")
-WARMUPS = ("none", "linear", "constant")
-LR_SCALINGS = ("none", "linear", "sqrt")
 STATUSES = ("complete", "incomplete", "diverged", "pruned")
 
 
@@ -84,8 +81,7 @@ class TrialConfig:
         """eta0 after the batch-size scaling rule (Goyal et al. 2017, Sec. 2.1)."""
         if self.lr_scaling == "none":
             return self.learning_rate
-        k = self.batch_size / self.reference_batch_size
-        return self.learning_rate * (k if self.lr_scaling == "linear" else math.sqrt(k))
+        return self.learning_rate * LR_SCALINGS[self.lr_scaling](self.batch_size / self.reference_batch_size)
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field and its allowed values."""
@@ -93,7 +89,7 @@ class TrialConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("warmup", self.warmup, WARMUPS)
         _choice("lr_scaling", self.lr_scaling, LR_SCALINGS)
-        _choice("eval_schedule", self.eval_schedule, ("linear", "geometric"))
+        _choice("eval_schedule", self.eval_schedule, EVAL_SCHEDULES)
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise UserError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not self.learning_rate > 0:

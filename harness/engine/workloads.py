@@ -12,31 +12,10 @@ from typing import Callable
 
 import numpy as np
 
-from harness import models
-from harness.data import Dataset
+from harness.engine import models
+from harness.engine.data import Dataset
+from harness.engine.targets import METRICS
 from harness.errors import UserError
-
-# metric name -> (direction, lowest value, highest value): the range a target must lie in.
-METRICS = {
-    "error_rate": ("min", 0.0, 1.0),
-    "accuracy": ("max", 0.0, 1.0),
-    "cross_entropy": ("min", 0.0, float("inf")),
-    "squared_error": ("min", 0.0, float("inf")),
-}
-
-
-def reachable(metric: str, target: float) -> bool:
-    """Whether a metric can get strictly past `target` (Shallue et al.'s strict
-    crossing): below it for a metric to minimise, above it to maximise."""
-    direction, lo, hi = METRICS[metric]
-    return lo < target <= hi if direction == "min" else lo <= target < hi
-
-
-def target_interval(metric: str) -> str:
-    """The targets `reachable` accepts, in interval notation."""
-    direction, lo, hi = METRICS[metric]
-    return f"({lo}, {hi}]" if direction == "min" else f"[{lo}, {hi})"
-
 
 @dataclass(frozen=True)
 class Workload:
@@ -64,7 +43,7 @@ class Workload:
 
 
 # The search space of Shallue et al. (2019), Sec. 4.5 / App. D, for momentum
-# optimizers; the format is harness.spec's.
+# optimizers; the format is harness.sweep.spec's.
 _SHALLUE_SPACE = {
     "learning_rate": {"min": 1e-4, "max": 10.0, "scale": "log"},
     "momentum": {"min": 0.9, "max": 0.9999, "scale": "log1m"},
@@ -74,7 +53,7 @@ _SGD_SPACE = {"learning_rate": {"min": 1e-3, "max": 10.0, "scale": "log"}}
 
 def _load(name):
     def load(data_dir=None):
-        from harness.data import load_dataset
+        from harness.engine.data import load_dataset
 
         return load_dataset(name, data_dir)
 
@@ -87,7 +66,7 @@ def _fc(hidden):
 
 def _linear_regression_data(data_dir=None, dim=16, noise=0.5, n_train=16384, n_val=4096, seed=0) -> Dataset:
     """y = x . w* + eps with x ~ N(0, I_dim), eps ~ N(0, noise^2), |w*| = 1:
-    the model whose gradient statistics have the closed form of GUIDE §3."""
+    the model whose gradient statistics have a closed form (harness.engine.models.Linear)."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal(dim)
     w /= np.linalg.norm(w)

@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 
-from harness.store import RecordIndex, Store
+from harness.sweep.store import RecordIndex, Store
 
 
 def _duration(seconds: float) -> str:

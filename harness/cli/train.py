@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from harness.trial import TrialConfig
+from harness.engine.trial import TrialConfig
 
 _REQUIRED = ("workload", "batch_size", "learning_rate")
 _PARSERS = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
@@ -58,7 +58,7 @@ def _initialize_distributed(args):
 
 
 def run(args) -> int:
-    from harness.train import run_trial
+    from harness.engine.train import run_trial
 
     writer = _initialize_distributed(args) if args.coordinator else True
     config = config_from_args(args)

@@ -88,8 +88,10 @@ class CharTransformer(nn.Module):
 
 
 class Linear(nn.Module):
-    """y = x . w, no bias: the linear-regression workload with a closed-form
-    gradient noise scale (McCandlish et al. 2018; GUIDE §3)."""
+    """y = x . w, no bias: the linear-regression workload, whose gradient noise
+    scale has a closed form (McCandlish et al. 2018, Sec. 2.2: B_simple =
+    tr(Sigma) / |G|^2 with G = delta and Sigma = (|delta|^2 + s^2) I +
+    delta delta^T at w = w* + delta, for x ~ N(0, I) and noise variance s^2)."""
 
     @nn.compact
     def __call__(self, x, train: bool = False):

@@ -4,10 +4,13 @@ chains: a new optimizer or schedule is one entry."""
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import TYPE_CHECKING
 
 import optax
 
-from harness.trial import TrialConfig
+if TYPE_CHECKING:  # trial.py takes its allowed names from the tables here
+    from harness.engine.trial import TrialConfig
 
 # Numeric metaparameters that may be traced values: trials that differ only in
 # these share one compiled program (and one entry of the compilation cache).
@@ -44,6 +47,16 @@ _WARMUPS = {
     "linear": lambda c, lr: optax.linear_schedule(c.warmup_factor * lr, lr, c.warmup_steps),
     "constant": lambda c, lr: optax.constant_schedule(c.warmup_factor * lr),
 }
+
+
+# How eta0 scales with k = batch_size / reference_batch_size (Goyal et al. 2017,
+# Sec. 2.1: the linear rule; the square-root rule is the alternative).
+LR_SCALINGS = {"none": lambda k: 1.0, "linear": lambda k: k, "sqrt": math.sqrt}
+
+# The allowed names: the keys of the tables that implement them.
+OPTIMIZERS = tuple(_OPTIMIZERS)
+SCHEDULES = tuple(_SCHEDULES)
+WARMUPS = ("none", *_WARMUPS)
 
 
 def hyperparameters(config: TrialConfig) -> dict:

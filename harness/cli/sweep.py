@@ -1,18 +1,18 @@
 """`cbs sweep SPEC.toml`: run (resume, or extend) a batch-size sweep, then print
 its steps-to-result table and critical batch size and plot the curve.
 
-The spec format is documented in harness/spec.py. Several `cbs sweep`
+The spec format is documented in harness/sweep/spec.py. Several `cbs sweep`
 processes pointed at one --out folder (on one machine or on a shared
 filesystem) split the trials between them."""
 from __future__ import annotations
 
 import sys
 
-from harness.store import DEFAULT_LEASE_S
+from harness.sweep.leases import DEFAULT_LEASE_S
 
 
 def add_arguments(parser):
-    parser.add_argument("spec", help="the sweep spec, a TOML file (format: harness/spec.py; examples: experiments/)")
+    parser.add_argument("spec", help="the sweep spec, a TOML file (format: harness/sweep/spec.py; examples: experiments/)")
     parser.add_argument("--out", help="the sweep folder (default: runs/<spec file name>)")
     parser.add_argument("--workers", type=int,
                         help="local worker processes (default: one per GPU, else one per CPU core)")
@@ -26,14 +26,15 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from harness.errors import UserError
-    from harness.sweep import run_sweep
+    from analysis.report import sweep_results
+    from harness.sweep.run import run_sweep
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers: must be >= 1, got {args.workers}; allowed: integers >= 1")
     outcome = run_sweep(args.spec, args.out, workers=args.workers, executor=args.executor, address=args.address,
                         data_dir=args.data_dir, lease_s=args.lease, progress=sys.stderr)
     print(summary(outcome))
-    print(results(outcome.folder))
+    print(sweep_results(outcome.folder))
     return 0
 
 
@@ -54,19 +55,3 @@ def summary(outcome) -> str:
                      f"at their batch size; it saved at most {outcome.steps_saved_at_most} steps (an upper bound: "
                      "each pruned trial counted to its budget)")
     return "\n".join(lines)
-
-
-def results(folder) -> str:
-    """The steps-to-result table, the critical batch size and the plot's path."""
-    from analysis import load_sweep
-    from analysis.plots import analyze, save, steps_plot
-    from harness.commands.analyze import summary_text
-
-    sweep = load_sweep(folder)
-    curve = analyze(sweep)
-    text = summary_text(sweep, curve)
-    if curve.table.empty:
-        return text
-    name = sweep.spec.get("name") or sweep.spec["workload"]
-    paths = save(steps_plot({name: curve.table}, {name: curve.fit}), sweep.folder / "steps_to_result")
-    return f"{text}\nplot: {paths[0]}"

@@ -2,11 +2,11 @@
 
 Local: one process per GPU when `nvidia-smi` lists GPUs, else one process per
 CPU core, each pinned to its core with XLA's CPU thread pools limited to one
-thread. Measured on the build machine (GUIDE §8, benchmarks/RESULTS.md):
+thread. Measured on the build machine (benchmarks/RESULTS.md):
 one process per core beats one process using both cores by 1.6x, and
 vmapping trials of a CNN is 3-5x slower, so trials run in processes, not
 vmapped groups. Workers are spawned (not forked) so each sets its
-environment before importing JAX; this module imports no JAX for that reason.
+environment before JAX starts a backend.
 
 Ray: each trial is a task (one GPU per task when the cluster has GPUs) that
 claims the trial in the shared store, so Ray workers, local workers and other
@@ -41,12 +41,25 @@ def local_devices() -> tuple[str, int]:
     return "cpu", len(os.sched_getaffinity(0))
 
 
+CACHE_OPTIONS = {"JAX_COMPILATION_CACHE_DIR": str, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": float}
+
+
 def compilation_cache(folder) -> dict:
     """Environment that makes JAX keep compiled programs in the sweep folder,
     so a trial whose program another worker already compiled (same batch size
     and shapes) skips compilation, which dominates short trials on CPU."""
     return {"JAX_COMPILATION_CACHE_DIR": str(Path(folder).absolute() / ".jax_cache"),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1"}
+
+
+def _apply_cache_options() -> None:
+    """JAX reads these options from the environment when it is imported, and
+    unpickling a worker's trials (harness.sweep.spec) imports it before
+    `worker_main` runs: set them again explicitly."""
+    import jax
+
+    for name, kind in CACHE_OPTIONS.items():
+        jax.config.update(name.lower(), kind(os.environ[name]))
 
 
 def placement(kind: str, count: int, index: int, workers: int, folder) -> dict:
@@ -64,12 +77,13 @@ def placement(kind: str, count: int, index: int, workers: int, folder) -> dict:
 
 
 def worker_main(placement: dict, parent: int, work_kwargs: dict) -> None:
-    """A local worker process: place itself, then run harness.sweep.work."""
+    """A local worker process: place itself, then run harness.sweep.worker.work."""
     os.environ.update(placement["env"])
+    _apply_cache_options()
     if placement["core"] is not None:
         os.sched_setaffinity(0, {placement["core"]})
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
-    from harness.sweep import work
+    from harness.sweep.worker import work
 
     try:
         work(**work_kwargs)
@@ -116,8 +130,8 @@ def run_local(folder, trials, prune, data_dir, lease_s, progress=None, workers=N
 
 def _ray_trial(folder, trial, prune, data_dir, lease_s) -> bool:
     """One Ray task: run one trial unless another worker holds it."""
-    from harness.store import Store
-    from harness.sweep import try_trial
+    from harness.sweep.store import Store
+    from harness.sweep.worker import try_trial
 
     return try_trial(Store(folder), trial, prune, data_dir, lease_s)
 
@@ -130,7 +144,7 @@ def run_ray(folder, trials, prune, data_dir, lease_s, progress=None, address=Non
     except ImportError:
         raise UserError("--executor ray needs Ray; allowed: pip install 'critical-batch-size[ray]', "
                         "or --executor local") from None
-    from harness.store import Store
+    from harness.sweep.store import Store
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=True)

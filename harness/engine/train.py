@@ -11,7 +11,6 @@ one device and eight give the same update (no pmean to get wrong).
 from __future__ import annotations
 
 import functools
-import math
 import time
 from typing import Callable, NamedTuple
 
@@ -21,15 +20,16 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from harness import checkpoint, noise_scale
+from harness.engine import checkpoint, noise_scale
+from harness.engine.evaluation import evaluation_steps
+from harness.engine.losses import LOSSES, METRIC_FUNCTIONS
+from harness.engine.optimizers import hyperparameters, make_optimizer
+from harness.engine.targets import check_batch_size, check_target, crossed
+from harness.engine.trial import TrialConfig, TrialRecord
+from harness.engine.workloads import Workload, get_workload
 from harness.errors import UserError
-from harness.losses import LOSSES, METRIC_FUNCTIONS
-from harness.optimizers import hyperparameters, make_optimizer
-from harness.trial import TrialConfig, TrialRecord
-from harness.workloads import Workload, get_workload, reachable, target_interval
 
 EVAL_BATCH = 1024
-GEOMETRIC_RATIO = 2 ** 0.25  # four evaluations per doubling of the step count
 
 
 class TrainState(NamedTuple):
@@ -37,21 +37,7 @@ class TrainState(NamedTuple):
     model_state: dict  # e.g. batch-norm statistics; empty for most models
     opt_state: optax.OptState
     gns: noise_scale.GnsState | None
-    hparams: dict  # traced metaparameters (harness.optimizers.hyperparameters) and label smoothing
-
-
-def evaluation_steps(config: TrialConfig, every: int) -> list[int]:
-    """Steps after which the validation set is evaluated (step 0 is always
-    evaluated). 'linear': every `every` steps. 'geometric': dense early,
-    GEOMETRIC_RATIO apart until that spacing reaches `every`, then every
-    `every` steps. The budget's last step is always included."""
-    steps = set(range(every, config.max_steps + 1, every)) | {config.max_steps}
-    if config.eval_schedule == "geometric":
-        s = 1.0
-        while s * (GEOMETRIC_RATIO - 1) < every and s < config.max_steps:
-            steps.add(math.ceil(s))
-            s *= GEOMETRIC_RATIO
-    return sorted(steps)
+    hparams: dict  # traced metaparameters (harness.engine.optimizers.hyperparameters) and label smoothing
 
 
 class Engine:
@@ -225,23 +211,12 @@ def _eval_chunks(x, y, n_devices, sharding):
     return jax.device_put((chunked(x), chunked(y), w.reshape(n, size)), sharding)
 
 
-def _crossed(value: float, target: float, direction: str) -> bool:
-    """Shallue et al. (2019) count a target as reached when the metric is
-    strictly below it (strictly above for a metric to maximise)."""
-    return value < target if direction == "min" else value > target
-
-
 def check_trial(config: TrialConfig, workload: Workload, train_size: int) -> float:
     """Validate what depends on the workload, its data and the devices
     (TrialConfig.validate checks the rest); returns the target."""
     target = workload.target if config.target is None else config.target
-    if not reachable(workload.metric, target):
-        side = "strictly below" if workload.direction == "min" else "strictly above"
-        raise UserError(f"target {target} can never be reached: {workload.metric} must get {side} it; "
-                        f"allowed: {target_interval(workload.metric)}")
-    if config.batch_size > train_size:
-        raise UserError(f"batch_size {config.batch_size} is above the training set size {train_size}; "
-                        f"allowed: 1 .. {train_size}")
+    check_target(workload.metric, target)
+    check_batch_size(config.batch_size, train_size)
     if config.gns and config.microbatches < 2 and jax.device_count() < 2:
         raise UserError("gns needs two gradient estimates at the same parameters: microbatches >= 2, "
                         "or several devices (per-device vs all-reduced gradients)")
@@ -297,7 +272,7 @@ def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
         if bad_step is not None or not train_loss < config.divergence_factor * initial_loss:
             row["diverged_at"] = bad_step or stop
             status = "diverged"
-        elif steps_to_target is None and _crossed(metric, target, workload.direction):
+        elif steps_to_target is None and crossed(metric, target, workload.direction):
             status, steps_to_target = "complete", stop
         elif steps_to_target is None and prune_above and (best := prune_above()) is not None and stop >= best:
             status = "pruned"
@@ -315,7 +290,7 @@ def _status_of(rows, target, direction):
     for row in rows:
         if "diverged_at" in row:
             return "diverged", None
-        if _crossed(row["val_metric"], target, direction):
+        if crossed(row["val_metric"], target, direction):
             return "complete", row["step"]
     return None, None
 

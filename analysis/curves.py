@@ -1,0 +1,111 @@
+"""A sweep at one target: steps to result joined with the critical batch size
+fit, and the text that reports them (what `cbs analyze`, `cbs sweep` and
+`cbs report` print).
+
+Steps to result per batch size follow Shallue et al. (2019, Sec. 3.1)
+(analysis.steps); the fit is McCandlish et al.'s (2018, Eq. 2.11)
+S(B) = S_min (1 + B_crit / B) (analysis.fit).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from analysis.fit import FitResult, fit_sweep
+from analysis.steps import steps_to_result
+
+LOOSER_TARGETS = (0.1, 0.3)  # extra targets for the Pareto plot: fractions of the way
+                             # (in log space) from the target to the first evaluation
+
+
+@dataclass
+class Curve:
+    """Steps to result of a sweep at one target (analysis.steps.steps_to_result)
+    and its McCandlish fit (analysis.fit.fit_sweep)."""
+
+    target: float
+    table: pd.DataFrame
+    fit: FitResult
+
+
+def target_label(spec: dict, target: float) -> str:
+    return f"{spec['metric']} {'<' if spec['direction'] == 'min' else '>'} {target:g}"
+
+
+def analyze(sweep, target: float | None = None, **fit_options) -> Curve:
+    """Steps to result and the fit of a sweep (analysis.load_sweep) at `target`
+    (default: the spec's)."""
+    target = sweep.spec["target"] if target is None else target
+    direction = sweep.spec["direction"]
+    table = steps_to_result(sweep.trials, sweep.measurements, target, direction)
+    fit = fit_sweep(sweep.trials, sweep.measurements, target, direction, **fit_options)
+    return Curve(target, table, fit)
+
+
+def looser_targets(sweep, fractions=LOOSER_TARGETS) -> list[float]:
+    """Targets between the spec's and the median metric at the trials' first
+    evaluation, geometrically interpolated and rounded to two digits: the
+    several targets of McCandlish et al.'s Fig. 7 (2018). None for a pruned
+    sweep: pruning is exact for the spec's target only (a pruned trial may have
+    crossed a looser target first, and its curve is gone)."""
+    target = sweep.spec["target"]
+    if sweep.spec.get("prune", True):
+        return []
+    rows = sweep.measurements.sort_values("step").drop_duplicates("trial_id")
+    start = float(rows["val_metric"].median()) if len(rows) else math.nan
+    if not (target > 0 and start > 0) or start == target:
+        return []
+    return [float(f"{target * (start / target) ** f:.2g}") for f in fractions]
+
+
+def num(x, digits=4) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def steps_table(sweep, curve: Curve) -> pd.DataFrame:
+    """The steps-to-result columns a reader needs: batch size, steps, examples,
+    the resolution (evaluation cadence at the crossing), the searched
+    metaparameters of the best trial and its id."""
+    searched = [c for c in ((sweep.spec.get("search") or {}).get("space") or {}) if c in curve.table]
+    return curve.table[["batch_size", "steps", "examples", "resolution", *searched, "trial_id"]]
+
+
+def unreached(sweep, curve: Curve) -> str:
+    """The sentence naming the spec's batch sizes where no trial reached the target ('' if none)."""
+    missing = sorted(set(sweep.spec["batch_sizes"]) - set(curve.table["batch_size"]))
+    return f"no trial reached the target at batch size(s) {', '.join(map(str, missing))}" if missing else ""
+
+
+def fit_summary(curve: Curve) -> list[str]:
+    """The fit in sentences: both definitions of the critical batch size, the
+    regimes of Shallue et al. (2019) and the fit's warnings (prefixed 'warning:')."""
+    fit = curve.fit
+    lo, hi = fit.b_crit_ci
+    olo, ohi = fit.b_crit_overhead_ci
+    return [
+        f"critical batch size B_crit = E_min / S_min (McCandlish et al. 2018): {num(fit.b_crit)} "
+        f"({fit.confidence:.0%} interval {num(lo)} .. {num(hi)}, bootstrap over {fit.bootstrap}, "
+        f"{fit.n_bootstrap} replicates)",
+        f"S_min = {num(fit.s_min)} steps, E_min = {num(fit.e_min)} examples",
+        f"critical batch size at {fit.overhead_percent:g}% step overhead (Zhang et al. 2024; reference: "
+        f"{fit.overhead_reference}): {num(fit.b_crit_overhead)} ({num(olo)} .. {num(ohi)}); "
+        f"with the smallest measured batch size as reference: {num(fit.b_crit_overhead_empirical)}",
+        f"perfect scaling up to B = {num(fit.perfect_scaling_end)}; maximal useful batch size "
+        f"(Shallue et al. 2019): {num(fit.max_useful_batch_size)}",
+        *(f"warning: {w}" for w in fit.warnings),
+    ]
+
+
+def summary_text(sweep, curve: Curve) -> str:
+    """The steps-to-result table and the fits, as `cbs analyze` and `cbs sweep` print them."""
+    spec = sweep.spec
+    lines = [f"steps to result ({target_label(spec, curve.target)}, {spec['workload']}, {spec['optimizer']}; "
+             f"{len(sweep.trials)} trials):"]
+    if curve.table.empty:
+        return "\n".join(lines + ["  no batch size reached the target"])
+    lines.append(steps_table(sweep, curve).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if missing := unreached(sweep, curve):
+        lines.append(missing)
+    return "\n".join(lines + fit_summary(curve))

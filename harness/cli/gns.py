@@ -1,0 +1,76 @@
+"""`cbs gns`: the gradient noise scale of a workload over training, and the
+critical batch size it predicts (harness.engine.gns). Each batch is split
+into `--microbatches` micro-batches for the online two-batch estimate; the
+offline estimate uses `--num-samples` independent gradients at the end."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from harness.cli import train as train_command
+from harness.engine.trial import TrialConfig
+
+
+def add_arguments(parser):
+    train_command.add_arguments(parser)
+    parser.add_argument("--num-samples", type=int, default=256,
+                        help="independent gradients for the offline estimate at the final parameters, a multiple "
+                             "of 16 and >= 32; 0 skips it (default: 256)")
+    parser.add_argument("--sample-batch-size", type=int,
+                        help="examples per offline gradient sample (default: the micro-batch size)")
+    parser.add_argument("--no-hessian", dest="hessian", action="store_false",
+                        help="skip B_noise (Hessian-vector products) in the offline estimate")
+
+
+def run(args) -> int:
+    from harness.engine.gns import measure_noise_scale
+
+    result = measure_noise_scale(_config(args), data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir,
+                                 num_samples=args.num_samples, sample_batch_size=args.sample_batch_size,
+                                 hessian=args.hessian)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gns.json").write_text(json.dumps(result, indent=1))
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        print()
+    else:
+        _print(result)
+    return 0
+
+
+def _config(args) -> TrialConfig:
+    """The trial of `cbs train` with the noise scale on. Defaults differ where
+    the noise scale needs it: 2 micro-batches, train the whole budget, and one
+    checkpoint at its end (to read the final parameters back)."""
+    max_steps = args.max_steps or TrialConfig.max_steps
+    config = train_command.config_from_args(args, microbatches=2, stop_at_target=False, checkpoint_every=max_steps)
+    config = dataclasses.replace(config, gns=True)
+    config.validate()
+    return config
+
+
+def _print(result):
+    def num(v):
+        return "n/a" if v is None else f"{v:.4g}"
+
+    print(f"{result['workload']} B={result['batch_size']} ({result['microbatches']} micro-batches): "
+          f"{result['status']} after {result['steps_run']} steps")
+    print(f"{'step':>8}  {'B_simple':>10}  {'|G|^2':>10}  {'tr(Sigma)':>10}")
+    for row in result["online"]:
+        print(f"{row['step']:>8}  {num(row['b_simple']):>10}  {num(row['g2']):>10}  {num(row['trace']):>10}")
+    offline = result["offline"]
+    if offline is None:
+        print("offline estimate: none (--num-samples 0, or the trial stopped before its checkpoint)")
+    else:
+        print(f"offline at step {offline['step']} ({offline['num_samples']} gradients of "
+              f"{offline['sample_batch_size']} examples):")
+        for name, label in (("b_simple", "B_simple = tr(Sigma)/|G|^2"), ("b_noise", "B_noise = tr(H Sigma)/G'HG")):
+            if name in offline:
+                print(f"  {label} = {num(offline[name]['value'])} +- {num(offline[name]['stderr'])}")
+    print(f"predicted critical batch size B_crit ~ {num(result['b_crit_predicted'])} "
+          f"({result['b_crit_basis']}; McCandlish et al. 2018: B_crit ~ B_noise, B_simple its proxy; "
+          f"the noise scale grows as the loss falls, so compare it with B_crit at a similar loss)")

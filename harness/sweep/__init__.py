@@ -1,0 +1,2 @@
+"""The sweep engine: a spec expanded into trials, a result folder, leases,
+workers, executors and progress. Builds on harness.engine only."""

@@ -1,0 +1,65 @@
+"""Run a sweep: every trial of a spec once, in parallel, resumably.
+
+`run_sweep` validates the spec, opens the result store (harness.sweep.store),
+sets corrupt records aside and hands the unfinished trials to an executor
+(harness.sweep.executors), whose workers all run harness.sweep.worker.work
+until every trial has a record.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.sweep.progress import Progress
+from harness.sweep import executors
+from harness.sweep.leases import DEFAULT_LEASE_S
+from harness.sweep.spec import load_spec
+from harness.sweep.store import RecordIndex, Store
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """What a finished sweep reports: trial counts, steps executed, and the
+    compute pruning saved. `steps_saved_at_most` is an upper bound: each pruned
+    trial counted as if it had run to its budget, though it might have reached
+    the target (and stopped) earlier."""
+
+    folder: Path
+    trials: int
+    pending_at_start: int
+    by_status: dict
+    steps_run: int
+    steps_saved_at_most: int
+    wall_time: float
+    extended: list
+
+
+def run_sweep(spec_path, out=None, *, workers: int | None = None, executor: str = "local", address=None,
+              data_dir=None, lease_s: float = DEFAULT_LEASE_S, progress=None) -> SweepOutcome:
+    """Run (or resume, or extend) the sweep of a spec file in folder `out`
+    (default runs/<spec name>), showing progress on the stream `progress`."""
+    t0 = time.perf_counter()
+    spec = load_spec(spec_path, data_dir)
+    store = Store(out or Path("runs") / Path(spec_path).stem)
+    extended = store.open(spec, Path(spec_path).read_text())
+    trials = spec.trials()
+    store.set_aside_corrupt(t.id for t in trials)
+    store.remove_stale_checkpoints(t.id for t in trials)
+    pending = [t for t in trials if not store.is_done(t.id)]
+    watcher = Progress(store.folder, [t.id for t in trials], progress) if progress else None
+    kwargs = dict(folder=str(store.folder), trials=pending, prune=spec.prune, data_dir=data_dir, lease_s=lease_s,
+                  progress=watcher)
+    if pending:
+        if executor == "ray":
+            executors.run_ray(address=address, **kwargs)
+        else:
+            executors.run_local(workers=workers, **kwargs)
+    summaries = RecordIndex(store).refresh().summaries
+    mine = [summaries[t.id] for t in trials if t.id in summaries]
+    by_status = {}
+    for s in mine:
+        by_status[s.status] = by_status.get(s.status, 0) + 1
+    return SweepOutcome(store.folder, len(trials), len(pending), by_status, sum(s.steps_run for s in mine),
+                        sum(s.max_steps - s.steps_run for s in mine if s.status == "pruned"),
+                        time.perf_counter() - t0, extended)
