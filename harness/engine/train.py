@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from harness.engine import checkpoint, noise_scale
+from harness.engine import checkpoint, environment, noise_scale
 from harness.engine.evaluation import evaluation_steps
 from harness.engine.losses import LOSSES, METRIC_FUNCTIONS
 from harness.engine.optimizers import hyperparameters, make_optimizer
@@ -237,7 +237,11 @@ def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
     crossed the target, `diverged` when the train loss became non-finite or
     exceeded `divergence_factor` times its initial value, `incomplete` when the
     budget ran out, `pruned` when `prune_above()` says a better steps-to-target
-    exists at this batch size already."""
+    exists at this batch size already.
+
+    `on_eval(row)` sees every row of the record once per call of run_trial, in
+    order: at the start the rows restored from the checkpoint (or the step-0
+    evaluation), then each evaluation as it happens, with its final keys."""
     workload = get_workload(config.workload)
     config.validate()
     data = workload.load_data(data_dir)
@@ -253,6 +257,9 @@ def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
         val_loss, metric = engine.evaluate(state)
         rows.append(dict(step=0, examples=0, train_loss=None, val_loss=val_loss, val_metric=metric,
                          wall_time=time.perf_counter() - t0))
+    if on_eval:
+        for row in rows:
+            on_eval(row)
     initial_loss = rows[0]["val_loss"]
     status, steps_to_target = _status_of(rows, target, workload.direction)
     last_saved = rows[-1]["step"]
@@ -267,8 +274,6 @@ def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
         row = dict(step=stop, examples=stop * config.batch_size, train_loss=train_loss, val_loss=val_loss,
                    val_metric=metric, wall_time=time.perf_counter() - t0, **_gns_row(state))
         rows.append(row)
-        if on_eval:
-            on_eval(row)
         if bad_step is not None or not train_loss < config.divergence_factor * initial_loss:
             row["diverged_at"] = bad_step or stop
             status = "diverged"
@@ -276,13 +281,16 @@ def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
             status, steps_to_target = "complete", stop
         elif steps_to_target is None and prune_above and (best := prune_above()) is not None and stop >= best:
             status = "pruned"
+        if on_eval:
+            on_eval(row)
         if checkpoint_dir and config.checkpoint_every and stop - last_saved >= config.checkpoint_every:
             checkpoint.save(checkpoint_dir, stop, state, {"rows": rows, "elapsed": time.perf_counter() - t0})
             last_saved = stop
     final = rows[-1]
     return TrialRecord(config=config.to_dict(), status=status or "incomplete", steps_to_target=steps_to_target,
                        metric=workload.metric, direction=workload.direction, target=target, measurements=rows,
-                       final=final, steps_run=final["step"], wall_time=time.perf_counter() - t0)
+                       final=final, steps_run=final["step"], wall_time=time.perf_counter() - t0,
+                       run=environment.run_metadata())
 
 
 def _status_of(rows, target, direction):

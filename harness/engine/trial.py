@@ -122,7 +122,8 @@ def _choice(name, value, allowed):
 class TrialRecord:
     """What a trial produced. `measurements` is a list of evaluation rows, each
     with keys step, examples, train_loss, val_loss, val_metric, wall_time (and
-    gns_g2, gns_trace, gns_b_simple when the noise scale is tracked)."""
+    gns_g2, gns_trace, gns_b_simple when the noise scale is tracked). `run` says
+    where it ran (harness.engine.environment.run_metadata)."""
 
     config: dict
     status: str
@@ -134,6 +135,7 @@ class TrialRecord:
     final: dict
     steps_run: int
     wall_time: float
+    run: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

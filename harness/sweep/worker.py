@@ -15,6 +15,7 @@ import time
 from harness.sweep.leases import DEFAULT_LEASE_S, worker_id
 from harness.sweep.spec import Trial
 from harness.sweep.store import BestSoFar, RecordIndex, Store
+from harness.sweep.trial_log import TrialLog, tensorboard_available
 
 
 class LeaseLost(Exception):
@@ -70,16 +71,21 @@ def try_trial(store: Store, trial: Trial, prune: bool, data_dir=None, lease_s: f
 
 
 def _run_claimed(store: Store, trial: Trial, lease, prune_above, data_dir) -> None:
+    from harness.engine.environment import run_metadata
     from harness.engine.train import run_trial
 
-    def on_eval(row):
-        if not lease.held():
-            raise LeaseLost(trial.id)
-
     store.log_attempt(trial.id, lease.worker)
+    store.write_metadata(run_metadata())
+    board = store.tensorboard_dir(trial.id) if tensorboard_available() else None
     try:
-        record = run_trial(trial.config, data_dir=data_dir, checkpoint_dir=str(store.checkpoint_dir(trial.id)),
-                           prune_above=prune_above, on_eval=on_eval)
+        with TrialLog(trial.config.to_dict(), store.measurements_path(trial.id), board) as log:
+            def on_eval(row):
+                if not lease.held():
+                    raise LeaseLost(trial.id)
+                log(row)
+
+            record = run_trial(trial.config, data_dir=data_dir, checkpoint_dir=str(store.checkpoint_dir(trial.id)),
+                               prune_above=prune_above, on_eval=on_eval)
     except LeaseLost:
         return
     except Exception:
