@@ -15,6 +15,7 @@ COMMANDS = {
     "analyze": ("harness.cli.analyze", "steps-to-result table and critical batch size fits of a sweep"),
     "plot": ("harness.cli.plot", "every figure of one or more sweeps (PNG and PDF)"),
     "report": ("harness.cli.report", "one self-contained HTML report of a sweep"),
+    "export": ("harness.cli.export", "write a sweep in another layout (Shallue et al.'s batch_science)"),
     "fit": ("harness.cli.fit", "fit the critical batch size to a steps-vs-batch-size table"),
     "nqm": ("harness.cli.nqm", "exact steps vs batch size on the noisy quadratic model"),
 }
