@@ -120,7 +120,7 @@ def read_batch_science(folder) -> tuple[dict, list[tuple[str, dict]]]:
     for study, meta in zip(studies, metas):
         for trial in sorted((d for d in study.parent.iterdir() if d.is_dir()), key=lambda d: int(d.name)):
             metadata = json.loads((trial / "metadata.json").read_text())
-            rows = pd.read_csv(trial / "measurements.csv", float_precision="round_trip")
+            rows = pd.read_csv(trial / "measurements.csv")
             rows = rows.rename(columns=_columns_in(rows.columns, spec["metric"]))
             if "examples" not in rows:
                 rows.insert(1, "examples", rows["step"] * meta["batch_size"])
