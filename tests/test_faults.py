@@ -117,3 +117,45 @@ def test_sweep_sets_a_damaged_checkpoint_aside(kind, undamaged_sweep, tmp_path):
     assert done.keys() == undamaged_sweep.keys()
     for trial_id, record in undamaged_sweep.items():
         assert outcome_of(done[trial_id]) == outcome_of(record), trial_id
+
+
+def session_alive(sid: int) -> list[int]:
+    """Live (not zombie) processes of session `sid`."""
+    alive = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and os.getsid(int(p.name)) == sid and \
+                    (p / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.append(int(p.name))
+        except (ProcessLookupError, FileNotFoundError, PermissionError):
+            pass
+    return alive
+
+
+@pytest.mark.parametrize("signum,to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["SIGINT to the process group", "SIGTERM to the sweep process"])
+def test_a_signal_stops_the_sweep_cleanly_and_a_rerun_resumes(signum, to_group, undamaged_sweep, tmp_path):
+    spec, out = write_spec(tmp_path, text=SWEEP), tmp_path / "sweep"
+    proc = cbs_sweep(spec, out, "--workers", "2", start_new_session=True)
+    wait_for(lambda: unfinished_checkpoints(out) or proc.poll() is not None)
+    before = {p.parent: int(p.name) for p in unfinished_checkpoints(out)}
+    (os.killpg if to_group else os.kill)(proc.pid, signum)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr, stderr
+    interrupted = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert interrupted == [f"cbs: sweep interrupted by {signal.Signals(signum).name}; finished trials and "
+                           "in-flight checkpoints are kept; resume with the same command: cbs sweep "
+                           f"{spec} --out {out} --data-dir {DATA} --workers 2"], stderr
+    assert all(line.startswith("[") for line in stderr.splitlines() if line not in interrupted), stderr
+    wait_for(lambda: not session_alive(proc.pid), timeout=5)
+    after = {folder: max(steps_in(folder), default=0) for folder in before if folder.exists()}
+    assert len(records(out)) < len(undamaged_sweep)
+    assert any(after[f] > before[f] for f in after), (before, after)  # checkpointed when it stopped
+    proc = cbs_sweep(spec, out, "--workers", "2")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    done = records(out)
+    assert done.keys() == undamaged_sweep.keys()
+    for trial_id, record in undamaged_sweep.items():
+        assert outcome_of(done[trial_id]) == outcome_of(record), trial_id
