@@ -28,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line, like every other bad input."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"cbs: error: {message} (usage: {self.prog} --help)\n")
 
 
 def main(argv=None) -> int:
@@ -46,6 +46,9 @@ def main(argv=None) -> int:
             return module.run(args) or 0
     except UserError as e:
         print(f"cbs: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that is not what it should be, a full disk, a lost mount: not a bug
+        print(f"cbs: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         return 2
     except Interrupted as e:
         resume = getattr(module, "ON_INTERRUPT", None)

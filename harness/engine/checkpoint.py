@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orbax.checkpoint as ocp
 
-from harness.errors import warn
+from harness.errors import UserError, warn
 
 
 def _manager(directory) -> ocp.CheckpointManager:
@@ -36,6 +36,8 @@ def restore(directory, like):
     into. Unreadable checkpoints are set aside (see the module docstring)."""
     if not Path(directory).exists():
         return like, None
+    if not Path(directory).is_dir():
+        raise UserError(f"checkpoint folder {directory} is a file; allowed: a folder, or a path that does not exist")
     with _manager(directory) as manager:
         steps = sorted(manager.all_steps(), reverse=True)
         for i, step in enumerate(steps):
