@@ -15,6 +15,7 @@ import pandas as pd
 
 from analysis.fit import FitResult, fit_sweep
 from analysis.steps import steps_to_result
+from harness.engine.targets import check_target
 from harness.errors import UserError
 
 LOOSER_TARGETS = (0.1, 0.3)  # extra targets for the Pareto plot: fractions of the way
@@ -38,9 +39,12 @@ def target_label(spec: dict, target: float) -> str:
 def analyze(sweep, target: float | None = None, **fit_options) -> Curve:
     """Steps to result and the fit of a sweep (analysis.load_sweep) at `target`
     (default: the spec's)."""
-    target = sweep.spec["target"] if target is None else target
     if target is None:
-        raise UserError(f"{sweep.folder}: the sweep records no target (batch_science data); give --target")
+        target = sweep.spec["target"]
+        if target is None:
+            raise UserError(f"{sweep.folder}: the sweep records no target (batch_science data); give --target")
+    else:
+        check_target(sweep.spec["metric"], target, "--target")
     direction = sweep.spec["direction"]
     table = steps_to_result(sweep.trials, sweep.measurements, target, direction)
     fit = fit_sweep(sweep.trials, sweep.measurements, target, direction, **fit_options)

@@ -32,6 +32,11 @@ from harness.errors import UserError
 EVAL_BATCH = 1024
 
 
+class Stopped(Exception):
+    """run_trial stopped at an evaluation because `should_stop()` said so,
+    after checkpointing there (when it has a checkpoint folder)."""
+
+
 class TrainState(NamedTuple):
     params: dict
     model_state: dict  # e.g. batch-norm statistics; empty for most models
@@ -230,14 +235,16 @@ def check_trial(config: TrialConfig, workload: Workload, train_size: int) -> flo
 
 def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
               prune_above: Callable[[], int | None] | None = None,
-              on_eval: Callable[[dict], None] | None = None) -> TrialRecord:
+              on_eval: Callable[[dict], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> TrialRecord:
     """Train one trial until the target, the budget, divergence or pruning.
 
     Status (Shallue et al. 2019, App. B): `complete` when the validation metric
     crossed the target, `diverged` when the train loss became non-finite or
     exceeded `divergence_factor` times its initial value, `incomplete` when the
     budget ran out, `pruned` when `prune_above()` says a better steps-to-target
-    exists at this batch size already.
+    exists at this batch size already. When `should_stop()` is true at an
+    evaluation, it checkpoints there and raises Stopped.
 
     `on_eval(row)` sees every row of the record once per call of run_trial, in
     order: at the start the rows restored from the checkpoint (or the step-0
@@ -283,9 +290,12 @@ def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
             status = "pruned"
         if on_eval:
             on_eval(row)
-        if checkpoint_dir and config.checkpoint_every and stop - last_saved >= config.checkpoint_every:
+        stopping = should_stop is not None and should_stop()
+        if checkpoint_dir and config.checkpoint_every and (stopping or stop - last_saved >= config.checkpoint_every):
             checkpoint.save(checkpoint_dir, stop, state, {"rows": rows, "elapsed": time.perf_counter() - t0})
             last_saved = stop
+        if stopping:
+            raise Stopped(stop)
     final = rows[-1]
     return TrialRecord(config=config.to_dict(), status=status or "incomplete", steps_to_target=steps_to_target,
                        metric=workload.metric, direction=workload.direction, target=target, measurements=rows,

@@ -16,20 +16,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import UserError
+from harness.errors import UserError, warn
 from harness.sweep.leases import DEFAULT_LEASE_S, Lease, atomic_write, try_claim
 from harness.sweep.spec import NOT_COMPARED, SweepSpec
 
 RECORD_KEYS = ("config", "status", "steps_to_target", "measurements", "steps_run")
-
-
-def warn(message: str) -> None:
-    print(f"cbs: warning: {message}", file=sys.stderr, flush=True)
 
 
 class CorruptRecord(Exception):
