@@ -4,6 +4,7 @@
     FOLDER/spec.json                 {"hash", "spec": normalized spec, "trial_ids"}
     FOLDER/trials/<id>/record.json   a TrialRecord, written atomically
     FOLDER/trials/<id>/checkpoints/  Orbax checkpoints while the trial runs
+    FOLDER/trials/<id>/snapshots/    states kept for branches (TrialConfig.snapshot_steps)
     FOLDER/trials/<id>/claim.<n>     leases: which worker runs the trial
 
 Files are written atomically and trials claimed with leases (harness.sweep.leases).
@@ -119,6 +120,10 @@ class Store:
 
     def checkpoint_dir(self, trial_id: str) -> Path:
         return self.trial_dir(trial_id) / "checkpoints"
+
+    def snapshot_dir(self, trial_id: str) -> Path:
+        """Snapshots a trial keeps for branches (TrialConfig.snapshot_steps); they outlive its checkpoints."""
+        return self.trial_dir(trial_id) / "snapshots"
 
     def is_done(self, trial_id: str) -> bool:
         return self.record_path(trial_id).exists()

@@ -79,7 +79,8 @@ def _run_claimed(store: Store, trial: Trial, lease, prune_above, data_dir) -> No
     store.log_attempt(trial.id, lease.worker)
     try:
         record = run_trial(trial.config, data_dir=data_dir, checkpoint_dir=str(store.checkpoint_dir(trial.id)),
-                           prune_above=prune_above, on_eval=on_eval)
+                           prune_above=prune_above, on_eval=on_eval,
+                           snapshot_dir=str(store.snapshot_dir(trial.id)))
     except LeaseLost:
         return
     except Exception:
