@@ -16,6 +16,7 @@ COMMANDS = {
     "plot": ("harness.cli.plot", "every figure of one or more sweeps (PNG and PDF)"),
     "report": ("harness.cli.report", "one self-contained HTML report of a sweep"),
     "fit": ("harness.cli.fit", "fit the critical batch size to a steps-vs-batch-size table"),
+    "local-cbs": ("harness.cli.local_cbs", "the branched local critical batch size over training (Merrill et al. 2025)"),
     "nqm": ("harness.cli.nqm", "exact steps vs batch size on the noisy quadratic model"),
 }
 
