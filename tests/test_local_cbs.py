@@ -58,6 +58,7 @@ def _b_noise(w, x, y):
     return (np.einsum("ni,ij,nj->", g, h, g) / len(x) - big_g @ h @ big_g) / (big_g @ h @ big_g)
 
 
+@pytest.mark.slow
 def test_branched_estimate_is_within_4x_of_the_noise_scale_on_linear_regression(tmp_path):
     """The truth: SGD on a quadratic with H = I at the loss-optimal learning
     rate eta = B / (B + B_noise) (McCandlish et al. 2018, Eq. 2.6 with
