@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from harness.errors import UserError
 from harness.sweep.local_cbs import REFERENCE_ID, branch_id
@@ -135,6 +136,7 @@ def local_cbs_plot(result: LocalCbs, b_crit=None) -> Figure:
         ax.axhline(value, color="tab:green", label=f"swept B_crit = {value:.3g}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("examples seen by the reference run")
     ax.set_ylabel("batch size")
     ax.set_title(f"{result.spec['reference']['workload']}, {result.spec['reference']['optimizer']}")

@@ -103,6 +103,9 @@ def test_bad_input_is_one_line_naming_the_field(section, message):
 
 def test_geometric_checkpoint_steps_and_default_lr_scaling(tmp_path):
     spec = parse_local_cbs_spec(_raw(checkpoint_steps={"min": 1, "max": 16, "count": 5}), tmp_path)
+    Store(tmp_path).open(spec, "")
+    Store(tmp_path).open(parse_local_cbs_spec(_raw(checkpoint_steps={"min": 1, "max": 16, "count": 5}), tmp_path),
+                         "")  # resuming: the same spec is the stored one
     assert spec.normalized["local_cbs"]["checkpoint_steps"] == [1, 2, 4, 8, 16]
     assert spec.normalized["local_cbs"]["lr_scaling"] == "linear"
     adam = parse_local_cbs_spec(_raw(reference={**REFERENCE, "optimizer": "adam"}), tmp_path)

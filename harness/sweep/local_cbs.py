@@ -38,6 +38,7 @@ The reference trial is `reference`, a branch `t{t:07d}-k{k:g}`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 from dataclasses import dataclass
@@ -185,7 +186,7 @@ def parse_local_cbs_spec(raw: dict, folder, path="spec") -> LocalCbsSpec:
                        lr_scaling=section.get("lr_scaling", default_lr_scaling(reference.optimizer)),
                        ema=ema, epsilon=epsilon, loss=section.get("loss", "train"), evals_per_branch=evals),
         reference=dataclasses.replace(reference, stop_at_target=False, snapshot_steps=tuple(steps)).to_dict())
-    spec = LocalCbsSpec(str(path), normalized, Path(folder))
+    spec = LocalCbsSpec(str(path), json.loads(json.dumps(normalized)), Path(folder))  # as stored: tuples as lists
     for trial in spec.branches():
         try:
             trial.config.validate()
