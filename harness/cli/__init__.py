@@ -21,6 +21,7 @@ COMMANDS = {
     "report": ("harness.cli.report", "one self-contained HTML report of a sweep"),
     "export": ("harness.cli.export", "write a sweep in another layout (Shallue et al.'s batch_science)"),
     "fit": ("harness.cli.fit", "fit the critical batch size to a steps-vs-batch-size table"),
+    "local-cbs": ("harness.cli.local_cbs", "the branched local critical batch size over training (Merrill et al. 2025)"),
     "nqm": ("harness.cli.nqm", "exact steps vs batch size on the noisy quadratic model"),
 }
 

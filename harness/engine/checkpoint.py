@@ -30,6 +30,14 @@ def save(directory, step: int, state, meta: dict) -> None:
                                                    meta=ocp.args.JsonSave(meta)))
 
 
+def exists(directory) -> bool:
+    """Whether `directory` holds a committed checkpoint."""
+    if not Path(directory).exists():
+        return False
+    with _manager(directory) as manager:
+        return manager.latest_step() is not None
+
+
 def restore(directory, like):
     """(state, meta) of the newest readable checkpoint, or (like, None) when
     there is none. `like` gives the structure, dtypes and shardings to restore

@@ -6,6 +6,7 @@
     FOLDER/trials/<id>/record.json   a TrialRecord, written atomically
     FOLDER/trials/<id>/measurements.csv  its evaluations so far (harness.sweep.trial_log)
     FOLDER/trials/<id>/checkpoints/  Orbax checkpoints while the trial runs
+    FOLDER/trials/<id>/snapshots/    states kept for branches (TrialConfig.snapshot_steps)
     FOLDER/trials/<id>/claim.<n>     leases: which worker runs the trial
     FOLDER/tensorboard/<id>/         its TensorBoard run (with the `tensorboard` extra)
 
@@ -130,6 +131,10 @@ class Store:
     def read_metadata(self) -> dict | None:
         path = self.folder / "metadata.json"
         return json.loads(path.read_text()) if path.exists() else None
+
+    def snapshot_dir(self, trial_id: str) -> Path:
+        """Snapshots a trial keeps for branches (TrialConfig.snapshot_steps); they outlive its checkpoints."""
+        return self.trial_dir(trial_id) / "snapshots"
 
     def is_done(self, trial_id: str) -> bool:
         return self.record_path(trial_id).exists()

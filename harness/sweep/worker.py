@@ -90,7 +90,8 @@ def _run_claimed(store: Store, trial: Trial, lease, prune_above, data_dir, shoul
                 log(row)
 
             record = run_trial(trial.config, data_dir=data_dir, checkpoint_dir=str(store.checkpoint_dir(trial.id)),
-                               prune_above=prune_above, on_eval=on_eval, should_stop=should_stop)
+                               prune_above=prune_above, on_eval=on_eval, should_stop=should_stop,
+                               snapshot_dir=str(store.snapshot_dir(trial.id)))
     except (LeaseLost, Stopped):
         return
     except Exception:
