@@ -340,7 +340,7 @@ def test_cbs_gns_rejects_a_window_before_training(capsys):
     assert "window must be an integer number of steps >= 1, got 0" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # ~75 s on 2 busy cores: three trials, each with offline estimates at 20 steps
+@pytest.mark.slow  # ~110 s on 2 shared cores: three trials, each with offline estimates at 20 steps
 def test_cbs_gns_prediction_does_not_swing_with_the_stopping_step_under_momentum(data_dir):
     """Under Nesterov momentum the one-step offline B_noise of this workload
     spans 23..739 over stopping steps 98..120; the windowed prediction at
