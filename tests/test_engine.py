@@ -211,6 +211,7 @@ def _saved_steps(folder):
     return sorted(int(p.name) for p in folder.glob("*") if p.name.isdigit())
 
 
+@pytest.mark.slow  # ~35 s; the sweep-level kill -9 test covers resume by default
 def test_kill_and_resume_gives_identical_measurements(data_dir, tmp_path):
     import json
 
@@ -271,6 +272,7 @@ def test_users_own_workload_from_a_file(data_dir, capsys):
     assert "has no Workload named 'nope'; Workloads there: workload" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~21 s: two jax.distributed processes
 def test_two_processes_equal_one_process_with_two_devices(data_dir, tmp_path):
     """Multi-host as far as one machine allows: two processes joined by
     jax.distributed (gloo collectives on CPU) train like one process with two
@@ -297,6 +299,7 @@ def test_two_processes_equal_one_process_with_two_devices(data_dir, tmp_path):
         assert m["val_loss"] == pytest.approx(s["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow  # ~49 s: trains the Simple CNN with batch norm
 def test_batch_norm_model_trains_with_per_micro_batch_statistics(data_dir, monkeypatch):
     """ResNet-8's batch norm (its running statistics are model state) on real
     MNIST: it learns, and with micro-batches the update differs from one big

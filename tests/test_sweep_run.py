@@ -147,6 +147,7 @@ def test_kill_9_at_any_moment_then_resume_equals_uninterrupted(reference, tmp_pa
     assert analysis_of(out) == analysis_of(reference)
 
 
+@pytest.mark.slow  # ~29 s; the stalled-worker test covers shared leases by default
 def test_three_workers_share_one_folder_and_run_each_trial_once(reference, tmp_path):
     spec, out = write_spec(tmp_path), tmp_path / "sweep"
     procs = [cbs_sweep(spec, out, "--workers", "1") for _ in range(3)]
