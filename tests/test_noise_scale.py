@@ -201,7 +201,8 @@ def test_cbs_gns_offline_estimates_match_the_exact_values_at_the_final_weights(c
     workload = get_workload("linear_regression")
     state, meta = checkpoint.restore(tmp_path, Engine(workload, workload.load_data(), config).init())
     assert meta["rows"][-1]["step"] == out["offline"]["step"] == 20
-    exact = _exact_noise_scales(np.asarray(state.params["Dense_0"]["kernel"][:, 0], np.float64))
+    params, _ = Engine(workload, workload.load_data(), config).evaluated(state)
+    exact = _exact_noise_scales(np.asarray(params["Dense_0"]["kernel"][:, 0], np.float64))
     for name, truth in zip(("b_simple", "b_noise"), exact):
         estimate = out["offline"][name]
         assert abs(estimate["value"] - truth) < 3 * estimate["stderr"], (name, estimate, truth)
@@ -246,9 +247,10 @@ def test_cbs_gns_on_mnist_matches_b_simple_from_every_per_example_gradient(capsy
     data = workload.load_data(data_dir)
     engine = Engine(workload, data, TrialConfig(**args, gns=True))
     state, _ = checkpoint.restore(tmp_path, engine.init())
+    params, model_state = engine.evaluated(state)
 
     def example_grad(x, y):
-        return jax.grad(lambda p: engine.loss(p, state.model_state, x[None], y[None])[0])(state.params)
+        return jax.grad(lambda p: engine.loss(p, model_state, x[None], y[None])[0])(params)
 
     @jax.jit
     def sums(x, y):

@@ -56,8 +56,9 @@ def _offline(config: TrialConfig, data_dir, num_samples, sample_batch_size, hess
     state, meta = checkpoint.restore(checkpoint_dir, engine.init())
     if meta is None:
         return None
-    loss_fn = Partial(partial(_training_loss, engine), state.model_state)
-    estimates = noise_scale.offline_noise_scales(loss_fn, state.params, Partial(_sample_with_replacement, *engine.train),
+    params, model_state = engine.evaluated(state)
+    loss_fn = Partial(partial(_training_loss, engine), model_state)
+    estimates = noise_scale.offline_noise_scales(loss_fn, params, Partial(_sample_with_replacement, *engine.train),
                                                  sample_batch_size, num_samples,
                                                  jax.random.key(config.seed + 1), hessian=hessian)
     return dict(step=meta["rows"][-1]["step"], num_samples=num_samples, sample_batch_size=sample_batch_size,
