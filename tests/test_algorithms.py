@@ -99,3 +99,17 @@ def test_bad_algorithm_input_is_one_clear_line(args, expected, capsys, data_dir)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_spec_sets_the_algorithm_and_rejects_bad_replicas_before_training():
+    from harness.errors import UserError
+    from harness.sweep.spec import parse_spec
+
+    raw = dict(workload="mnist_fc128x1", batch_sizes=[64, 128], max_steps=100,
+               fixed=dict(learning_rate=0.1, algorithm="local_sgd", replicas=4, local_steps=8))
+    configs = [t.config for t in parse_spec(raw).trials()]
+    assert [(c.algorithm, c.replicas, c.local_steps) for c in configs] == [("local_sgd", 4, 8)] * 2
+    with pytest.raises(UserError, match=r"fixed.algorithm: unknown value 'easgd'; allowed: minibatch, local_sgd"):
+        parse_spec({**raw, "fixed": {**raw["fixed"], "algorithm": "easgd"}})
+    with pytest.raises(UserError, match=r"trial b000064-.*: replicas must divide batch_size 64"):
+        parse_spec({**raw, "fixed": {**raw["fixed"], "replicas": 48}})

@@ -21,6 +21,7 @@ Format (every key is optional unless marked required)::
     reference_batch_size = 64            # (with lr_scaling) instead of searching the learning rate
 
     [fixed]                              # metaparameters shared by all trials: any TrialConfig field
+    algorithm = "local_sgd"              # (e.g. minibatch | local_sgd | post_local_sgd | sma, replicas, local_steps)
     schedule = "linear_decay"            # (harness.engine.trial) except the ones set above, plus
     decay_fraction = 1.0                 # decay_steps as a fraction of the trial's step budget
 
@@ -63,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.engine.algorithms import ALGORITHMS
 from harness.engine.evaluation import EVAL_SCHEDULES
 from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
 from harness.engine.targets import check_batch_size, check_target
@@ -113,7 +115,7 @@ REQUIRED = ("workload", "batch_sizes")
 MANAGED = ("workload", "workload_options", "batch_size", "optimizer", "seed", "target", "max_steps", "eval_every",
            "eval_schedule", "checkpoint_every", "lr_scaling", "reference_batch_size")
 # String metaparameters with a closed set of values.
-CHOICES = {"schedule": SCHEDULES, "warmup": WARMUPS}
+CHOICES = {"schedule": SCHEDULES, "warmup": WARMUPS, "algorithm": ALGORITHMS}
 _HINTS = typing.get_type_hints(TrialConfig)
 METAPARAMETERS = {f.name: _HINTS[f.name] for f in fields(TrialConfig) if f.name not in MANAGED}
 METAPARAMETERS["decay_fraction"] = float
