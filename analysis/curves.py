@@ -66,10 +66,10 @@ def num(x, digits=4) -> str:
 
 def steps_table(sweep, curve: Curve) -> pd.DataFrame:
     """The steps-to-result columns a reader needs: batch size, steps, examples,
-    the resolution (evaluation cadence at the crossing), the searched
-    metaparameters of the best trial and its id."""
+    communication rounds, the resolution (evaluation cadence at the crossing),
+    the searched metaparameters of the best trial and its id."""
     searched = [c for c in ((sweep.spec.get("search") or {}).get("space") or {}) if c in curve.table]
-    return curve.table[["batch_size", "steps", "examples", "resolution", *searched, "trial_id"]]
+    return curve.table[["batch_size", "steps", "examples", "rounds", "resolution", *searched, "trial_id"]]
 
 
 def unreached(sweep, curve: Curve) -> str:

@@ -83,7 +83,7 @@ def test_report_as_rendered_by_chromium(report, sweep_folder, tmp_path):
     assert float(seen["b_crit"]) == pytest.approx(B_CRIT, rel=0.1)
 
     header, *rows = seen["steps"]
-    assert header == ["batch_size", "steps", "examples", "resolution", "learning_rate", "momentum", "trial_id"]
+    assert header == ["batch_size", "steps", "examples", "rounds", "resolution", "learning_rate", "momentum", "trial_id"]
     assert [(int(r[0]), int(r[1]), int(r[2])) for r in rows] == [
         (b, designed_steps(b, 0), b * designed_steps(b, 0)) for b in SIZES]
 
