@@ -2,10 +2,14 @@
 `add_arguments(parser)` and `run(args) -> int`; modules are imported lazily so
 `cbs --help` stays fast."""
 import argparse
+import contextlib
 import importlib
+import shlex
+import signal
 import sys
+import threading
 
-from harness.errors import UserError
+from harness.errors import Interrupted, UserError
 
 COMMANDS = {
     "workloads": ("harness.cli.workloads", "list the registered workloads"),
@@ -15,7 +19,9 @@ COMMANDS = {
     "analyze": ("harness.cli.analyze", "steps-to-result table and critical batch size fits of a sweep"),
     "plot": ("harness.cli.plot", "every figure of one or more sweeps (PNG and PDF)"),
     "report": ("harness.cli.report", "one self-contained HTML report of a sweep"),
+    "export": ("harness.cli.export", "write a sweep in another layout (Shallue et al.'s batch_science)"),
     "fit": ("harness.cli.fit", "fit the critical batch size to a steps-vs-batch-size table"),
+    "local-cbs": ("harness.cli.local_cbs", "the branched local critical batch size over training (Merrill et al. 2025)"),
     "nqm": ("harness.cli.nqm", "exact steps vs batch size on the noisy quadratic model"),
 }
 
@@ -24,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line, like every other bad input."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"cbs: error: {message} (usage: {self.prog} --help)\n")
 
 
 def main(argv=None) -> int:
@@ -36,9 +42,39 @@ def main(argv=None) -> int:
         if argv[:1] == [command]:
             importlib.import_module(module).add_arguments(p)
     args = parser.parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
+        with _signals_raise_interrupted():
+            return module.run(args) or 0
     except UserError as e:
         print(f"cbs: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path that is not what it should be, a full disk, a lost mount: not a bug
+        print(f"cbs: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        resume = getattr(module, "ON_INTERRUPT", None)
+        print(f"cbs: {args.command} interrupted by {e}" + (f"; {resume}: cbs {shlex.join(argv)}" if resume else ""),
+              file=sys.stderr, flush=True)
+        return 128 + e.signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_raise_interrupted():
+    """SIGINT (Ctrl-C) and SIGTERM (what a scheduler sends before it kills)
+    raise Interrupted, so the command unwinds (a sweep stops its workers) and
+    ends with one line. Only the main thread can set signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 

@@ -30,7 +30,8 @@ def add_arguments(parser):
             parser.add_argument(_option(field), type=_PARSERS[field.type], required=field.name in _REQUIRED, **kwargs)
     parser.add_argument("--data-dir", help="folder of the datasets (default: $CBS_DATA_DIR or a cache folder)")
     parser.add_argument("--checkpoint-dir", help="Orbax checkpoints here; resumes from the latest one")
-    parser.add_argument("--out", help="write record.json and measurements.csv into this folder")
+    parser.add_argument("--out", help="write record.json and measurements.csv (row by row as training goes, "
+                        "and a TensorBoard run in tensorboard/ when tensorboardX is installed) into this folder")
     parser.add_argument("--json", action="store_true", help="print the trial record as JSON (with --out, "
                         "`measurements` names the CSV file instead of listing the rows)")
     multi = parser.add_argument_group("multi-host (run the same command on every host)")
@@ -58,19 +59,28 @@ def _initialize_distributed(args):
 
 
 def run(args) -> int:
+    from contextlib import nullcontext
+
     from harness.engine.train import run_trial
+    from harness.engine.workloads import get_workload
+    from harness.sweep.trial_log import TrialLog, tensorboard_available
 
     writer = _initialize_distributed(args) if args.coordinator else True
     config = config_from_args(args)
-    record = run_trial(config, data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir)
-    summary = record.to_dict()  # the measurements inline, or the file they are in with --out
-    if args.out and writer:
-        import pandas as pd
+    metric = get_workload(config.workload).metric
+    out = Path(args.out) if args.out and writer else None
+    board = out / "tensorboard" if out and tensorboard_available() else None
+    with TrialLog(config.to_dict(), out / "measurements.csv", board) if out else nullcontext() as log:
+        def on_eval(row):
+            if log:
+                log(row)
+            if not args.json and writer:
+                print(_eval_line(row, metric), flush=True)
 
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+        record = run_trial(config, data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir, on_eval=on_eval)
+    summary = record.to_dict()  # the measurements inline, or the file they are in with --out
+    if out:
         (out / "record.json").write_text(json.dumps(record.to_dict(), indent=1))
-        pd.DataFrame(record.measurements).to_csv(out / "measurements.csv", index=False)
         summary["measurements"] = str(out / "measurements.csv")
     if args.json:
         json.dump(summary, sys.stdout, indent=1)
@@ -80,3 +90,10 @@ def run(args) -> int:
               f"{record.steps_to_target} ({record.metric} {'<' if record.direction == 'min' else '>'} "
               f"{record.target}); final {record.metric} {record.final['val_metric']:.4f} at step {record.steps_run}")
     return 0
+
+
+def _eval_line(row: dict, metric: str) -> str:
+    """One evaluation as `cbs train` prints it while training."""
+    train = "-" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
+    return f"step {row['step']:>7}  train loss {train:>8}  val loss {row['val_loss']:.4f}  " \
+           f"val {metric} {row['val_metric']:.4f}"
