@@ -28,20 +28,32 @@ class Curve:
     target: float
     table: pd.DataFrame
     fit: FitResult
+    step_budget: int | None = None
+    example_budget: int | None = None
 
 
 def target_label(spec: dict, target: float) -> str:
     return f"{spec['metric']} {'<' if spec['direction'] == 'min' else '>'} {target:g}"
 
 
-def analyze(sweep, target: float | None = None, **fit_options) -> Curve:
+def analyze(sweep, target: float | None = None, *, step_budget: int | None = None,
+            example_budget: int | None = None, **fit_options) -> Curve:
     """Steps to result and the fit of a sweep (analysis.load_sweep) at `target`
-    (default: the spec's)."""
+    (default: the spec's), counting only evaluations within the step and
+    example budgets (Shallue et al. 2019, Sec. 3.2; None: no budget)."""
     target = sweep.spec["target"] if target is None else target
     direction = sweep.spec["direction"]
-    table = steps_to_result(sweep.trials, sweep.measurements, target, direction)
-    fit = fit_sweep(sweep.trials, sweep.measurements, target, direction, **fit_options)
-    return Curve(target, table, fit)
+    budgets = dict(step_budget=step_budget, example_budget=example_budget)
+    table = steps_to_result(sweep.trials, sweep.measurements, target, direction, **budgets)
+    fit = fit_sweep(sweep.trials, sweep.measurements, target, direction, **budgets, **fit_options)
+    return Curve(target, table, fit, **budgets)
+
+
+def budget_label(curve: Curve) -> str:
+    """'within 500 steps and 64,000 examples', or '' without budgets."""
+    parts = [f"{n:,} {unit}" for n, unit in ((curve.step_budget, "steps"), (curve.example_budget, "examples"))
+             if n is not None]
+    return f"within {' and '.join(parts)}" if parts else ""
 
 
 def looser_targets(sweep, fractions=LOOSER_TARGETS) -> list[float]:
@@ -101,8 +113,9 @@ def fit_summary(curve: Curve) -> list[str]:
 def summary_text(sweep, curve: Curve) -> str:
     """The steps-to-result table and the fits, as `cbs analyze` and `cbs sweep` print them."""
     spec = sweep.spec
-    lines = [f"steps to result ({target_label(spec, curve.target)}, {spec['workload']}, {spec['optimizer']}; "
-             f"{len(sweep.trials)} trials):"]
+    budget = budget_label(curve)
+    lines = [f"steps to result ({target_label(spec, curve.target)}{' ' + budget if budget else ''}, "
+             f"{spec['workload']}, {spec['optimizer']}; {len(sweep.trials)} trials):"]
     if curve.table.empty:
         return "\n".join(lines + ["  no batch size reached the target"])
     lines.append(steps_table(sweep, curve).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
