@@ -1,10 +1,15 @@
 """The `cbs` command. Each subcommand lives in its own module with
 `add_arguments(parser)` and `run(args) -> int`; modules are imported lazily so
-`cbs --help` stays fast."""
+`cbs --help` stays fast.
+
+Every error is one line `cbs: error: ...` on stderr with exit status 2 (bad
+arguments included); bare `cbs` prints the help with the command list and
+exits 0; `cbs --version` prints the version."""
 import argparse
 import importlib
 import sys
 
+from harness import __version__
 from harness.errors import UserError
 
 COMMANDS = {
@@ -21,21 +26,27 @@ COMMANDS = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line, like every other bad input."""
+    """argparse, but a usage error is one line `cbs: error: [COMMAND: ]...`,
+    like every other bad input."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        command = self.prog.removeprefix("cbs").strip()
+        self.exit(2, f"cbs: error: {command + ': ' if command else ''}{message}\n")
 
 
 def main(argv=None) -> int:
     parser = _Parser(prog="cbs", description="Measure how training speed scales with batch size.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"cbs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     argv = sys.argv[1:] if argv is None else list(argv)
     for command, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(command, help=help_text)
         if argv[:1] == [command]:
             importlib.import_module(module).add_arguments(p)
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
     try:
         return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
     except UserError as e:
