@@ -26,12 +26,18 @@ COMMANDS = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line `cbs: error: [COMMAND: ]...`,
-    like every other bad input."""
+    """argparse, but a usage error is a UserError (one line `cbs: error:
+    [COMMAND: ]...`, exit 2) like every other bad input, and a value outside
+    `choices` is named with the allowed values as the engine's checks name them."""
 
     def error(self, message):
         command = self.prog.removeprefix("cbs").strip()
-        self.exit(2, f"cbs: error: {command + ': ' if command else ''}{message}\n")
+        raise UserError(f"{command + ': ' if command else ''}{message}")
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            raise argparse.ArgumentError(action, f"unknown {action.dest} {value!r}; allowed: "
+                                                 f"{', '.join(map(str, action.choices))}")
 
 
 def main(argv=None) -> int:
@@ -43,11 +49,11 @@ def main(argv=None) -> int:
         p = sub.add_parser(command, help=help_text)
         if argv[:1] == [command]:
             importlib.import_module(module).add_arguments(p)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
     try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
         return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
     except UserError as e:
         print(f"cbs: error: {e}", file=sys.stderr)
