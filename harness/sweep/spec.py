@@ -63,7 +63,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
-import tomli_w
 
 from harness.engine.evaluation import EVAL_SCHEDULES
 from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
@@ -348,6 +347,8 @@ def load_spec(source, data_dir=None, overrides=()) -> SweepSpec:
     raw = apply_overrides(raw, overrides)
     spec = parse_spec(raw, path)
     if text is None or overrides:
+        import tomli_w  # imported here: needed only for a dict or overrides
+
         text = (f"# {path} with --set {' '.join(overrides)}\n" if text else "") + tomli_w.dumps(raw)
     train_size = len(get_workload(spec.workload).load_data(data_dir).train_x)
     check_batch_size(spec.batch_sizes[-1], train_size, f"{path}: batch_sizes:")
