@@ -15,6 +15,8 @@ import pandas as pd
 
 from analysis.fit import FitResult, fit_sweep
 from analysis.steps import steps_to_result
+from harness.engine.targets import check_target
+from harness.errors import UserError
 
 LOOSER_TARGETS = (0.1, 0.3)  # extra targets for the Pareto plot: fractions of the way
                              # (in log space) from the target to the first evaluation
@@ -41,7 +43,12 @@ def analyze(sweep, target: float | None = None, *, step_budget: int | None = Non
     """Steps to result and the fit of a sweep (analysis.load_sweep) at `target`
     (default: the spec's), counting only evaluations within the step and
     example budgets (Shallue et al. 2019, Sec. 3.2; None: no budget)."""
-    target = sweep.spec["target"] if target is None else target
+    if target is None:
+        target = sweep.spec["target"]
+        if target is None:
+            raise UserError(f"{sweep.folder}: the sweep records no target (batch_science data); give --target")
+    else:
+        check_target(sweep.spec["metric"], target, "--target")
     direction = sweep.spec["direction"]
     budgets = dict(step_budget=step_budget, example_budget=example_budget)
     table = steps_to_result(sweep.trials, sweep.measurements, target, direction, **budgets)

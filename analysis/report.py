@@ -49,6 +49,20 @@ def noise_scale_table(sweep, curve: Curve) -> pd.DataFrame | None:
                          "B_simple at the target (best trial)": at_target}).reset_index()
 
 
+def run_tables(sweep) -> list[tuple[str, str, pd.DataFrame]]:
+    """Where the sweep ran, as (id, caption, table) triples: the folder's metadata
+    (its latest worker) and, over the trials' records, each distinct
+    combination of versions, commit, devices and host with its trial count."""
+    tables = []
+    if sweep.metadata:
+        flat = {**sweep.metadata.get("packages", {}), **{k: v for k, v in sweep.metadata.items() if k != "packages"}}
+        tables.append(("run-folder", "sweep folder (latest worker)", pd.DataFrame({"": list(flat), "value": list(flat.values())})))
+    if len(sweep.runs) and len(sweep.runs.columns) > 1:
+        combos = sweep.runs.drop(columns="trial_id").astype(str).value_counts().reset_index(name="trials")
+        tables.append(("run-records", "trials' records", combos))
+    return tables
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -105,6 +119,11 @@ def render_report(sweep) -> str:
     if len(counts):
         parts += ["<section id='trials'><h2>Trials by batch size and status</h2>",
                   _table_html(counts, "trials-table"), "</section>"]
+    if runs := run_tables(sweep):
+        parts.append("<section id='run'><h2>Where it ran</h2>")
+        for table_id, caption, table in runs:
+            parts += [f"<h3>{esc(caption)}</h3>", _table_html(table, table_id)]
+        parts.append("</section>")
     spec_file = Path(sweep.folder) / "spec.toml"
     parts += ["<section id='spec'><h2>Spec</h2>",
               f"<pre id='spec-toml'>{esc(spec_file.read_text())}</pre>" if spec_file.exists() else "",

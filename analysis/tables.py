@@ -8,20 +8,27 @@
   examples, train_loss, val_loss, val_metric, wall_time (and gns_* columns
   when the noise scale was tracked);
 - `spec`: the sweep's normalized spec (workload, metric, direction, target,
-  batch_sizes, ...; see harness.sweep.spec).
+  batch_sizes, ...; see harness.sweep.spec);
+- `runs`: one row per trial with a record of where it ran: trial_id, the
+  package versions, git_commit, git_dirty, device_kind, device_count,
+  platform, host, python (harness.engine.environment);
+- `metadata`: the folder's metadata.json (where its latest worker ran), or {}.
 A corrupt record is skipped with a warning: the loader never fails on one.
+A folder in Shallue et al.'s batch_science layout (analysis.batch_science)
+loads the same way.
 
 `read_steps_table(path)` reads a user's own steps-vs-batch-size CSV (`cbs fit`).
 """
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from analysis.batch_science import is_batch_science, read_batch_science
 from harness.errors import UserError
 from harness.sweep.store import CorruptRecord, Store, parse_record
 
@@ -35,22 +42,37 @@ class SweepTables:
     measurements: pd.DataFrame
     spec: dict
     folder: Path
+    runs: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["trial_id"]))
+    metadata: dict = field(default_factory=dict)
 
 
 def load_sweep(folder) -> SweepTables:
     store = Store(folder)
     stored = store.read_spec()
+    if stored is None and is_batch_science(folder):
+        spec, records = read_batch_science(folder)
+        return tables_of(records, spec, Path(folder))
     if stored is None:
-        raise UserError(f"{folder}: not a sweep folder (no spec.json); allowed: a folder written by `cbs sweep`")
-    trials, measurements = [], []
+        raise UserError(f"{folder}: not a sweep folder (no spec.json); allowed: a folder written by `cbs sweep`, "
+                        "or one in the batch_science layout (dataset/model/optimizer/batch_size/study.json)")
+    records = []
     for path in sorted(store.trials_dir.glob("*/record.json")):
         try:
-            record = parse_record(path)
+            records.append((path.parent.name, parse_record(path)))
         except CorruptRecord as e:
             warnings.warn(f"skipping a corrupt trial record: {e}", stacklevel=2)
-            continue
-        trial_id = path.parent.name
+    return tables_of(records, stored["spec"], store.folder, store.read_metadata() or {})
+
+
+def tables_of(records, spec: dict, folder: Path, metadata: dict | None = None) -> SweepTables:
+    """The tables of (trial_id, record) pairs (harness.engine.trial.TrialRecord as a dict)."""
+    trials, measurements, runs = [], [], []
+    for trial_id, record in sorted(records, key=lambda pair: pair[0]):
         config = record["config"]
+        if record.get("run"):
+            run = record["run"]
+            runs.append({"trial_id": trial_id, **run.get("packages", {}),
+                         **{k: v for k, v in run.items() if k != "packages"}})
         trials.append({"trial_id": trial_id, "status": record["status"],
                        "steps_to_target": np.nan if record["steps_to_target"] is None else record["steps_to_target"],
                        "steps_run": record["steps_run"], "wall_time": record.get("wall_time", np.nan),
@@ -59,12 +81,13 @@ def load_sweep(folder) -> SweepTables:
         measurements += [{"trial_id": trial_id, "batch_size": config["batch_size"], **row}
                          for row in record["measurements"]]
     trials = pd.DataFrame(trials, columns=None if trials else FIRST_COLUMNS)
-    trials = trials[FIRST_COLUMNS + [c for c in trials.columns if c not in FIRST_COLUMNS]]
+    trials = trials.reindex(columns=FIRST_COLUMNS + [c for c in trials.columns if c not in FIRST_COLUMNS])
     trials["steps_to_target"] = trials["steps_to_target"].astype(float)
     measurements = pd.DataFrame(measurements, columns=None if measurements else
                                 ["trial_id", "batch_size", "step", "examples", "train_loss", "val_loss",
                                  "val_metric", "wall_time"])
-    return SweepTables(trials.reset_index(drop=True), measurements, stored["spec"], store.folder)
+    return SweepTables(trials.reset_index(drop=True), measurements, spec, folder,
+                       pd.DataFrame(runs, columns=None if runs else ["trial_id"]), metadata or {})
 
 
 def read_steps_table(path) -> pd.DataFrame:

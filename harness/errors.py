@@ -1,5 +1,23 @@
-"""The one exception type for bad user input: the CLI prints it as one line."""
+"""The one exception type for bad user input (the CLI prints it as one line),
+the one for SIGINT and SIGTERM, and the one way to print a warning."""
+import signal
+import sys
 
 
 class UserError(Exception):
     """Bad input from the user: printed as `cbs: error: <message>`, exit status 2."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: the CLI prints one line and exits 128 + the
+    signal number. Like KeyboardInterrupt, not an Exception, so that no
+    `except Exception` mistakes it for a failure of what it interrupted."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def warn(message: str) -> None:
+    """One line on stderr: `cbs: warning: <message>`."""
+    print(f"cbs: warning: {message}", file=sys.stderr, flush=True)

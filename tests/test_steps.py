@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.steps import best_metric, steps_to_result
+from analysis.steps import best_metric, steps_to_result, unknown_batch_sizes
 from harness.errors import UserError
 
 
@@ -41,6 +41,59 @@ def test_only_complete_trials_count(status):
                   "z": (32, status, 0.1, [(1, 0.0)])})
     table = steps_to_result(t, m, target=0.1)
     assert table[["batch_size", "steps", "trial_id"]].values.tolist() == [[4, 6, "y"]]
+
+
+def pruned_sweep():
+    """Spec target 0.1. At B = 8, c is the best trial (crosses 0.1 at 30) and p
+    was pruned at 32 (>= 30) after crossing the looser 0.3 at 16; at B = 16,
+    i ran its whole budget without reaching 0.1 but crossed 0.3 at 12; d
+    diverged after crossing everything."""
+    return sweep({
+        "c": (8, "complete", 0.1, [(10, 0.5), (20, 0.2), (30, 0.05)]),
+        "p": (8, "pruned", 0.2, [(8, 0.4), (16, 0.25), (32, 0.15)]),
+        "i": (16, "incomplete", 0.3, [(6, 0.5), (12, 0.28), (100, 0.12)]),
+        "d": (16, "diverged", 0.4, [(1, 0.0)]),
+    })
+
+
+def test_a_looser_target_counts_pruned_and_incomplete_trials():
+    t, m = pruned_sweep()
+    # complete trials only (Shallue et al. 2019 at the spec target): wrong at 0.3 on a pruned sweep
+    assert steps_to_result(t, m, 0.3)[["batch_size", "steps", "trial_id"]].values.tolist() == [
+        [8, 20, "c"]]
+    table = steps_to_result(t, m, 0.3, spec_target=0.1)
+    assert table[["batch_size", "steps", "trial_id", "learning_rate"]].values.tolist() == [
+        [8, 16, "p", 0.2], [16, 12, "i", 0.3]]
+
+
+def test_the_spec_target_gives_the_same_table_with_or_without_spec_target():
+    t, m = pruned_sweep()
+    pd.testing.assert_frame_equal(steps_to_result(t, m, 0.1, spec_target=0.1), steps_to_result(t, m, 0.1))
+    assert steps_to_result(t, m, 0.1)[["batch_size", "steps"]].values.tolist() == [[8, 30]]
+
+
+def test_a_looser_target_of_a_metric_to_maximise_is_lower():
+    t, m = sweep({"c": (2, "complete", 0.1, [(10, 0.80), (20, 0.96)]),
+                  "p": (2, "pruned", 0.1, [(5, 0.85), (25, 0.90)])})
+    assert steps_to_result(t, m, 0.84, "max", spec_target=0.95)["steps"].tolist() == [5]
+    # 0.955 is stricter: complete trials only, and their answer may be open (unknown_batch_sizes)
+    assert steps_to_result(t, m, 0.955, "max", spec_target=0.95)["steps"].tolist() == [20]
+
+
+def test_a_stricter_target_names_the_batch_sizes_where_trials_stopped_early():
+    t, _ = pruned_sweep()
+    t["max_steps"] = 100
+    t["steps_run"] = t["trial_id"].map({"c": 30, "p": 32, "i": 100, "d": 1})
+    extra = pd.DataFrame([
+        {"trial_id": "e", "batch_size": 32, "status": "complete", "steps_run": 100, "max_steps": 100},
+        {"trial_id": "f", "batch_size": 64, "status": "pruned", "steps_run": 40, "max_steps": 100},
+        {"trial_id": "g", "batch_size": 128, "status": "incomplete", "steps_run": 100, "max_steps": 100}])
+    t = pd.concat([t, extra], ignore_index=True)
+    # complete at its last step (32) or run to its budget (16, 128): exact; 8 and 64 stopped early
+    assert unknown_batch_sizes(t, 0.05, spec_target=0.1) == [8, 64]
+    assert unknown_batch_sizes(t, 0.1, spec_target=0.1) == []
+    assert unknown_batch_sizes(t, 0.3, spec_target=0.1) == []
+    assert unknown_batch_sizes(t, 0.3, spec_target=0.1, direction="max") == [8, 64]
 
 
 def test_metric_to_maximise_crosses_strictly_above():

@@ -6,11 +6,15 @@ Every error is one line `cbs: error: ...` on stderr with exit status 2 (bad
 arguments included); bare `cbs` prints the help with the command list and
 exits 0; `cbs --version` prints the version."""
 import argparse
+import contextlib
 import importlib
+import shlex
+import signal
 import sys
+import threading
 
 from harness import __version__
-from harness.errors import UserError
+from harness.errors import Interrupted, UserError
 
 COMMANDS = {
     "workloads": ("harness.cli.workloads", "list the registered workloads"),
@@ -20,7 +24,9 @@ COMMANDS = {
     "analyze": ("harness.cli.analyze", "steps-to-result table and critical batch size fits of a sweep"),
     "plot": ("harness.cli.plot", "every figure of one or more sweeps (PNG and PDF)"),
     "report": ("harness.cli.report", "one self-contained HTML report of a sweep"),
+    "export": ("harness.cli.export", "write a sweep in another layout (Shallue et al.'s batch_science)"),
     "fit": ("harness.cli.fit", "fit the critical batch size to a steps-vs-batch-size table"),
+    "local-cbs": ("harness.cli.local_cbs", "the branched local critical batch size over training (Merrill et al. 2025)"),
     "nqm": ("harness.cli.nqm", "exact steps vs batch size on the noisy quadratic model"),
 }
 
@@ -32,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         command = self.prog.removeprefix("cbs").strip()
-        raise UserError(f"{command + ': ' if command else ''}{message}")
+        raise UserError(f"{command + ': ' if command else ''}{message} (usage: {self.prog} --help)")
 
     def _check_value(self, action, value):
         if action.choices is not None and value not in action.choices:
@@ -51,11 +57,45 @@ def main(argv=None) -> int:
             importlib.import_module(module).add_arguments(p)
     try:
         args = parser.parse_args(argv)
-        if args.command is None:
-            parser.print_help()
-            return 0
-        return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
     except UserError as e:
         print(f"cbs: error: {e}", file=sys.stderr)
         return 2
+    if args.command is None:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        with _signals_raise_interrupted():
+            return module.run(args) or 0
+    except UserError as e:
+        print(f"cbs: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path that is not what it should be, a full disk, a lost mount: not a bug
+        print(f"cbs: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        resume = getattr(module, "ON_INTERRUPT", None)
+        print(f"cbs: {args.command} interrupted by {e}" + (f"; {resume}: cbs {shlex.join(argv)}" if resume else ""),
+              file=sys.stderr, flush=True)
+        return 128 + e.signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_raise_interrupted():
+    """SIGINT (Ctrl-C) and SIGTERM (what a scheduler sends before it kills)
+    raise Interrupted, so the command unwinds (a sweep stops its workers) and
+    ends with one line. Only the main thread can set signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 

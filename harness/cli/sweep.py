@@ -10,6 +10,8 @@ import sys
 
 from harness.sweep.leases import DEFAULT_LEASE_S
 
+ON_INTERRUPT = "finished trials and in-flight checkpoints are kept; resume with the same command"
+
 
 def add_arguments(parser):
     parser.add_argument("spec", help="the sweep spec, a TOML file (format: harness/sweep/spec.py; examples: experiments/)")

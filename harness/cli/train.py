@@ -13,7 +13,9 @@ from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUP
 from harness.engine.trial import TrialConfig
 
 _REQUIRED = ("workload", "batch_size", "learning_rate")
-_PARSERS = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}
+_PARSERS = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
+# Fields that are no option: snapshots need the snapshot folder a sweep worker gives (harness.sweep.local_cbs).
+SWEEP_ONLY = ("snapshot_steps",)
 # The allowed values of the string fields: the engine's own tables.
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "warmup": WARMUPS, "lr_scaling": tuple(LR_SCALINGS),
            "eval_schedule": tuple(EVAL_SCHEDULES)}
@@ -51,6 +53,8 @@ HELP = {
     "gns_ema": "decay of the moving averages of the noise scale's |G|^2 and tr(Sigma) estimates",
     "divergence_factor": "diverged when the training loss exceeds this multiple of its initial value",
     "checkpoint_every": "steps between checkpoints (with --checkpoint-dir; default: none)",
+    "init_from": "start from the snapshot in this folder (parameters, model and optimizer state; Merrill et al. 2025)",
+    "init_step": "the step --init-from's snapshot was taken at, where this trial continues in the data order",
 }
 
 
@@ -59,13 +63,13 @@ def _option(name: str) -> str:
 
 
 def add_config_arguments(parser, exclude=()):
-    """One option per TrialConfig field but `exclude` (and the dict
-    workload_options), generated from the dataclass; a flag for a boolean
+    """One option per TrialConfig field but `exclude`, SWEEP_ONLY and the
+    dict workload_options, generated from the dataclass; a flag for a boolean
     field turns its default around (--gns, --no-stop-at-target). Options not
     given stay None, so config_from_args can tell them apart."""
     for field in dataclasses.fields(TrialConfig):
         name = field.name
-        if name in exclude or field.type not in (*_PARSERS, "bool", "tuple[int, ...]"):
+        if name in (*exclude, *SWEEP_ONLY) or field.type not in (*_PARSERS, "bool", "tuple[int, ...]"):
             continue
         default = "" if field.default in (None, dataclasses.MISSING) else f" (default: {field.default})"
         kwargs = dict(dest=name, help=HELP[name] + default)
@@ -83,7 +87,8 @@ def add_arguments(parser):
     add_config_arguments(parser)
     parser.add_argument("--data-dir", help="folder of the datasets (default: $CBS_DATA_DIR or a cache folder)")
     parser.add_argument("--checkpoint-dir", help="Orbax checkpoints here; resumes from the latest one")
-    parser.add_argument("--out", help="write record.json and measurements.csv into this folder")
+    parser.add_argument("--out", help="write record.json and measurements.csv (row by row as training goes, "
+                        "and a TensorBoard run in tensorboard/ when tensorboardX is installed) into this folder")
     parser.add_argument("--json", action="store_true", help="print the trial record as JSON (with --out, "
                         "`measurements` names the CSV file instead of listing the rows)")
     multi = parser.add_argument_group("multi-host (run the same command on every host)")
@@ -111,19 +116,28 @@ def _initialize_distributed(args):
 
 
 def run(args) -> int:
+    from contextlib import nullcontext
+
     from harness.engine.train import run_trial
+    from harness.engine.workloads import get_workload
+    from harness.sweep.trial_log import TrialLog, tensorboard_available
 
     writer = _initialize_distributed(args) if args.coordinator else True
     config = config_from_args(args)
-    record = run_trial(config, data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir)
-    summary = record.to_dict()  # the measurements inline, or the file they are in with --out
-    if args.out and writer:
-        import pandas as pd
+    metric = get_workload(config.workload).metric
+    out = Path(args.out) if args.out and writer else None
+    board = out / "tensorboard" if out and tensorboard_available() else None
+    with TrialLog(config.to_dict(), out / "measurements.csv", board) if out else nullcontext() as log:
+        def on_eval(row):
+            if log:
+                log(row)
+            if not args.json and writer:
+                print(_eval_line(row, metric), flush=True)
 
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+        record = run_trial(config, data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir, on_eval=on_eval)
+    summary = record.to_dict()  # the measurements inline, or the file they are in with --out
+    if out:
         (out / "record.json").write_text(json.dumps(record.to_dict(), indent=1))
-        pd.DataFrame(record.measurements).to_csv(out / "measurements.csv", index=False)
         summary["measurements"] = str(out / "measurements.csv")
     if args.json:
         json.dump(summary, sys.stdout, indent=1)
@@ -133,3 +147,10 @@ def run(args) -> int:
               f"{record.steps_to_target} ({record.metric} {'<' if record.direction == 'min' else '>'} "
               f"{record.target}); final {record.metric} {record.final['val_metric']:.4f} at step {record.steps_run}")
     return 0
+
+
+def _eval_line(row: dict, metric: str) -> str:
+    """One evaluation as `cbs train` prints it while training."""
+    train = "-" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
+    return f"step {row['step']:>7}  train loss {train:>8}  val loss {row['val_loss']:.4f}  " \
+           f"val {metric} {row['val_metric']:.4f}"

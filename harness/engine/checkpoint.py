@@ -1,11 +1,21 @@
 """Trial checkpoints with Orbax: the train state (arrays) plus a JSON item with
 the measurements so far. Only the latest checkpoint is kept; Orbax commits a
-step by an atomic rename, so a kill at any moment leaves the previous one."""
+step by an atomic rename, so a kill at any moment leaves the previous one.
+
+A checkpoint that cannot be read back (files truncated or deleted behind
+Orbax's back, a structure that no longer fits) is set aside, renamed
+`<step>.corrupt-<time>` in the same folder, with a one-line warning, and the
+trial resumes from the newest readable one or from scratch: a damaged
+checkpoint costs the steps since the last good one, never the run."""
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import orbax.checkpoint as ocp
+
+from harness.errors import UserError, warn
 
 
 def _manager(directory) -> ocp.CheckpointManager:
@@ -20,15 +30,42 @@ def save(directory, step: int, state, meta: dict) -> None:
                                                    meta=ocp.args.JsonSave(meta)))
 
 
+def exists(directory) -> bool:
+    """Whether `directory` holds a committed checkpoint."""
+    if not Path(directory).exists():
+        return False
+    with _manager(directory) as manager:
+        return manager.latest_step() is not None
+
+
 def restore(directory, like):
-    """(state, meta) of the latest checkpoint, or (like, None) when there is
-    none. `like` gives the structure, dtypes and shardings to restore into."""
+    """(state, meta) of the newest readable checkpoint, or (like, None) when
+    there is none. `like` gives the structure, dtypes and shardings to restore
+    into. Unreadable checkpoints are set aside (see the module docstring)."""
     if not Path(directory).exists():
         return like, None
+    if not Path(directory).is_dir():
+        raise UserError(f"checkpoint folder {directory} is a file; allowed: a folder, or a path that does not exist")
     with _manager(directory) as manager:
-        step = manager.latest_step()
-        if step is None:
-            return like, None
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like),
-                                                                 meta=ocp.args.JsonRestore()))
-    return type(like)(*restored["state"]) if isinstance(like, tuple) else restored["state"], restored["meta"]
+        steps = sorted(manager.all_steps(), reverse=True)
+        for i, step in enumerate(steps):
+            try:
+                restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like),
+                                                                         meta=ocp.args.JsonRestore()))
+                meta = restored["meta"]
+                if not isinstance(meta, dict) or not isinstance(meta.get("rows"), list):
+                    raise ValueError(f"its measurements are not a list of rows: {str(meta)[:80]}")
+            except Exception as e:  # Orbax and TensorStore raise many types for damaged files
+                _set_aside(directory, step, e, steps[i + 1] if i + 1 < len(steps) else None)
+                continue
+            return type(like)(*restored["state"]) if isinstance(like, tuple) else restored["state"], meta
+    return like, None
+
+
+def _set_aside(directory, step: int, error: Exception, fallback: int | None) -> None:
+    folder = Path(directory) / str(step)
+    os.replace(folder, folder.with_name(f"{step}.corrupt-{time.time():.0f}"))
+    reason = " ".join(str(error).split()) or type(error).__name__
+    reason = reason if len(reason) <= 200 else reason[:200] + "..."
+    warn(f"unreadable checkpoint of {directory} at step {step} set aside: {reason}; resuming from "
+         f"{'scratch' if fallback is None else f'step {fallback}'}")

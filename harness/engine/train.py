@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import jax
@@ -20,7 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from harness.engine import checkpoint, noise_scale
+from harness.engine import checkpoint, environment, noise_scale
 from harness.engine.evaluation import evaluation_steps
 from harness.engine.losses import LOSSES, METRIC_FUNCTIONS
 from harness.engine.optimizers import hyperparameters, make_optimizer
@@ -30,6 +31,11 @@ from harness.engine.workloads import Workload, get_workload
 from harness.errors import UserError
 
 EVAL_BATCH = 1024
+
+
+class Stopped(Exception):
+    """run_trial stopped at an evaluation because `should_stop()` said so,
+    after checkpointing there (when it has a checkpoint folder)."""
 
 
 class TrainState(NamedTuple):
@@ -230,22 +236,36 @@ def check_trial(config: TrialConfig, workload: Workload, train_size: int) -> flo
 
 def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
               prune_above: Callable[[], int | None] | None = None,
-              on_eval: Callable[[dict], None] | None = None) -> TrialRecord:
+              on_eval: Callable[[dict], None] | None = None,
+              should_stop: Callable[[], bool] | None = None, snapshot_dir=None) -> TrialRecord:
     """Train one trial until the target, the budget, divergence or pruning.
 
     Status (Shallue et al. 2019, App. B): `complete` when the validation metric
     crossed the target, `diverged` when the train loss became non-finite or
     exceeded `divergence_factor` times its initial value, `incomplete` when the
     budget ran out, `pruned` when `prune_above()` says a better steps-to-target
-    exists at this batch size already."""
+    exists at this batch size already. When `should_stop()` is true at an
+    evaluation, it checkpoints there and raises Stopped.
+
+    `on_eval(row)` sees every row of the record once per call of run_trial, in
+    order: at the start the rows restored from the checkpoint (or the step-0
+    evaluation), then each evaluation as it happens, with its final keys.
+
+    With `config.snapshot_steps`, the state after each of those steps is kept
+    in `snapshot_dir`/<step> (it outlives the trial, unlike its checkpoints):
+    the starting points of branches (`config.init_from`)."""
     workload = get_workload(config.workload)
     config.validate()
+    if config.snapshot_steps and snapshot_dir is None:
+        raise UserError("snapshot_steps needs a snapshot folder to keep the snapshots in")
     data = workload.load_data(data_dir)
     target = check_trial(config, workload, len(data.train_x))
     engine = Engine(workload, data, config)
     state, saved = engine.init(), None
     if checkpoint_dir and config.checkpoint_every:
         state, saved = checkpoint.restore(checkpoint_dir, state)
+    if saved is None and config.init_from:
+        state, saved = _start_from_snapshot(engine, state)
     rows = saved["rows"] if saved else []
     elapsed = saved["elapsed"] if saved else 0.0
     t0 = time.perf_counter() - elapsed
@@ -253,10 +273,13 @@ def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
         val_loss, metric = engine.evaluate(state)
         rows.append(dict(step=0, examples=0, train_loss=None, val_loss=val_loss, val_metric=metric,
                          wall_time=time.perf_counter() - t0))
+    if on_eval:
+        for row in rows:
+            on_eval(row)
     initial_loss = rows[0]["val_loss"]
     status, steps_to_target = _status_of(rows, target, workload.direction)
     last_saved = rows[-1]["step"]
-    for stop in evaluation_steps(config, config.eval_every or workload.eval_every):
+    for stop in sorted({*evaluation_steps(config, config.eval_every or workload.eval_every), *config.snapshot_steps}):
         if status is not None and (status != "complete" or config.stop_at_target):
             break
         start = rows[-1]["step"]
@@ -267,8 +290,6 @@ def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
         row = dict(step=stop, examples=stop * config.batch_size, train_loss=train_loss, val_loss=val_loss,
                    val_metric=metric, wall_time=time.perf_counter() - t0, **_gns_row(state))
         rows.append(row)
-        if on_eval:
-            on_eval(row)
         if bad_step is not None or not train_loss < config.divergence_factor * initial_loss:
             row["diverged_at"] = bad_step or stop
             status = "diverged"
@@ -276,13 +297,42 @@ def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
             status, steps_to_target = "complete", stop
         elif steps_to_target is None and prune_above and (best := prune_above()) is not None and stop >= best:
             status = "pruned"
-        if checkpoint_dir and config.checkpoint_every and stop - last_saved >= config.checkpoint_every:
+        if on_eval:
+            on_eval(row)
+        if stop in config.snapshot_steps and not checkpoint.exists(Path(snapshot_dir) / str(stop)):
+            checkpoint.save(Path(snapshot_dir) / str(stop), stop, _snapshot(state), {"rows": [row]})
+        stopping = should_stop is not None and should_stop()
+        if checkpoint_dir and config.checkpoint_every and (stopping or stop - last_saved >= config.checkpoint_every):
             checkpoint.save(checkpoint_dir, stop, state, {"rows": rows, "elapsed": time.perf_counter() - t0})
             last_saved = stop
+        if stopping:
+            raise Stopped(stop)
     final = rows[-1]
     return TrialRecord(config=config.to_dict(), status=status or "incomplete", steps_to_target=steps_to_target,
                        metric=workload.metric, direction=workload.direction, target=target, measurements=rows,
-                       final=final, steps_run=final["step"], wall_time=time.perf_counter() - t0)
+                       final=final, steps_run=final["step"], wall_time=time.perf_counter() - t0,
+                       run=environment.run_metadata())
+
+
+def _snapshot(state: TrainState) -> TrainState:
+    """What a branch starts from: parameters, model and optimizer state (the
+    noise-scale state and the metaparameters are the branch's own)."""
+    return state._replace(gns=None, hparams={})
+
+
+def _start_from_snapshot(engine: Engine, state: TrainState):
+    """`state` with the snapshot at `config.init_from` restored into it, and
+    the first measurement row (at `config.init_step`); optimizer state shapes
+    do not depend on the batch size, so a branch at another one restores it."""
+    config = engine.config
+    restored, meta = checkpoint.restore(config.init_from, _snapshot(state))
+    if meta is None:
+        raise UserError(f"init_from: no snapshot in {config.init_from}")
+    state = state._replace(params=restored.params, model_state=restored.model_state, opt_state=restored.opt_state)
+    val_loss, metric = engine.evaluate(state)
+    row = dict(step=config.init_step, examples=config.init_step * config.batch_size, train_loss=None,
+               val_loss=val_loss, val_metric=metric, wall_time=0.0)
+    return state, {"rows": [row], "elapsed": 0.0}
 
 
 def _status_of(rows, target, direction):

@@ -27,6 +27,12 @@ class TrialConfig:
     `end_lr_factor * eta0` at `decay_steps`; `step` multiplies by
     `decay_factor` at each of `boundaries`. A warmup prefix of `warmup_steps`
     is `linear` (gradual, from 0) or `constant` (at `warmup_factor * eta0`).
+
+    Branching (Merrill et al. 2025, Sec. 3): the trial keeps a snapshot of its
+    state after each step of `snapshot_steps`; a trial with `init_from` (a
+    snapshot folder) starts from that snapshot's parameters, model state and
+    optimizer state at its own step `init_step` (which fixes where in the data
+    order it continues), with its own batch size and metaparameters.
     """
 
     workload: str
@@ -62,6 +68,9 @@ class TrialConfig:
     divergence_factor: float = 10.0
     checkpoint_every: int | None = None
     workload_options: dict = field(default_factory=dict)
+    snapshot_steps: tuple[int, ...] = ()
+    init_from: str | None = None
+    init_step: int = 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -73,8 +82,9 @@ class TrialConfig:
         if unknown:
             raise UserError(f"unknown trial field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
         d = dict(d)
-        if "boundaries" in d:
-            d["boundaries"] = tuple(d["boundaries"])
+        for key in ("boundaries", "snapshot_steps"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
     def effective_learning_rate(self) -> float:
@@ -111,6 +121,11 @@ class TrialConfig:
             raise UserError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.weight_decay < 0:
             raise UserError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if any(not 1 <= s <= self.max_steps for s in self.snapshot_steps):
+            raise UserError(f"snapshot_steps must be in [1, max_steps={self.max_steps}], got {self.snapshot_steps!r}")
+        if not 0 <= self.init_step < self.max_steps or (self.init_step and self.init_from is None):
+            raise UserError(f"init_step must be in [0, max_steps={self.max_steps}) and needs init_from, "
+                            f"got {self.init_step!r}")
 
 
 def _choice(name, value, allowed):
@@ -122,7 +137,8 @@ def _choice(name, value, allowed):
 class TrialRecord:
     """What a trial produced. `measurements` is a list of evaluation rows, each
     with keys step, examples, train_loss, val_loss, val_metric, wall_time (and
-    gns_g2, gns_trace, gns_b_simple when the noise scale is tracked)."""
+    gns_g2, gns_trace, gns_b_simple when the noise scale is tracked). `run` says
+    where it ran (harness.engine.environment.run_metadata)."""
 
     config: dict
     status: str
@@ -134,6 +150,7 @@ class TrialRecord:
     final: dict
     steps_run: int
     wall_time: float
+    run: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

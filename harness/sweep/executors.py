@@ -15,11 +15,13 @@ machines can share one sweep folder.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ from harness.errors import UserError
 
 CPU_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 PARENT_POLL_S = 0.5
+STOP_GRACE_S = 5.0  # how long stopped workers may take to checkpoint their trials before they are killed
 
 
 def visible_gpus(listed: int, visible: str | None, requested: str | None = None) -> list[str]:
@@ -105,10 +108,12 @@ def worker_main(placement: dict, parent: int, work_kwargs: dict) -> None:
     if placement["core"] is not None:
         os.sched_setaffinity(0, {placement["core"]})
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     from harness.sweep.worker import work
 
     try:
-        work(**work_kwargs)
+        work(**work_kwargs, should_stop=stop.is_set)
     except UserError as e:
         print(f"cbs: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
@@ -130,8 +135,9 @@ def run_local(folder, trials, prune, data_dir, lease_s, progress=None, workers=N
     procs = [context.Process(target=worker_main, name=f"cbs-worker-{i}",
                              args=(placement(kind, devices, i, workers, folder), os.getpid(), work_kwargs))
              for i in range(workers)]
-    for p in procs:
-        p.start()
+    with _sigint_ignored():
+        for p in procs:
+            p.start()
     try:
         while any(p.is_alive() for p in procs):
             multiprocessing.connection.wait([p.sentinel for p in procs], timeout=PARENT_POLL_S)
@@ -142,12 +148,39 @@ def run_local(folder, trials, prune, data_dir, lease_s, progress=None, workers=N
                 raise UserError(f"sweep worker {failed[0].name} exited with status {failed[0].exitcode} "
                                 "(its error is printed above); finished trials are kept: re-run to resume")
     finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-            p.join()
+        _stop(procs)
         if progress:
             progress.close()
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Workers started in this block ignore SIGINT (an ignored signal stays
+    ignored across exec), so that Ctrl-C, which a terminal sends to the whole
+    process group, reaches only the sweep process, which stops them (`_stop`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
+def _stop(procs) -> None:
+    """SIGTERM the live workers (each checkpoints its trial at its next
+    evaluation and exits), and kill those still running after STOP_GRACE_S:
+    their trials resume from their last periodic checkpoint."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
 
 
 def _ray_trial(folder, trial, prune, data_dir, lease_s) -> bool:

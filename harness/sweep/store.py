@@ -2,9 +2,13 @@
 
     FOLDER/spec.toml                 the spec file as the user wrote it (latest run)
     FOLDER/spec.json                 {"hash", "spec": normalized spec, "trial_ids"}
+    FOLDER/metadata.json             where the latest worker runs (harness.engine.environment)
     FOLDER/trials/<id>/record.json   a TrialRecord, written atomically
+    FOLDER/trials/<id>/measurements.csv  its evaluations so far (harness.sweep.trial_log)
     FOLDER/trials/<id>/checkpoints/  Orbax checkpoints while the trial runs
+    FOLDER/trials/<id>/snapshots/    states kept for branches (TrialConfig.snapshot_steps)
     FOLDER/trials/<id>/claim.<n>     leases: which worker runs the trial
+    FOLDER/tensorboard/<id>/         its TensorBoard run (with the `tensorboard` extra)
 
 Files are written atomically and trials claimed with leases (harness.sweep.leases).
 """
@@ -13,20 +17,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import UserError
+from harness.errors import UserError, warn
 from harness.sweep.leases import DEFAULT_LEASE_S, Lease, atomic_write, try_claim
 from harness.sweep.spec import NOT_COMPARED, SweepSpec
 
 RECORD_KEYS = ("config", "status", "steps_to_target", "measurements", "steps_run")
-
-
-def warn(message: str) -> None:
-    print(f"cbs: warning: {message}", file=sys.stderr, flush=True)
 
 
 class CorruptRecord(Exception):
@@ -119,6 +118,23 @@ class Store:
 
     def checkpoint_dir(self, trial_id: str) -> Path:
         return self.trial_dir(trial_id) / "checkpoints"
+
+    def measurements_path(self, trial_id: str) -> Path:
+        return self.trial_dir(trial_id) / "measurements.csv"
+
+    def tensorboard_dir(self, trial_id: str) -> Path:
+        return self.folder / "tensorboard" / trial_id
+
+    def write_metadata(self, metadata: dict) -> None:
+        atomic_write(self.folder / "metadata.json", json.dumps(metadata, indent=1))
+
+    def read_metadata(self) -> dict | None:
+        path = self.folder / "metadata.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def snapshot_dir(self, trial_id: str) -> Path:
+        """Snapshots a trial keeps for branches (TrialConfig.snapshot_steps); they outlive its checkpoints."""
+        return self.trial_dir(trial_id) / "snapshots"
 
     def is_done(self, trial_id: str) -> bool:
         return self.record_path(trial_id).exists()

@@ -1,0 +1,261 @@
+"""The branched local critical batch size (Merrill et al. 2025, "Critical Batch
+Size Revisited", arXiv 2505.23971, Sec. 3): its spec section and its trials.
+
+One reference run (batch B, learning rate eta) keeps snapshots at the
+checkpoint steps t. From each, a branch per multiplier k trains at batch k*B
+and learning rate f(k)*eta for the same number of examples Delta; the k* rule
+(analysis.local_cbs) reads their losses. The reference and the branches are
+trials of a sweep folder (harness.sweep.store), run by the sweep's workers
+(harness.sweep.worker): parallel, shared by several processes, resumable after
+a kill. The reference runs first, since every branch starts from one of its
+snapshots.
+
+Spec file (TOML)::
+
+    name = "mnist_local_cbs"             # a label, free text
+    description = "..."                  # free text
+
+    [local_cbs]
+    checkpoint_steps = [100, 400, 1600]  # required: steps t of the reference run, a list,
+                                         # or {min, max, count}: `count` steps geometric from min to max
+    multipliers = [0.25, 0.5, 1, 2, 4]   # required: the k tried (k * B must be an integer)
+    delta_examples = 8192                # required: examples each branch trains on (a multiple of every k * B)
+    lr_scaling = "linear"                # f(k): linear | sqrt | none; default linear for SGD and
+                                         # momentum optimizers, sqrt for Adam-family ones (Merrill et al. 2025)
+    ema = 0.5                            # the smoothing of the branch losses, in [0, 1)
+    epsilon = 0.01                       # loss tolerance of the k* rule, >= 0
+    loss = "train"                       # train | val: the loss the rule compares
+    evals_per_branch = 8                 # evaluations (loss points) of each branch
+
+    [local_cbs.reference]                # required: the reference run, TrialConfig fields
+    workload = "mnist_fc128x1"           # (harness.engine.trial); gns = true with microbatches = 2
+    batch_size = 64                      # gives the online noise scale B_simple over training
+    learning_rate = 0.1
+    max_steps = 2000
+
+The reference trial is `reference`, a branch `t{t:07d}-k{k:g}`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.engine.optimizers import LR_SCALINGS
+from harness.engine.targets import check_batch_size
+from harness.engine.trial import TrialConfig
+from harness.engine.workloads import get_workload
+from harness.errors import UserError
+from harness.sweep.leases import DEFAULT_LEASE_S
+from harness.sweep.spec import INT, LIST, NUMBER, STR, TABLE, Trial, _Checker, spec_hash
+from harness.sweep.store import Store
+
+TOP_LEVEL = {"name": ((STR,), None), "description": ((STR,), None), "local_cbs": ((TABLE,), None)}
+SECTION = {
+    "checkpoint_steps": ((LIST, TABLE), None),
+    "multipliers": ((LIST,), None),
+    "delta_examples": ((INT,), None),
+    "lr_scaling": ((STR,), tuple(LR_SCALINGS)),
+    "ema": ((NUMBER,), None),
+    "epsilon": ((NUMBER,), None),
+    "loss": ((STR,), ("train", "val")),
+    "evals_per_branch": ((INT,), None),
+    "reference": ((TABLE,), None),
+}
+GEOMETRIC = {"min": ((INT,), None), "max": ((INT,), None), "count": ((INT,), None)}
+REQUIRED = ("checkpoint_steps", "multipliers", "delta_examples", "reference")
+SQRT_OPTIMIZERS = ("adam", "adamw", "lamb")  # Adam-family: f(k) = sqrt(k) (Merrill et al. 2025)
+REFERENCE_ID = "reference"
+
+
+def default_lr_scaling(optimizer: str) -> str:
+    return "sqrt" if optimizer in SQRT_OPTIMIZERS else "linear"
+
+
+def branch_id(step: int, k: float) -> str:
+    return f"t{step:07d}-k{k:g}"
+
+
+@dataclass(frozen=True)
+class LocalCbsSpec:
+    """A validated local-CBS spec; `normalized` is what the store keeps and
+    compares. `folder` is the sweep folder: branches start from snapshots in it."""
+
+    path: str
+    normalized: dict
+    folder: Path
+
+    @property
+    def hash(self) -> str:
+        return spec_hash(self.normalized)
+
+    def reference(self) -> Trial:
+        """The reference trial as it runs: its whole budget, keeping the snapshots."""
+        return Trial(REFERENCE_ID, TrialConfig.from_dict(self.normalized["reference"]))
+
+    def branch_config(self, step: int, k: float) -> TrialConfig:
+        """The branch from the snapshot at `step`: batch k*B, learning rate f(k)*eta,
+        Delta / (k B) steps from the same place in the data order (step t*B / (k*B),
+        rounded down when k*B does not divide t*B)."""
+        ref = self.reference().config
+        lcbs = self.normalized["local_cbs"]
+        batch = round(k * ref.batch_size)
+        steps = lcbs["delta_examples"] // batch
+        start = step * ref.batch_size // batch
+        return dataclasses.replace(
+            ref, batch_size=batch, learning_rate=LR_SCALINGS[lcbs["lr_scaling"]](k) * ref.effective_learning_rate(),
+            lr_scaling="none", reference_batch_size=None, gns=False, snapshot_steps=(), stop_at_target=False,
+            init_from=str((Store(self.folder).snapshot_dir(REFERENCE_ID) / str(step)).absolute()),
+            init_step=start, max_steps=start + steps, eval_every=max(1, steps // lcbs["evals_per_branch"]),
+            eval_schedule="linear", checkpoint_every=None)
+
+    def branches(self) -> list[Trial]:
+        lcbs = self.normalized["local_cbs"]
+        return [Trial(branch_id(t, k), self.branch_config(t, k))
+                for t in lcbs["checkpoint_steps"] for k in lcbs["multipliers"]]
+
+    def trials(self) -> list[Trial]:
+        return [self.reference(), *self.branches()]
+
+
+def load_local_cbs_spec(path, folder, data_dir=None) -> LocalCbsSpec:
+    """Parse and validate a spec file (every error a one-line UserError naming
+    the file and field, before any training), checking the largest branch
+    batch size against the training set."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: spec file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML: {e}") from None
+    spec = parse_local_cbs_spec(raw, folder, path)
+    ref = spec.reference().config
+    train_size = len(get_workload(ref.workload).load_data(data_dir).train_x)
+    largest = round(max(spec.normalized["local_cbs"]["multipliers"]) * ref.batch_size)
+    check_batch_size(largest, train_size, f"{path}: local_cbs.multipliers: the largest branch batch size:")
+    return spec
+
+
+def parse_local_cbs_spec(raw: dict, folder, path="spec") -> LocalCbsSpec:
+    """Validate a spec (the content of a spec file) and expand it; reads no data."""
+    check = _Checker(path)
+    check.table(raw, TOP_LEVEL)
+    if "local_cbs" not in raw:
+        check.fail("local_cbs", "missing (required)", "a [local_cbs] section")
+    section = raw["local_cbs"]
+    check.table(section, SECTION, "local_cbs.")
+    for key in REQUIRED:
+        if key not in section:
+            check.fail(f"local_cbs.{key}", "missing (required)", "see harness/sweep/local_cbs.py")
+    reference = _reference(check, section["reference"])
+    steps = _checkpoint_steps(check, section["checkpoint_steps"], reference.max_steps)
+    multipliers = section["multipliers"]
+    if not multipliers:
+        check.fail("local_cbs.multipliers", "empty list", "a non-empty list of positive numbers")
+    if any(not (isinstance(k, (int, float)) and not isinstance(k, bool) and k > 0) for k in multipliers) \
+            or len(set(multipliers)) != len(multipliers):
+        check.fail("local_cbs.multipliers", f"expected distinct positive numbers, got {multipliers!r}",
+                   "distinct numbers > 0")
+    for k in multipliers:
+        if not math.isclose(k * reference.batch_size, round(k * reference.batch_size)) \
+                or round(k * reference.batch_size) < 1:
+            check.fail("local_cbs.multipliers", f"k = {k:g} gives batch size {k * reference.batch_size:g}",
+                       f"k such that k * {reference.batch_size} is a positive integer")
+    delta = section["delta_examples"]
+    for k in multipliers:
+        batch = round(k * reference.batch_size)
+        if delta < batch or delta % batch:
+            check.fail("local_cbs.delta_examples", f"{delta} is not a positive multiple of the batch size "
+                       f"{batch} of k = {k:g}", "multiples of every k * B")
+    ema, epsilon = section.get("ema", 0.5), section.get("epsilon", 0.01)
+    if not 0 <= ema < 1:
+        check.fail("local_cbs.ema", f"must be in [0, 1), got {ema!r}", "0 <= ema < 1 (paper: 0.5)")
+    if epsilon < 0:
+        check.fail("local_cbs.epsilon", f"must be >= 0, got {epsilon!r}", "epsilon >= 0 (paper: 0.01)")
+    evals = section.get("evals_per_branch", 8)
+    if evals < 1:
+        check.fail("local_cbs.evals_per_branch", f"must be >= 1, got {evals}", "integers >= 1")
+    normalized = dict(
+        name=raw.get("name", path.stem if isinstance(path, Path) else str(path)),
+        description=raw.get("description", ""),
+        local_cbs=dict(checkpoint_steps=steps, multipliers=sorted(multipliers), delta_examples=delta,
+                       lr_scaling=section.get("lr_scaling", default_lr_scaling(reference.optimizer)),
+                       ema=ema, epsilon=epsilon, loss=section.get("loss", "train"), evals_per_branch=evals),
+        reference=dataclasses.replace(reference, stop_at_target=False, snapshot_steps=tuple(steps)).to_dict())
+    spec = LocalCbsSpec(str(path), json.loads(json.dumps(normalized)), Path(folder))  # as stored: tuples as lists
+    for trial in spec.branches():
+        try:
+            trial.config.validate()
+        except UserError as e:
+            raise UserError(f"{path}: local_cbs: branch {trial.id}: {e}") from None
+    return spec
+
+
+def _reference(check: _Checker, table: dict) -> TrialConfig:
+    for key in ("snapshot_steps", "init_from", "init_step"):
+        if key in table:
+            check.fail(f"local_cbs.reference.{key}", "set by local_cbs", "TrialConfig fields except "
+                       "snapshot_steps, init_from, init_step")
+    try:
+        config = TrialConfig.from_dict(table)
+        config.validate()
+    except (UserError, TypeError) as e:
+        raise UserError(f"{check.path}: local_cbs.reference: {e}") from None
+    if config.schedule != "constant":
+        check.fail("local_cbs.reference.schedule", f"{config.schedule!r}: branches scale one learning rate",
+                   "constant")
+    return config
+
+
+def _checkpoint_steps(check: _Checker, value, max_steps: int) -> list[int]:
+    field = "local_cbs.checkpoint_steps"
+    if isinstance(value, dict):
+        check.table(value, GEOMETRIC, field + ".")
+        if set(value) != {"min", "max", "count"}:
+            check.fail(field, "a geometric range needs min, max and count", "{min, max, count} or a list")
+        lo, hi, count = value["min"], value["max"], value["count"]
+        if not 1 <= lo <= hi or count < 1 or (count == 1 and lo != hi):
+            check.fail(field, f"min {lo}, max {hi}, count {count}", "1 <= min <= max, count >= 1 (1 if min = max)")
+        steps = sorted({round(lo * (hi / lo) ** (i / max(count - 1, 1))) for i in range(count)})
+    else:
+        steps = value
+        if not steps:
+            check.fail(field, "empty list", "a non-empty list of steps")
+        if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in steps) or len(set(steps)) != len(steps):
+            check.fail(field, f"expected distinct positive integers, got {steps!r}", "distinct steps >= 1")
+        steps = sorted(steps)
+    if steps[-1] > max_steps:
+        check.fail(field, f"step {steps[-1]} is beyond the reference run (max_steps {max_steps})",
+                   f"steps in 1 .. {max_steps}")
+    return steps
+
+
+def run_local_cbs(spec_path, out, *, workers: int | None = None, executor: str = "local", address=None,
+                  data_dir=None, lease_s: float = DEFAULT_LEASE_S, progress=None) -> Store:
+    """Run (or resume) a local-CBS study in folder `out`: the reference trial,
+    then the branches, each phase by the sweep's workers."""
+    from harness.sweep import executors
+    from harness.sweep.progress import Progress
+
+    spec = load_local_cbs_spec(spec_path, out, data_dir)
+    store = Store(out)
+    store.open(spec, Path(spec_path).read_text())
+    trials = spec.trials()
+    store.set_aside_corrupt(t.id for t in trials)
+    store.remove_stale_checkpoints(t.id for t in trials)
+    for phase in ([spec.reference()], spec.branches()):
+        pending = [t for t in phase if not store.is_done(t.id)]
+        if not pending:
+            continue
+        watcher = Progress(store.folder, [t.id for t in phase], progress) if progress else None
+        kwargs = dict(folder=str(store.folder), trials=pending, prune=False, data_dir=data_dir, lease_s=lease_s,
+                      progress=watcher)
+        if executor == "ray":
+            executors.run_ray(address=address, **kwargs)
+        else:
+            executors.run_local(workers=workers, **kwargs)
+    return store
