@@ -9,12 +9,12 @@ S(B) = S_min (1 + B_crit / B) (analysis.fit).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
-from analysis.fit import FitResult, fit_sweep
-from analysis.steps import steps_to_result
+from analysis.fit import FitResult, fit_steps
+from analysis.steps import steps_to_result, unknown_batch_sizes
 from harness.engine.targets import check_target
 from harness.errors import UserError
 
@@ -30,6 +30,7 @@ class Curve:
     target: float
     table: pd.DataFrame
     fit: FitResult
+    unknown: list = field(default_factory=list)  # batch sizes left out: unknowable at a stricter target
     step_budget: int | None = None
     example_budget: int | None = None
 
@@ -42,18 +43,24 @@ def analyze(sweep, target: float | None = None, *, step_budget: int | None = Non
             example_budget: int | None = None, **fit_options) -> Curve:
     """Steps to result and the fit of a sweep (analysis.load_sweep) at `target`
     (default: the spec's), counting only evaluations within the step and
-    example budgets (Shallue et al. 2019, Sec. 3.2; None: no budget)."""
+    example budgets (Shallue et al. 2019, Sec. 3.2; None: no budget). Exact on
+    a pruned sweep: at a looser target than the spec's every non-diverged
+    trial's crossings count (analysis.steps); at a stricter one the batch
+    sizes where trials stopped at the spec's target are left out and named in
+    `unknown`."""
     if target is None:
         target = sweep.spec["target"]
         if target is None:
             raise UserError(f"{sweep.folder}: the sweep records no target (batch_science data); give --target")
     else:
         check_target(sweep.spec["metric"], target, "--target")
-    direction = sweep.spec["direction"]
+    direction, spec_target = sweep.spec["direction"], sweep.spec["target"]
     budgets = dict(step_budget=step_budget, example_budget=example_budget)
-    table = steps_to_result(sweep.trials, sweep.measurements, target, direction, **budgets)
-    fit = fit_sweep(sweep.trials, sweep.measurements, target, direction, **budgets, **fit_options)
-    return Curve(target, table, fit, **budgets)
+    table = steps_to_result(sweep.trials, sweep.measurements, target, direction, spec_target=spec_target, **budgets)
+    unknown = unknown_batch_sizes(sweep.trials, target, spec_target, direction) if spec_target is not None else []
+    table = table[~table["batch_size"].isin(unknown)].reset_index(drop=True)
+    fit = fit_steps(table["batch_size"].to_numpy(float), table["steps"].to_numpy(float), **fit_options)
+    return Curve(target, table, fit, unknown, **budgets)
 
 
 def budget_label(curve: Curve) -> str:
@@ -66,12 +73,9 @@ def budget_label(curve: Curve) -> str:
 def looser_targets(sweep, fractions=LOOSER_TARGETS) -> list[float]:
     """Targets between the spec's and the median metric at the trials' first
     evaluation, geometrically interpolated and rounded to two digits: the
-    several targets of McCandlish et al.'s Fig. 7 (2018). None for a pruned
-    sweep: pruning is exact for the spec's target only (a pruned trial may have
-    crossed a looser target first, and its curve is gone)."""
+    several targets of McCandlish et al.'s Fig. 7 (2018). Looser targets are
+    exact on a pruned sweep too (see `analyze`)."""
     target = sweep.spec["target"]
-    if sweep.spec.get("prune", True):
-        return []
     rows = sweep.measurements.sort_values("step").drop_duplicates("trial_id")
     start = float(rows["val_metric"].median()) if len(rows) else math.nan
     if not (target > 0 and start > 0) or start == target:
@@ -92,21 +96,25 @@ def steps_table(sweep, curve: Curve) -> pd.DataFrame:
 
 
 def unreached(sweep, curve: Curve) -> str:
-    """The sentence naming the spec's batch sizes where no trial reached the target ('' if none)."""
-    missing = sorted(set(sweep.spec["batch_sizes"]) - set(curve.table["batch_size"]))
-    return f"no trial reached the target at batch size(s) {', '.join(map(str, missing))}" if missing else ""
+    """The sentences naming the spec's batch sizes where no trial reached the
+    target, and those where the answer is unknown ('' if none)."""
+    missing = sorted(set(sweep.spec["batch_sizes"]) - set(curve.table["batch_size"]) - set(curve.unknown))
+    lines = [f"no trial reached the target at batch size(s) {', '.join(map(str, missing))}"] if missing else []
+    if curve.unknown:
+        lines.append(f"warning: steps to result unknown at batch size(s) {', '.join(map(str, curve.unknown))}: "
+                     "trials there stopped at the sweep's own target, which this target is stricter than "
+                     "(re-run with prune = false and stop_at_target = false to measure it); left out of the fit")
+    return "\n".join(lines)
 
 
 def fit_summary(curve: Curve) -> list[str]:
     """The fit in sentences: both definitions of the critical batch size, the
     regimes of Shallue et al. (2019) and the fit's warnings (prefixed 'warning:')."""
     fit = curve.fit
-    lo, hi = fit.b_crit_ci
     olo, ohi = fit.b_crit_overhead_ci
     return [
-        f"critical batch size B_crit = E_min / S_min (McCandlish et al. 2018): {num(fit.b_crit)} "
-        f"({fit.confidence:.0%} interval {num(lo)} .. {num(hi)}, bootstrap over {fit.bootstrap}, "
-        f"{fit.n_bootstrap} replicates)",
+        f"critical batch size B_crit = E_min / S_min (McCandlish et al. 2018): {fit.b_crit_text()} "
+        f"({fit.bootstrap} bootstrap on log steps, {fit.n_bootstrap} replicates, fixed seed)",
         f"S_min = {num(fit.s_min)} steps, E_min = {num(fit.e_min)} examples",
         f"critical batch size at {fit.overhead_percent:g}% step overhead (Zhang et al. 2024; reference: "
         f"{fit.overhead_reference}): {num(fit.b_crit_overhead)} ({num(olo)} .. {num(ohi)}); "

@@ -34,6 +34,7 @@ import numpy as np
 from scipy.optimize import elementwise
 
 from analysis.steps import steps_to_result
+from harness.finite import finite_or_none
 
 SEARCH_FACTOR = 1e4   # B_crit searched in [min B / 1e4, max B * 1e4]
 BOUND_MARGIN = 10     # within this factor of a search bound, an estimate has reached it
@@ -120,17 +121,7 @@ class FitResult:
         for suffix in ("", "_ci", "_empirical"):
             d[name + suffix] = d.pop("b_crit_overhead" + suffix)
         d["b_crit_text"] = self.b_crit_text()
-        return _finite_or_none(d)
-
-
-def _finite_or_none(x):
-    if isinstance(x, dict):
-        return {k: _finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite_or_none(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+        return finite_or_none(d)
 
 
 def _profile(u, log_b, y, w):

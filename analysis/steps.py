@@ -30,9 +30,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.errors import UserError
+from harness.engine.targets import check_direction, crossed
 
-DIRECTIONS = ("min", "max")
 # Columns of `trials` that describe the trial's outcome, not its metaparameters.
 OUTCOME_COLUMNS = ("trial_id", "batch_size", "status", "steps_to_target")
 # Statuses whose rows count at the spec target, and at a looser one.
@@ -40,16 +39,10 @@ AT_SPEC_TARGET = ("complete",)
 AT_LOOSER_TARGET = ("complete", "incomplete", "pruned")
 
 
-def _check_direction(direction):
-    if direction not in DIRECTIONS:
-        raise UserError(f"unknown direction {direction!r}; allowed: {', '.join(DIRECTIONS)}")
-
-
 def is_stricter(target, spec_target, direction="min") -> bool:
     """Whether `target` is harder to reach than `spec_target`: below it for a
     metric to minimise, above it for one to maximise."""
-    _check_direction(direction)
-    return target < spec_target if direction == "min" else target > spec_target
+    return bool(crossed(target, spec_target, direction))
 
 
 def counted_statuses(target, spec_target=None, direction="min") -> tuple[str, ...]:
@@ -85,13 +78,12 @@ def first_crossings(trials, measurements, target, direction="min", metric="val_m
     batch_size, step, value, resolution (steps since that trial's previous
     evaluation, or since step 0 for its first one: the crossing lies somewhere
     in that interval). Trials that never cross are absent."""
-    _check_direction(direction)
+    check_direction(direction)
     statuses = counted_statuses(target, spec_target, direction)
     rows = within_budget(trials, measurements, step_budget, example_budget, statuses=statuses)
     rows = rows.sort_values(["trial_id", "step"])
     rows["resolution"] = rows.groupby("trial_id")["step"].diff().fillna(rows["step"])
-    crossed = rows[metric] < target if direction == "min" else rows[metric] > target
-    firsts = rows[crossed].drop_duplicates("trial_id")
+    firsts = rows[crossed(rows[metric], target, direction)].drop_duplicates("trial_id")
     return firsts.rename(columns={metric: "value"})[
         ["trial_id", "batch_size", "step", "value", "resolution"]].reset_index(drop=True)
 
@@ -146,7 +138,7 @@ def best_metric(trials, measurements, direction="min", step_budget=None,
     budget (Shallue et al. 2019, Sec. 4.7 and Fig. 4), over complete trials.
     Columns batch_size, value, step, trial_id; a batch size with no evaluation
     inside the budget is absent."""
-    _check_direction(direction)
+    check_direction(direction)
     rows = within_budget(trials, measurements, step_budget, example_budget)
     rows = rows[np.isfinite(rows[metric])]
     rows = rows.sort_values(["batch_size", metric, "step", "trial_id"],

@@ -174,10 +174,10 @@ def _cbs_gns(capsys, *args):
     return json.loads(capsys.readouterr().out)
 
 
-def _exact_noise_scales(w):
-    """B_simple and B_noise of the workload's training set (the distribution the
-    offline samples are drawn from, with replacement) at weights w, from all
-    per-example gradients g_i = x_i (x_i . w - y_i)."""
+def _exact_signals_and_noises(w):
+    """(|G|^2, tr Sigma, G'HG, tr(H Sigma)) of the workload's training set (the
+    distribution the offline samples are drawn from, with replacement) at
+    weights w, from all per-example gradients g_i = x_i (x_i . w - y_i)."""
     from harness.engine.workloads import get_workload
 
     data = get_workload("linear_regression").load_data()
@@ -186,7 +186,13 @@ def _exact_noise_scales(w):
     mean = g.mean(0)
     sigma = g.T @ g / len(g) - np.outer(mean, mean)
     h = x.T @ x / len(x)
-    return np.trace(sigma) / (mean @ mean), np.trace(h @ sigma) / (mean @ h @ mean)
+    return mean @ mean, np.trace(sigma), mean @ h @ mean, np.trace(h @ sigma)
+
+
+def _exact_noise_scales(w):
+    """Exact B_simple and B_noise at weights w (see _exact_signals_and_noises)."""
+    g2, trace, ghg, htrace = _exact_signals_and_noises(w)
+    return trace / g2, htrace / ghg
 
 
 def test_cbs_gns_offline_estimates_match_the_exact_values_at_the_final_weights(capsys, tmp_path):
@@ -195,18 +201,20 @@ def test_cbs_gns_offline_estimates_match_the_exact_values_at_the_final_weights(c
     from harness.engine.trial import TrialConfig
     from harness.engine.workloads import get_workload
 
-    out = _cbs_gns(capsys, "--learning-rate", "0.02", "--max-steps", "20", "--num-samples", "1024",
+    out = _cbs_gns(capsys, "--learning-rate", "0.02", "--max-steps", "20", "--num-samples", "1024", "--window", "1",
                    "--checkpoint-dir", str(tmp_path))
     config = TrialConfig(workload="linear_regression", batch_size=64, learning_rate=0.02, microbatches=4, gns=True)
     workload = get_workload("linear_regression")
     state, meta = checkpoint.restore(tmp_path, Engine(workload, workload.load_data(), config).init())
-    assert meta["rows"][-1]["step"] == out["offline"]["step"] == 20
+    final = out["offline"]["points"][-1]
+    assert meta["rows"][-1]["step"] == final["step"] == 20
+    assert out["offline"]["window"]["first"] == out["offline"]["window"]["last"] == 20
     exact = _exact_noise_scales(np.asarray(state.params["Dense_0"]["kernel"][:, 0], np.float64))
     for name, truth in zip(("b_simple", "b_noise"), exact):
-        estimate = out["offline"][name]
+        estimate = final[name]
         assert abs(estimate["value"] - truth) < 3 * estimate["stderr"], (name, estimate, truth)
         assert estimate["stderr"] < 0.1 * truth
-    assert out["b_crit_predicted"] == out["offline"]["b_noise"]["value"]
+    assert out["b_crit_predicted"] == pytest.approx(final["b_noise"]["value"])  # a one-step window
     assert [row["step"] for row in out["online"]] == [5, 10, 15, 20]
 
 
@@ -239,7 +247,7 @@ def test_cbs_gns_on_mnist_matches_b_simple_from_every_per_example_gradient(capsy
     from harness.engine.workloads import get_workload
 
     args = dict(workload="mnist_fc16x1", batch_size=64, learning_rate=0.05, microbatches=4, max_steps=100)
-    assert main(["gns", "--json", "--eval-every", "50", "--num-samples", "512", "--data-dir", str(data_dir),
+    assert main(["gns", "--json", "--eval-every", "50", "--num-samples", "512", "--window", "1", "--data-dir", str(data_dir),
                  "--checkpoint-dir", str(tmp_path), *(f"--{k.replace('_', '-')}={v}" for k, v in args.items())]) == 0
     out = json.loads(capsys.readouterr().out)
     workload = get_workload(args["workload"])
@@ -262,7 +270,92 @@ def test_cbs_gns_on_mnist_matches_b_simple_from_every_per_example_gradient(capsy
     n = len(data.train_x)
     g2 = sum(float(jnp.sum((a / n) ** 2)) for a in jax.tree.leaves(total))
     exact = (sq / n - g2) / g2
-    estimate = out["offline"]["b_simple"]
+    estimate = out["offline"]["points"][-1]["b_simple"]
     assert abs(estimate["value"] - exact) < 3 * estimate["stderr"], (estimate, exact)
     assert estimate["stderr"] < 0.3 * exact
-    assert out["offline"]["b_noise"]["value"] > 0 and np.isfinite(out["offline"]["b_noise"]["stderr"])
+    final_b_noise = out["offline"]["points"][-1]["b_noise"]
+    assert final_b_noise["value"] > 0 and np.isfinite(final_b_noise["stderr"])
+
+
+# --- the windowed estimate ------------------------------------------------------------------
+def _point(signal, noise, stderr=0.0):
+    return ns.NoiseScale(noise / signal, stderr, signal, 0.0, noise, 0.0)
+
+
+def test_window_is_the_ratio_of_the_means_not_the_mean_of_the_ratios():
+    """|G|^2 alternating 1, 3 (momentum's swing) at a steady tr(Sigma) = 100:
+    the window's noise scale is 100 / 2 = 50, where the mean of the ratios
+    would be 66.7; the bootstrap interval is around 50 and excludes 66.7."""
+    window = ns.window_noise_scale([_point(1.0 + 2 * (i % 2), 100.0) for i in range(20)])
+    assert window.value == pytest.approx(50.0) and window.signal == pytest.approx(2.0)
+    assert window.low <= 50.0 <= window.high < 66.0 and window.block == 3
+    assert window.stderr > 0
+
+
+def test_a_one_step_window_keeps_the_jackknife_error_of_its_step():
+    window = ns.window_noise_scale([_point(2.0, 100.0, stderr=5.0)])
+    assert window.value == 50.0 and window.stderr == 5.0
+    assert (window.low, window.high) == pytest.approx((50.0 - 1.6449 * 5.0, 50.0 + 1.6449 * 5.0), rel=1e-4)
+
+
+@pytest.mark.parametrize("learning_rate, width", [(0.02, 1.5), (1e-9, 0.3)])
+def test_windowed_noise_scale_matches_the_exact_window_on_linear_regression(learning_rate, width):
+    """The windowed B_simple and B_noise over steps 13..20 of a linear
+    regression trial against mean(tr Sigma) / mean(|G|^2) (and the H-weighted
+    pair) of the training set, exact at the weights after each step (replayed
+    independently with Engine.advance). At a learning rate of 0.02 the window
+    spans a trend (|G|^2 grows 15x) and the interval is wide; at 1e-9 the
+    weights stay put and the interval must be narrow."""
+    from harness.engine.gns import windowed_noise_scale
+    from harness.engine.train import Engine
+    from harness.engine.trial import TrialConfig
+    from harness.engine.workloads import get_workload
+
+    config = TrialConfig(workload="linear_regression", batch_size=64, learning_rate=learning_rate, microbatches=4,
+                         gns=True, max_steps=20)
+    out = windowed_noise_scale(config, 13, 20, num_samples=128)
+    assert out["window"]["first"] == 13 and out["window"]["last"] == 20
+    assert [p["step"] for p in out["points"]] == list(range(13, 21))
+    workload = get_workload("linear_regression")
+    engine = Engine(workload, workload.load_data(), config)
+    state, exact = engine.init(), []
+    for step in range(1, 21):
+        state, _, _ = engine.advance(state, step - 1, step)
+        if step >= 13:
+            exact.append(_exact_signals_and_noises(np.asarray(state.params["Dense_0"]["kernel"][:, 0], np.float64)))
+    g2, trace, ghg, htrace = np.mean(exact, axis=0)
+    for name, truth in (("b_simple", trace / g2), ("b_noise", htrace / ghg)):
+        e = out[name]
+        assert e["low"] <= truth <= e["high"], (name, e, truth)
+        assert e["high"] - e["low"] < width * truth
+    assert out[name]["value"] == pytest.approx(np.mean([p[name]["noise"] for p in out["points"]])
+                                               / np.mean([p[name]["signal"] for p in out["points"]]), rel=1e-5)
+
+
+def test_cbs_gns_rejects_a_window_before_training(capsys):
+    from harness.cli import main
+
+    assert main(["gns", "--workload", "linear_regression", "--batch-size", "64", "--learning-rate", "0.1",
+                 "--window", "0"]) == 2
+    assert "window must be an integer number of steps >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~110 s on 2 shared cores: three trials, each with offline estimates at 20 steps
+def test_cbs_gns_prediction_does_not_swing_with_the_stopping_step_under_momentum(data_dir):
+    """Under Nesterov momentum the one-step offline B_noise of this workload
+    spans 23..739 over stopping steps 98..120; the windowed prediction at
+    100, 110 and 120 steps lies inside each other's 90% intervals."""
+    from harness.engine.gns import measure_noise_scale
+    from harness.engine.trial import TrialConfig
+
+    results = [measure_noise_scale(TrialConfig(workload="mnist_fc128x1", optimizer="nesterov", momentum=0.9,
+                                               batch_size=128, learning_rate=0.3, microbatches=2, gns=True,
+                                               stop_at_target=False, max_steps=n), data_dir=data_dir)
+               for n in (100, 110, 120)]
+    for r, n in zip(results, (100, 110, 120)):
+        assert r["offline"]["window"]["first"] == n - 19 and r["offline"]["window"]["last"] == n
+        assert r["b_crit_basis"] == f"offline b_noise over steps {n - 19}..{n}"
+    for a in results:
+        for b in results:
+            low, high = b["b_crit_interval"]
+            assert low <= a["b_crit_predicted"] <= high, (a["b_crit_predicted"], b["b_crit_interval"])

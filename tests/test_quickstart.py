@@ -18,7 +18,7 @@ def test_quickstart_sweep_ends_with_the_critical_batch_size(data_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     number = r"([\d.]+(?:e[+-]?\d+)?)"
     b_crit = re.search(rf"B_crit = E_min / S_min \(McCandlish et al. 2018\): {number} \(90% interval {number} "
-                       rf"\.\. {number},", out.stdout)
+                       rf"\.\. {number}\)", out.stdout)
     assert b_crit, out.stdout[-2000:]
     assert (tmp_path / "qs" / "steps_to_result.png").stat().st_size > 10_000
 

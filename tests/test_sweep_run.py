@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from analysis import load_sweep
+from analysis.curves import analyze
 from analysis.steps import steps_to_result
 from conftest import DATA_DIR as DATA
 from harness.sweep.spec import load_spec
@@ -36,6 +37,12 @@ kind = "grid"
 learning_rate = [0.5, 0.05, 0.003]  # the best first: with one worker, the others are pruned
 """
 COMPARED = ("step", "examples", "train_loss", "val_loss", "val_metric")
+
+
+def analysis_of(folder) -> dict:
+    """What `cbs analyze --json` reports of a sweep: the table and the fit."""
+    curve = analyze(load_sweep(folder))
+    return {"rows": curve.table[["batch_size", "steps", "trial_id"]].to_dict("records"), "fit": curve.fit.to_dict()}
 
 
 def write_spec(folder: Path, prune=False, text=SPEC, name="spec.toml") -> Path:
@@ -85,6 +92,7 @@ def test_pruning_is_exact_and_saves_steps(reference, tmp_path):
     curve = {name: steps_to_result(t.trials, t.measurements, target)[["batch_size", "steps"]]
              for name, t in (("full", full), ("pruned", pruned))}
     assert curve["full"].equals(curve["pruned"]) and len(curve["full"]) == 2
+    assert analysis_of(tmp_path / "sweep") == analysis_of(reference)  # pruning changes no reported number
     assert outcome.by_status.get("pruned", 0) >= 2
     full_steps = full.trials.set_index("trial_id")["steps_run"]
     assert outcome.steps_run < full_steps.sum()
@@ -136,6 +144,7 @@ def test_kill_9_at_any_moment_then_resume_equals_uninterrupted(reference, tmp_pa
     attempts = [Store(out).attempts(t) for t in done]
     assert any(a["checkpoint_step"] for history in attempts for a in history[1:])  # resumed mid-trial
     assert not list(out.glob("trials/*/checkpoints"))
+    assert analysis_of(out) == analysis_of(reference)
 
 
 def test_three_workers_share_one_folder_and_run_each_trial_once(reference, tmp_path):

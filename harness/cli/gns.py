@@ -1,13 +1,14 @@
 """`cbs gns`: the gradient noise scale of a workload over training, and the
 critical batch size it predicts (harness.engine.gns). Each batch is split
 into `--microbatches` micro-batches for the online two-batch estimate; the
-offline estimate uses `--num-samples` independent gradients at the end.
+offline estimate uses `--num-samples` independent gradients at every step of
+the last `--window` steps, combined over the window.
 
 It takes `cbs train`'s trial options but those it fixes: --gns (always on),
 --no-stop-at-target (it always trains the whole budget: the noise scale is
 wanted over all of training) and --checkpoint-every (one checkpoint, at the
-end, carries the final parameters to the offline estimate); and, as it runs
-on one host, not the multi-host options."""
+end, with --checkpoint-dir); and, as it runs on one host, not the multi-host
+options."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from harness.cli import train as train_command
+from harness.engine.gns import NUM_SAMPLES, WINDOW
 from harness.engine.trial import TrialConfig
 
 
@@ -28,9 +30,13 @@ def add_arguments(parser):
                         "folder); resumes from the latest one")
     parser.add_argument("--out", help="write gns.json into this folder")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--num-samples", type=int, default=256,
-                        help="independent gradients for the offline estimate at the final parameters, a multiple "
-                             "of 16 and >= 32; 0 skips it (default: 256)")
+    parser.add_argument("--window", type=int, default=WINDOW,
+                        help="steps at the end of training over which the offline estimate is averaged (the "
+                             "ratio of the window means of |G|^2 and tr(Sigma), with a block-bootstrap interval); "
+                             f"an offline estimate is taken after each of them (default: {WINDOW})")
+    parser.add_argument("--num-samples", type=int, default=NUM_SAMPLES,
+                        help="independent gradients for the offline estimate at each step of the window, a "
+                             f"multiple of 16 and >= 32; 0 skips it (default: {NUM_SAMPLES})")
     parser.add_argument("--sample-batch-size", type=int,
                         help="examples per offline gradient sample (default: the micro-batch size)")
     parser.add_argument("--no-hessian", dest="hessian", action="store_false",
@@ -41,8 +47,8 @@ def run(args) -> int:
     from harness.engine.gns import measure_noise_scale
 
     result = measure_noise_scale(_config(args), data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir,
-                                 num_samples=args.num_samples, sample_batch_size=args.sample_batch_size,
-                                 hessian=args.hessian)
+                                 window=args.window, num_samples=args.num_samples,
+                                 sample_batch_size=args.sample_batch_size, hessian=args.hessian)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -57,8 +63,8 @@ def run(args) -> int:
 
 def _config(args) -> TrialConfig:
     """The trial of `cbs train` with the noise scale on, the whole budget
-    trained and one checkpoint at its end (to read the final parameters back);
-    2 micro-batches unless --microbatches says otherwise."""
+    trained and one checkpoint at its end (the final parameters, with
+    --checkpoint-dir); 2 micro-batches unless --microbatches says otherwise."""
     max_steps = args.max_steps or TrialConfig.max_steps
     config = train_command.config_from_args(args, microbatches=2, gns=True, stop_at_target=False,
                                             checkpoint_every=max_steps)
@@ -76,14 +82,24 @@ def _print(result):
     for row in result["online"]:
         print(f"{row['step']:>8}  {num(row['b_simple']):>10}  {num(row['g2']):>10}  {num(row['trace']):>10}")
     offline = result["offline"]
+    names = (("b_simple", "B_simple = tr(Sigma)/|G|^2"), ("b_noise", "B_noise = tr(H Sigma)/G'HG"))
     if offline is None:
-        print("offline estimate: none (--num-samples 0, or the trial stopped before its checkpoint)")
+        print("offline estimate: none (--num-samples 0)")
     else:
-        print(f"offline at step {offline['step']} ({offline['num_samples']} gradients of "
-              f"{offline['sample_batch_size']} examples):")
-        for name, label in (("b_simple", "B_simple = tr(Sigma)/|G|^2"), ("b_noise", "B_noise = tr(H Sigma)/G'HG")):
-            if name in offline:
-                print(f"  {label} = {num(offline[name]['value'])} +- {num(offline[name]['stderr'])}")
-    print(f"predicted critical batch size B_crit ~ {num(result['b_crit_predicted'])} "
-          f"({result['b_crit_basis']}; McCandlish et al. 2018: B_crit ~ B_noise, B_simple its proxy; "
+        window = offline["window"]
+        print(f"offline at each step ({offline['num_samples']} gradients of {offline['sample_batch_size']} examples):")
+        present = [(name, label) for name, label in names if name in offline]
+        print(f"{'step':>8}" + "".join(f"  {label.split(' ')[0]:>10}" for _, label in present))
+        for point in offline["points"]:
+            print(f"{point['step']:>8}" + "".join(f"  {num(point[name]['value']):>10}" for name, _ in present))
+        print(f"window: steps {window['first']}..{window['last']}")
+        for name, label in present:
+            e = offline[name]
+            print(f"  {label} = {num(e['value'])} +- {num(e['stderr'])} "
+                  f"({e['level']:.0%} interval {num(e['low'])}..{num(e['high'])})")
+        print(f"  method: {window['method']}")
+    interval = result["b_crit_interval"]
+    print(f"predicted critical batch size B_crit ~ {num(result['b_crit_predicted'])}"
+          + (f" ({num(interval[0])}..{num(interval[1])})" if interval else "")
+          + f" ({result['b_crit_basis']}; McCandlish et al. 2018: B_crit ~ B_noise, B_simple its proxy; "
           f"the noise scale grows as the loss falls, so compare it with B_crit at a similar loss)")

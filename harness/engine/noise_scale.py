@@ -12,14 +12,22 @@ noise scale is the ratio of the averages, never an average of ratios.
 
 Offline (at fixed parameters): unbiased U-statistic estimates from many
 independent gradient samples, with delete-a-group jackknife standard errors.
+
+Windowed (over training): offline estimates at consecutive steps combined as
+the ratio of their means, with a moving-block bootstrap over the steps: under
+momentum |G|^2 swings from step to step, so one step's estimate is not the
+noise scale of that stage of training.
 """
 from __future__ import annotations
 
+import math
+import statistics
 from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.tree_util import Partial
 
@@ -249,3 +257,52 @@ def _jackknife(diag, cross, per_group, batch_size):
     loo = jax.vmap(estimate, (0, 0, None))(diag.sum() - diag, off.sum() - off.sum(0) - off.sum(1), m - 1)
     stderr = jnp.sqrt((m - 1) / m * ((loo - loo.mean(0)) ** 2).sum(0))
     return jnp.stack([full, stderr], 1).reshape(-1)
+
+
+# ------------------------------------------------------------- windowed ----
+
+class WindowedNoiseScale(NamedTuple):
+    """A noise scale over a window of training: `value` = mean(noise) /
+    mean(signal) over the window's points, with a standard error and a
+    `level` (two-sided) interval [`low`, `high`] that cover the variation
+    across the window as well as the sampling at each point."""
+
+    value: float
+    stderr: float
+    low: float
+    high: float
+    level: float
+    signal: float
+    noise: float
+    block: int
+
+
+def window_noise_scale(points: list[NoiseScale], *, level: float = 0.9, resamples: int = 2000,
+                       seed: int = 0) -> WindowedNoiseScale:
+    """Combine offline estimates at consecutive training steps into one noise
+    scale: the ratio of the window means of the unbiased signal and noise
+    estimates, never a mean of ratios (McCandlish et al. 2018, App. A; the
+    ratio of two means is also what their moving averages give).
+
+    Uncertainty: moving-block bootstrap over the points (Kuensch 1989), blocks
+    of ceil(n^(1/3)) consecutive points (the order Hall, Horowitz & Jing 1995
+    find best for variances), so that correlated neighbouring steps (momentum
+    makes |G|^2 oscillate) are resampled together; percentile interval. Each
+    point's own sampling noise is part of what is resampled. A window of one
+    point has no variation to resample: its jackknife standard error and a
+    normal interval are returned."""
+    signal = np.array([p.signal for p in points], np.float64)
+    noise = np.array([p.noise for p in points], np.float64)
+    n = len(points)
+    value = noise.mean() / signal.mean()
+    if n == 1:
+        half = statistics.NormalDist().inv_cdf(0.5 + level / 2) * points[0].stderr
+        return WindowedNoiseScale(value, points[0].stderr, value - half, value + half, level,
+                                  signal.mean(), noise.mean(), 1)
+    block = math.ceil(n ** (1 / 3))
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, n - block + 1, (resamples, -(-n // block)))
+    idx = (starts[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :n]
+    replicates = noise[idx].mean(1) / signal[idx].mean(1)
+    low, high = np.percentile(replicates, [50 * (1 - level), 50 * (1 + level)])
+    return WindowedNoiseScale(value, replicates.std(ddof=1), low, high, level, signal.mean(), noise.mean(), block)

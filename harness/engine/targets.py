@@ -19,10 +19,14 @@ METRICS = {
 DIRECTIONS = ("min", "max")
 
 
-def crossed(value, target, direction: str):
-    """Whether `value` (a number or an array) is strictly past `target`."""
+def check_direction(direction: str) -> None:
     if direction not in DIRECTIONS:
         raise UserError(f"unknown direction {direction!r}; allowed: {', '.join(DIRECTIONS)}")
+
+
+def crossed(value, target, direction: str):
+    """Whether `value` (a number or an array) is strictly past `target`."""
+    check_direction(direction)
     return value < target if direction == "min" else value > target
 
 
