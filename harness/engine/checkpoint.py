@@ -10,6 +10,7 @@ checkpoint costs the steps since the last good one, never the run."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -56,10 +57,30 @@ def restore(directory, like):
                 if not isinstance(meta, dict) or not isinstance(meta.get("rows"), list):
                     raise ValueError(f"its measurements are not a list of rows: {str(meta)[:80]}")
             except Exception as e:  # Orbax and TensorStore raise many types for damaged files
+                _ignore_reads_left_behind()
                 _set_aside(directory, step, e, steps[i + 1] if i + 1 < len(steps) else None)
                 continue
             return type(like)(*restored["state"]) if isinstance(like, tuple) else restored["state"], meta
     return like, None
+
+
+def _ignore_reads_left_behind() -> None:
+    """When one array of a checkpoint fails to read, Orbax closes its event
+    loop while TensorStore's other reads are still in flight; each of them then
+    reports `RuntimeError: Event loop is closed` as an unraisable exception,
+    a traceback on stderr for a failure already handled here (orbax-checkpoint
+    0.12, tensorstore 0.1.86). Drop exactly those; pass anything else on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "ignores_reads_left_behind", False):
+        return
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.ignores_reads_left_behind = True
+    sys.unraisablehook = hook
 
 
 def _set_aside(directory, step: int, error: Exception, fallback: int | None) -> None:
