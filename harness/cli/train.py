@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from harness.engine.algorithms import ALGORITHMS
 from harness.engine.evaluation import EVAL_SCHEDULES
 from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
 from harness.engine.trial import TrialConfig
@@ -18,7 +19,7 @@ _PARSERS = {"int": int, "float": float, "str": str, "int | None": int, "float | 
 SWEEP_ONLY = ("snapshot_steps",)
 # The allowed values of the string fields: the engine's own tables.
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "warmup": WARMUPS, "lr_scaling": tuple(LR_SCALINGS),
-           "eval_schedule": tuple(EVAL_SCHEDULES)}
+           "eval_schedule": tuple(EVAL_SCHEDULES), "algorithm": ALGORITHMS}
 # One line per TrialConfig field (harness.engine.trial); the default is appended.
 HELP = {
     "workload": "a workload of `cbs workloads`, <mnist|fashion_mnist>_fc<width>x<depth>, or path/to/file.py:name",
@@ -53,6 +54,14 @@ HELP = {
     "gns_ema": "decay of the moving averages of the noise scale's |G|^2 and tr(Sigma) estimates",
     "divergence_factor": "diverged when the training loss exceeds this multiple of its initial value",
     "checkpoint_every": "steps between checkpoints (with --checkpoint-dir; default: none)",
+    "algorithm": "how the --replicas model copies are coupled: mini-batch SGD, local SGD, post-local SGD "
+                 "(Lin et al. 2020) or Crossbow SMA (Koliousis et al. 2019)",
+    "replicas": "model copies K of local_sgd, post_local_sgd and sma, each on --batch-size / K examples per step",
+    "local_steps": "local SGD's H: steps between parameter averages",
+    "switch_step": "post-local SGD's switch from H = 1 to --local-steps (default: the first boundary of the step "
+                   "schedule)",
+    "sma_alpha": "SMA's alpha, the pull of each replica towards the central model, in (0, 1] (default: 1 / K)",
+    "sma_momentum": "SMA's momentum mu of the central model",
     "init_from": "start from the snapshot in this folder (parameters, model and optimizer state; Merrill et al. 2025)",
     "init_step": "the step --init-from's snapshot was taken at, where this trial continues in the data order",
 }
