@@ -31,18 +31,23 @@ class Curve:
     table: pd.DataFrame
     fit: FitResult
     unknown: list = field(default_factory=list)  # batch sizes left out: unknowable at a stricter target
+    step_budget: int | None = None
+    example_budget: int | None = None
 
 
 def target_label(spec: dict, target: float) -> str:
     return f"{spec['metric']} {'<' if spec['direction'] == 'min' else '>'} {target:g}"
 
 
-def analyze(sweep, target: float | None = None, **fit_options) -> Curve:
+def analyze(sweep, target: float | None = None, *, step_budget: int | None = None,
+            example_budget: int | None = None, **fit_options) -> Curve:
     """Steps to result and the fit of a sweep (analysis.load_sweep) at `target`
-    (default: the spec's), exact on a pruned sweep: at a looser target than
-    the spec's every non-diverged trial's crossings count (analysis.steps); at
-    a stricter one the batch sizes where trials stopped at the spec's target
-    are left out and named in `unknown`."""
+    (default: the spec's), counting only evaluations within the step and
+    example budgets (Shallue et al. 2019, Sec. 3.2; None: no budget). Exact on
+    a pruned sweep: at a looser target than the spec's every non-diverged
+    trial's crossings count (analysis.steps); at a stricter one the batch
+    sizes where trials stopped at the spec's target are left out and named in
+    `unknown`."""
     if target is None:
         target = sweep.spec["target"]
         if target is None:
@@ -50,11 +55,19 @@ def analyze(sweep, target: float | None = None, **fit_options) -> Curve:
     else:
         check_target(sweep.spec["metric"], target, "--target")
     direction, spec_target = sweep.spec["direction"], sweep.spec["target"]
-    table = steps_to_result(sweep.trials, sweep.measurements, target, direction, spec_target=spec_target)
+    budgets = dict(step_budget=step_budget, example_budget=example_budget)
+    table = steps_to_result(sweep.trials, sweep.measurements, target, direction, spec_target=spec_target, **budgets)
     unknown = unknown_batch_sizes(sweep.trials, target, spec_target, direction) if spec_target is not None else []
     table = table[~table["batch_size"].isin(unknown)].reset_index(drop=True)
     fit = fit_steps(table["batch_size"].to_numpy(float), table["steps"].to_numpy(float), **fit_options)
-    return Curve(target, table, fit, unknown)
+    return Curve(target, table, fit, unknown, **budgets)
+
+
+def budget_label(curve: Curve) -> str:
+    """'within 500 steps and 64,000 examples', or '' without budgets."""
+    parts = [f"{n:,} {unit}" for n, unit in ((curve.step_budget, "steps"), (curve.example_budget, "examples"))
+             if n is not None]
+    return f"within {' and '.join(parts)}" if parts else ""
 
 
 def looser_targets(sweep, fractions=LOOSER_TARGETS) -> list[float]:
@@ -76,10 +89,10 @@ def num(x, digits=4) -> str:
 
 def steps_table(sweep, curve: Curve) -> pd.DataFrame:
     """The steps-to-result columns a reader needs: batch size, steps, examples,
-    the resolution (evaluation cadence at the crossing), the searched
-    metaparameters of the best trial and its id."""
+    communication rounds, the resolution (evaluation cadence at the crossing),
+    the searched metaparameters of the best trial and its id."""
     searched = [c for c in ((sweep.spec.get("search") or {}).get("space") or {}) if c in curve.table]
-    return curve.table[["batch_size", "steps", "examples", "resolution", *searched, "trial_id"]]
+    return curve.table[["batch_size", "steps", "examples", "rounds", "resolution", *searched, "trial_id"]]
 
 
 def unreached(sweep, curve: Curve) -> str:
@@ -115,8 +128,9 @@ def fit_summary(curve: Curve) -> list[str]:
 def summary_text(sweep, curve: Curve) -> str:
     """The steps-to-result table and the fits, as `cbs analyze` and `cbs sweep` print them."""
     spec = sweep.spec
-    lines = [f"steps to result ({target_label(spec, curve.target)}, {spec['workload']}, {spec['optimizer']}; "
-             f"{len(sweep.trials)} trials):"]
+    budget = budget_label(curve)
+    lines = [f"steps to result ({target_label(spec, curve.target)}{' ' + budget if budget else ''}, "
+             f"{spec['workload']}, {spec['optimizer']}; {len(sweep.trials)} trials):"]
     if curve.table.empty:
         return "\n".join(lines + ["  no batch size reached the target"])
     lines.append(steps_table(sweep, curve).to_string(index=False, float_format=lambda v: f"{v:.4g}"))

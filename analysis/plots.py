@@ -347,19 +347,19 @@ def _budget_table(sweep) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def sweep_figures(sweep, targets=None, main: Curve | None = None):
+def sweep_figures(sweep, targets=None, main: Curve | None = None, **budgets):
     """Yield (name, caption, Figure) for every figure the sweep's data support:
     steps to result (several targets on one axis) and its normalised variant,
     the optimal metaparameters, the feasibility scatter (momentum optimizers),
     the best metric within budgets, the Pareto plot and the noise scale over
     training. `targets`: for the multi-target figures (default: the spec's and
     two looser ones when the sweep was not pruned). `main`: the sweep's `analyze` at its spec's target, when
-    already computed."""
-    spec, main = sweep.spec, main or analyze(sweep)
+    already computed. `budgets`: `analyze`'s step_budget and example_budget for the steps-to-result figures."""
+    spec, main = sweep.spec, main or analyze(sweep, **budgets)
     curves = {target_label(spec, main.target): main}
     for t in (looser_targets(sweep) if targets is None else targets):
         if t != main.target:
-            curves[target_label(spec, t)] = analyze(sweep, t)
+            curves[target_label(spec, t)] = analyze(sweep, t, **budgets)
     curves = {k: c for k, c in curves.items() if len(c.table) >= 2}
     name = f"{spec['workload']} ({spec['optimizer']})"
     tables = {k: c.table for k, c in curves.items()}
@@ -400,20 +400,21 @@ def sweep_figures(sweep, targets=None, main: Curve | None = None):
                                 main.fit.confidence, title=f"noise scale: {name}"))
 
 
-def plot_sweep(sweep, out_dir, targets=None) -> list[Path]:
+def plot_sweep(sweep, out_dir, targets=None, **budgets) -> list[Path]:
     """Write every figure of `sweep_figures` as PNG and PDF under `out_dir`;
     return the written paths."""
-    return [path for name, _, fig in sweep_figures(sweep, targets)
+    return [path for name, _, fig in sweep_figures(sweep, targets, **budgets)
             for path in save(fig, Path(out_dir) / name)]
 
 
-def compare_sweeps(sweeps, labels=None) -> Figure:
+def compare_sweeps(sweeps, labels=None, **budgets) -> Figure:
     """Normalised steps to result of several sweeps on one axis (Shallue et al.
-    2019, Fig. 5-6: optimizers, model sizes), each at its own spec's target."""
+    2019, Fig. 5-6: optimizers, model sizes), each at its own spec's target
+    (within `analyze`'s step_budget and example_budget, if given)."""
     labels = labels or [f"{s.spec['name']}: {s.spec['workload']} ({s.spec['optimizer']})" for s in sweeps]
     if len(set(labels)) < len(labels):  # same spec names: tell the sweeps apart by folder
         labels = [str(s.folder) for s in sweeps]
-    curves = {label: analyze(s) for label, s in zip(labels, sweeps)}
+    curves = {label: analyze(s, **budgets) for label, s in zip(labels, sweeps)}
     curves = {k: c for k, c in curves.items() if len(c.table)}
     shared = set.intersection(*(set(c.table["batch_size"]) for c in curves.values())) if curves else set()
     if not shared:

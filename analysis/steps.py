@@ -75,17 +75,20 @@ def first_crossings(trials, measurements, target, direction="min", metric="val_m
     """Each counted trial's first evaluation strictly beyond `target` (complete
     trials; also incomplete and pruned ones when `spec_target` is given and
     `target` is not stricter: `counted_statuses`): columns trial_id,
-    batch_size, step, value, resolution (steps since that trial's previous
-    evaluation, or since step 0 for its first one: the crossing lies somewhere
-    in that interval). Trials that never cross are absent."""
+    batch_size, step, rounds (communication rounds by then; one per step when
+    the measurements do not count them), value, resolution (steps since that
+    trial's previous evaluation, or since step 0 for its first one: the
+    crossing lies somewhere in that interval). Trials that never cross are
+    absent."""
     check_direction(direction)
     statuses = counted_statuses(target, spec_target, direction)
     rows = within_budget(trials, measurements, step_budget, example_budget, statuses=statuses)
     rows = rows.sort_values(["trial_id", "step"])
     rows["resolution"] = rows.groupby("trial_id")["step"].diff().fillna(rows["step"])
+    rows["rounds"] = rows["rounds"] if "rounds" in rows else rows["step"]
     firsts = rows[crossed(rows[metric], target, direction)].drop_duplicates("trial_id")
     return firsts.rename(columns={metric: "value"})[
-        ["trial_id", "batch_size", "step", "value", "resolution"]].reset_index(drop=True)
+        ["trial_id", "batch_size", "step", "rounds", "value", "resolution"]].reset_index(drop=True)
 
 
 def steps_to_result(trials, measurements, target, direction="min", step_budget=None,
@@ -93,7 +96,8 @@ def steps_to_result(trials, measurements, target, direction="min", step_budget=N
     """Steps to result per batch size (Shallue et al. 2019, Sec. 3.1).
 
     One row per batch size that reached the target, sorted by batch size:
-    batch_size, steps, examples (= batch_size * steps), trial_id of the best
+    batch_size, steps, examples (= batch_size * steps), rounds (communication
+    rounds of the best trial by its crossing), trial_id of the best
     trial, value (its metric at the crossing), resolution (its evaluation
     cadence at the crossing: the true crossing lies in (steps - resolution,
     steps]), then the best trial's metaparameters (every other column of
@@ -113,7 +117,8 @@ def steps_to_result(trials, measurements, target, direction="min", step_budget=N
     best["examples"] = best["batch_size"] * best["steps"]
     meta = trials.drop(columns=[c for c in OUTCOME_COLUMNS if c != "trial_id"])
     best = best.merge(meta, on="trial_id")
-    first = ["batch_size", "steps", "examples", "trial_id", "value", "resolution"]
+    best["rounds"] = best["rounds"].astype(int)
+    first = ["batch_size", "steps", "examples", "rounds", "trial_id", "value", "resolution"]
     return best[first + [c for c in best.columns if c not in first]].sort_values(
         "batch_size").reset_index(drop=True)
 

@@ -5,7 +5,8 @@
   steps_to_target (NaN when none), seed, steps_run, wall_time, and one
   column per TrialConfig field (learning_rate, momentum, optimizer, ...);
 - `measurements`: one row per evaluation: trial_id, batch_size, step,
-  examples, train_loss, val_loss, val_metric, wall_time (and gns_* columns
+  examples, rounds (communication rounds: harness.engine.algorithms; one per
+  step in records that predate the count), train_loss, val_loss, val_metric, wall_time (and gns_* columns
   when the noise scale was tracked);
 - `spec`: the sweep's normalized spec (workload, metric, direction, target,
   batch_sizes, ...; see harness.sweep.spec);
@@ -78,13 +79,13 @@ def tables_of(records, spec: dict, folder: Path, metadata: dict | None = None) -
                        "steps_run": record["steps_run"], "wall_time": record.get("wall_time", np.nan),
                        **{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
                           if k != "workload" and not isinstance(v, dict)}})
-        measurements += [{"trial_id": trial_id, "batch_size": config["batch_size"], **row}
+        measurements += [{"trial_id": trial_id, "batch_size": config["batch_size"], "rounds": row["step"], **row}
                          for row in record["measurements"]]
     trials = pd.DataFrame(trials, columns=None if trials else FIRST_COLUMNS)
     trials = trials.reindex(columns=FIRST_COLUMNS + [c for c in trials.columns if c not in FIRST_COLUMNS])
     trials["steps_to_target"] = trials["steps_to_target"].astype(float)
     measurements = pd.DataFrame(measurements, columns=None if measurements else
-                                ["trial_id", "batch_size", "step", "examples", "train_loss", "val_loss",
+                                ["trial_id", "batch_size", "step", "examples", "rounds", "train_loss", "val_loss",
                                  "val_metric", "wall_time"])
     return SweepTables(trials.reset_index(drop=True), measurements, spec, folder,
                        pd.DataFrame(runs, columns=None if runs else ["trial_id"]), metadata or {})

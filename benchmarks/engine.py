@@ -53,8 +53,9 @@ def _engine(workload, batch_size, data_dir):
 
 
 def _flops_per_step(engine, state):
-    x = engine.train[0][: engine.config.batch_size].reshape(1, engine.config.batch_size, *engine.train[0].shape[1:])
-    y = engine.train[1][: engine.config.batch_size].reshape(1, engine.config.batch_size)
+    b = engine.config.batch_size  # one copy, one micro-batch
+    x = engine.train[0][:b].reshape(1, 1, b, *engine.train[0].shape[1:])
+    y = engine.train[1][:b].reshape(1, 1, b)
     cost = jax.jit(engine._step).lower(state, x, y).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost.get("flops", float("nan")))
@@ -89,7 +90,7 @@ def run_plain(workload, batch_size, data_dir, seconds):
             perm = rng.permutation(len(train_x))
             for i in range(len(train_x) // batch_size):
                 idx = perm[i * batch_size:(i + 1) * batch_size]
-                yield train_x[idx][None], train_y[idx][None]
+                yield train_x[idx][None, None], train_y[idx][None, None]
 
     batches = epoch_batches()
     state, loss = step(state, *next(batches))  # compile

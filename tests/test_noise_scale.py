@@ -209,7 +209,8 @@ def test_cbs_gns_offline_estimates_match_the_exact_values_at_the_final_weights(c
     final = out["offline"]["points"][-1]
     assert meta["rows"][-1]["step"] == final["step"] == 20
     assert out["offline"]["window"]["first"] == out["offline"]["window"]["last"] == 20
-    exact = _exact_noise_scales(np.asarray(state.params["Dense_0"]["kernel"][:, 0], np.float64))
+    params, _ = Engine(workload, workload.load_data(), config).evaluated(state)
+    exact = _exact_noise_scales(np.asarray(params["Dense_0"]["kernel"][:, 0], np.float64))
     for name, truth in zip(("b_simple", "b_noise"), exact):
         estimate = final[name]
         assert abs(estimate["value"] - truth) < 3 * estimate["stderr"], (name, estimate, truth)
@@ -254,9 +255,10 @@ def test_cbs_gns_on_mnist_matches_b_simple_from_every_per_example_gradient(capsy
     data = workload.load_data(data_dir)
     engine = Engine(workload, data, TrialConfig(**args, gns=True))
     state, _ = checkpoint.restore(tmp_path, engine.init())
+    params, model_state = engine.evaluated(state)
 
     def example_grad(x, y):
-        return jax.grad(lambda p: engine.loss(p, state.model_state, x[None], y[None])[0])(state.params)
+        return jax.grad(lambda p: engine.loss(p, model_state, x[None], y[None])[0])(params)
 
     @jax.jit
     def sums(x, y):
@@ -322,7 +324,8 @@ def test_windowed_noise_scale_matches_the_exact_window_on_linear_regression(lear
     for step in range(1, 21):
         state, _, _ = engine.advance(state, step - 1, step)
         if step >= 13:
-            exact.append(_exact_signals_and_noises(np.asarray(state.params["Dense_0"]["kernel"][:, 0], np.float64)))
+            params, _ = engine.evaluated(state)
+            exact.append(_exact_signals_and_noises(np.asarray(params["Dense_0"]["kernel"][:, 0], np.float64)))
     g2, trace, ghg, htrace = np.mean(exact, axis=0)
     for name, truth in (("b_simple", trace / g2), ("b_noise", htrace / ghg)):
         e = out[name]

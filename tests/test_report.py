@@ -83,7 +83,7 @@ def test_report_as_rendered_by_chromium(report, sweep_folder, tmp_path):
     assert float(seen["b_crit"]) == pytest.approx(B_CRIT, rel=0.1)
 
     header, *rows = seen["steps"]
-    assert header == ["batch_size", "steps", "examples", "resolution", "learning_rate", "momentum", "trial_id"]
+    assert header == ["batch_size", "steps", "examples", "rounds", "resolution", "learning_rate", "momentum", "trial_id"]
     assert [(int(r[0]), int(r[1]), int(r[2])) for r in rows] == [
         (b, designed_steps(b, 0), b * designed_steps(b, 0)) for b in SIZES]
 
@@ -153,3 +153,45 @@ def test_plot_several_sweeps_with_comparison(tmp_path, capsys):
     assert all(Path(p).stat().st_size > 1000 for p in printed)
     assert main(["plot", str(other), "--targets", "x"]) == 2
     assert "--targets: expected comma-separated numbers" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, kept", [
+    ("--max-steps", lambda b, budget: designed_steps(b, 0) <= budget),
+    ("--max-examples", lambda b, budget: b * designed_steps(b, 0) <= budget)])
+def test_analyze_within_a_budget(sweep_folder, capsys, option, kept):
+    """A budget keeps the batch sizes whose best trial crossed within it, at the same steps
+    (Shallue et al. 2019, Sec. 3.2), and the fit uses only those."""
+    steps = {b: designed_steps(b, 0) for b in SIZES}
+    budget = sorted(steps.values())[2] if option == "--max-steps" else sorted(b * s for b, s in steps.items())[3]
+    expected = [(b, s) for b, s in steps.items() if kept(b, budget)]
+    assert 2 < len(expected) < len(SIZES)
+    assert main(["analyze", str(sweep_folder), "--json", option, str(budget)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(r["batch_size"], r["steps"]) for r in out["rows"]] == expected
+    key = "step_budget" if option == "--max-steps" else "example_budget"
+    assert out[key] == budget and out[{"step_budget": "example_budget"}.get(key, "step_budget")] is None
+    sweep = load_sweep(sweep_folder)
+    fit = fit_sweep(sweep.trials, sweep.measurements, TARGET, "min", **{key: budget})
+    assert out["fit"]["b_crit"] == pytest.approx(fit.b_crit) and out["fit"]["batch_sizes"] == [b for b, _ in expected]
+
+    assert main(["analyze", str(sweep_folder), option, str(budget)]) == 0
+    text = capsys.readouterr().out
+    unit = "steps" if option == "--max-steps" else "examples"
+    assert text.startswith(f"steps to result (squared_error < {TARGET:g} within {budget:,} {unit}, ")
+    assert main(["analyze", str(sweep_folder), option, "0"]) == 2
+    assert capsys.readouterr().err == f"cbs: error: {option} must be >= 1, got 0; allowed: integers >= 1\n"
+
+
+def test_plot_within_a_step_budget(sweep_folder, tmp_path, capsys):
+    """The steps-to-result figure shows only the batch sizes that crossed within the budget."""
+    from analysis.plots import sweep_figures
+
+    budget = designed_steps(SIZES[2], 0)
+    figures = {name: fig for name, _, fig in sweep_figures(load_sweep(sweep_folder), [TARGET], step_budget=budget)}
+    measured = [line for line in figures["steps"].axes[0].lines if line.get_marker() not in (None, "None", "")]
+    assert [list(line.get_xdata()) for line in measured] == [list(SIZES[2:])]
+    assert [list(line.get_ydata()) for line in measured] == [[designed_steps(b, 0) for b in SIZES[2:]]]
+    assert main(["plot", str(sweep_folder), "--out", str(tmp_path), "--max-steps", str(budget)]) == 0
+    assert str(tmp_path / "steps.png") in capsys.readouterr().out.split()
+    assert main(["plot", str(sweep_folder), "--max-examples", "-3"]) == 2
+    assert capsys.readouterr().err.startswith("cbs: error: --max-examples must be >= 1")

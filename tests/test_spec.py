@@ -182,3 +182,45 @@ def test_the_experiments_are_valid_specs(name):
     if "simple_cnn" in name:
         assert spec.optimizer == "nesterov" and spec.search["space"]["momentum"]["scale"] == "log1m"
         assert spec.target == (0.01 if name == "shallue_mnist_simple_cnn" else 0.1)
+
+
+def test_overrides_set_toml_values_at_dotted_keys_and_the_text_records_them(tmp_path):
+    import tomllib
+
+    path = spec_file(tmp_path, QUASI)
+    overrides = ["search.trials=16", "target = 0.04", "optimizer=nesterov", "fixed.weight_decay=0.001",
+                 "search.space.learning_rate={min = 0.01, max = 1.0, scale = 'log'}", "seeds=[3, 7]"]
+    spec = load_spec(path, DATA, overrides)
+    assert (spec.search["trials"], spec.target, spec.optimizer, spec.seeds) == (16, 0.04, "nesterov", [3, 7])
+    assert spec.fixed == {"weight_decay": 0.001}
+    assert spec.search["space"]["learning_rate"] == {"min": 0.01, "max": 1.0, "scale": "log", "integer": False}
+    assert len(spec.trials()) == 2 * 16 * 2
+    assert spec.text.startswith(f"# {path} with --set search.trials=16 target = 0.04 ")
+    assert tomllib.loads(spec.text)["search"]["trials"] == 16
+    assert load_spec(spec_file(tmp_path, spec.text, "stored.toml"), DATA).normalized == \
+        {**spec.normalized, "name": "stored"}
+    # without overrides the text is the file as written, comments included
+    assert load_spec(spec_file(tmp_path, "# mine\n" + GRID), DATA).text == textwrap.dedent("# mine\n" + GRID)
+
+
+def test_a_spec_as_a_dict_equals_the_file(tmp_path):
+    import tomllib
+
+    raw = tomllib.loads(GRID)
+    from_dict, from_file = load_spec(raw, DATA), load_spec(spec_file(tmp_path, GRID), DATA)
+    assert from_dict.normalized == {**from_file.normalized, "name": "spec"}
+    assert tomllib.loads(from_dict.text) == raw
+    assert load_spec(raw, DATA, ["batch_sizes=[8]"]).batch_sizes == [8] and raw["batch_sizes"] == [8, 32]
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("search.trials", "--set search.trials: expected KEY=VALUE; allowed: a spec key, dotted for tables"),
+    ("search..trials=3", "--set search..trials=3: expected KEY=VALUE"),
+    ("optimizer.kind=grid", "--set optimizer.kind=grid: optimizer is not a table; allowed: dotted keys"),
+    ("search.trials=many", "search.trials: expected integer, got string 'many'; allowed: integer"),
+    ("max_steps=1.5", "max_steps: expected integer, got number 1.5"),
+])
+def test_bad_overrides_are_one_line_naming_the_key(tmp_path, override, expected):
+    with pytest.raises(UserError) as e:
+        load_spec(spec_file(tmp_path, QUASI), DATA, [override])
+    assert expected in str(e.value) and "\n" not in str(e.value)

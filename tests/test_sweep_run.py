@@ -171,7 +171,7 @@ def test_a_stalled_workers_trial_is_taken_over(reference, tmp_path):
     trial = next(t for t in spec.trials() if t.config.learning_rate == 0.003)  # runs its whole budget
     context = multiprocessing.get_context("spawn")
     kwargs = dict(folder=str(out), trials=[trial], prune=False, data_dir=DATA, lease_s=2.0)
-    args = (placement("cpu", 1, 0, 1, out), os.getpid(), kwargs)  # as a local worker runs
+    args = (placement("cpu", sorted(os.sched_getaffinity(0))[:1], 0, 1, out), os.getpid(), kwargs)  # as a local worker runs
     first = context.Process(target=worker_main, args=args)
     first.start()
     checkpoints = Store(out).checkpoint_dir(trial.id)
@@ -247,3 +247,28 @@ def test_missing_ray_is_a_user_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "cbs: error: --executor ray needs Ray; allowed: pip install 'critical-batch-size[ray]', or --executor local")
+
+
+def test_a_spec_dict_and_set_overrides_are_recorded_and_extend_or_are_refused(tmp_path, capsys):
+    """run_sweep from a dict; `cbs sweep --set` adds a seed (an extension, stored in
+    spec.toml) and a changed target is refused before any training."""
+    import tomllib
+
+    from harness.cli import main
+
+    raw = {"workload": "mnist_fc32x1", "optimizer": "sgd", "batch_sizes": [128], "target": 0.5, "max_steps": 20,
+           "eval_every": 10, "fixed": {"learning_rate": 0.5}}
+    out = tmp_path / "sweep"
+    outcome = run_sweep(raw, out, workers=1, data_dir=DATA)
+    assert outcome.trials == 1 and tomllib.loads((out / "spec.toml").read_text()) == raw
+    spec = write_spec(tmp_path, text=(out / "spec.toml").read_text())
+    assert main(["sweep", str(spec), "--out", str(out), "--data-dir", DATA, "--set", "seeds=[0, 1]",
+                 "--workers", "1"]) == 0
+    assert "extended the sweep: seeds" in capsys.readouterr().out
+    assert tomllib.loads((out / "spec.toml").read_text()) == {**raw, "seeds": [0, 1]}
+    assert sorted(r["config"]["seed"] for r in records(out).values()) == [0, 1]
+    assert main(["sweep", str(spec), "--out", str(out), "--data-dir", DATA, "--set", "seeds=[0, 1]",
+                 "--set", "target=0.4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cbs: error: {spec}: the spec differs from the sweep in {out}: target (0.5 -> 0.4)")
+    assert len(records(out)) == 2

@@ -1,6 +1,10 @@
 """The `cbs` command. Each subcommand lives in its own module with
 `add_arguments(parser)` and `run(args) -> int`; modules are imported lazily so
-`cbs --help` stays fast."""
+`cbs --help` stays fast.
+
+Every error is one line `cbs: error: ...` on stderr with exit status 2 (bad
+arguments included); bare `cbs` prints the help with the command list and
+exits 0; `cbs --version` prints the version."""
 import argparse
 import contextlib
 import importlib
@@ -9,6 +13,7 @@ import signal
 import sys
 import threading
 
+from harness import __version__
 from harness.errors import Interrupted, UserError
 
 COMMANDS = {
@@ -27,21 +32,37 @@ COMMANDS = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line, like every other bad input."""
+    """argparse, but a usage error is a UserError (one line `cbs: error:
+    [COMMAND: ]...`, exit 2) like every other bad input, and a value outside
+    `choices` is named with the allowed values as the engine's checks name them."""
 
     def error(self, message):
-        self.exit(2, f"cbs: error: {message} (usage: {self.prog} --help)\n")
+        command = self.prog.removeprefix("cbs").strip()
+        raise UserError(f"{command + ': ' if command else ''}{message} (usage: {self.prog} --help)")
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            raise argparse.ArgumentError(action, f"unknown {action.dest} {value!r}; allowed: "
+                                                 f"{', '.join(map(str, action.choices))}")
 
 
 def main(argv=None) -> int:
     parser = _Parser(prog="cbs", description="Measure how training speed scales with batch size.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"cbs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     argv = sys.argv[1:] if argv is None else list(argv)
     for command, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(command, help=help_text)
         if argv[:1] == [command]:
             importlib.import_module(module).add_arguments(p)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UserError as e:
+        print(f"cbs: error: {e}", file=sys.stderr)
+        return 2
+    if args.command is None:
+        parser.print_help()
+        return 0
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         with _signals_raise_interrupted():

@@ -2,10 +2,15 @@
 critical batch size it predicts (harness.engine.gns). Each batch is split
 into `--microbatches` micro-batches for the online two-batch estimate; the
 offline estimate uses `--num-samples` independent gradients at every step of
-the last `--window` steps, combined over the window."""
+the last `--window` steps, combined over the window.
+
+It takes `cbs train`'s trial options but those it fixes: --gns (always on),
+--no-stop-at-target (it always trains the whole budget: the noise scale is
+wanted over all of training) and --checkpoint-every (one checkpoint, at the
+end, with --checkpoint-dir); and, as it runs on one host, not the multi-host
+options."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,8 +20,16 @@ from harness.engine.gns import NUM_SAMPLES, WINDOW
 from harness.engine.trial import TrialConfig
 
 
+FIXED = ("gns", "stop_at_target", "checkpoint_every")  # TrialConfig fields `cbs gns` sets itself
+
+
 def add_arguments(parser):
-    train_command.add_arguments(parser)
+    train_command.add_config_arguments(parser, exclude=FIXED)
+    parser.add_argument("--data-dir", help="folder of the datasets (default: $CBS_DATA_DIR or a cache folder)")
+    parser.add_argument("--checkpoint-dir", help="keep the trial's Orbax checkpoints here (default: a temporary "
+                        "folder); resumes from the latest one")
+    parser.add_argument("--out", help="write gns.json into this folder")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--window", type=int, default=WINDOW,
                         help="steps at the end of training over which the offline estimate is averaged (the "
                              "ratio of the window means of |G|^2 and tr(Sigma), with a block-bootstrap interval); "
@@ -49,12 +62,12 @@ def run(args) -> int:
 
 
 def _config(args) -> TrialConfig:
-    """The trial of `cbs train` with the noise scale on. Defaults differ where
-    the noise scale needs it: 2 micro-batches, train the whole budget, and one
-    checkpoint at its end (the final parameters, with --checkpoint-dir)."""
+    """The trial of `cbs train` with the noise scale on, the whole budget
+    trained and one checkpoint at its end (the final parameters, with
+    --checkpoint-dir); 2 micro-batches unless --microbatches says otherwise."""
     max_steps = args.max_steps or TrialConfig.max_steps
-    config = train_command.config_from_args(args, microbatches=2, stop_at_target=False, checkpoint_every=max_steps)
-    config = dataclasses.replace(config, gns=True)
+    config = train_command.config_from_args(args, microbatches=2, gns=True, stop_at_target=False,
+                                            checkpoint_every=max_steps)
     config.validate()
     return config
 

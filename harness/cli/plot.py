@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.cli.analyze import add_budget_arguments, budgets
+
 
 def add_arguments(parser):
     parser.add_argument("folders", nargs="+", metavar="FOLDER", help="sweep folder(s) written by `cbs sweep`")
@@ -13,6 +15,7 @@ def add_arguments(parser):
                                       "sweeps, one subfolder per sweep plus comparison.png/.pdf)")
     parser.add_argument("--targets", help="comma-separated targets for the multi-target figures "
                                           "(default: the sweep's target and two looser ones)")
+    add_budget_arguments(parser)
 
 
 def run(args) -> int:
@@ -20,6 +23,7 @@ def run(args) -> int:
     from analysis.plots import compare_sweeps, plot_sweep, save
     from harness.errors import UserError
 
+    limits = budgets(args)
     targets = None
     if args.targets:
         try:
@@ -32,12 +36,12 @@ def run(args) -> int:
     for sweep in sweeps:
         out = Path(args.out) / sweep.folder.name if args.out and several else \
             Path(args.out) if args.out else sweep.folder / "figures"
-        written = plot_sweep(sweep, out, targets)
+        written = plot_sweep(sweep, out, targets, **limits)
         if not written:
             print(f"{sweep.folder}: no figure: no trial has completed yet")
         paths += written
     if several:
-        paths += save(compare_sweeps(sweeps), Path(args.out or ".") / "comparison")
+        paths += save(compare_sweeps(sweeps, **limits), Path(args.out or ".") / "comparison")
     for path in paths:
         print(path)
     return 0

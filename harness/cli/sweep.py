@@ -15,9 +15,15 @@ ON_INTERRUPT = "finished trials and in-flight checkpoints are kept; resume with 
 
 def add_arguments(parser):
     parser.add_argument("spec", help="the sweep spec, a TOML file (format: harness/sweep/spec.py; examples: experiments/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec key (dotted for tables, VALUE a TOML value), e.g. --set "
+                             "search.trials=16 --set target=0.04; the sweep folder stores the resulting spec")
     parser.add_argument("--out", help="the sweep folder (default: runs/<spec file name>)")
     parser.add_argument("--workers", type=int,
                         help="local worker processes (default: one per GPU, else one per CPU core)")
+    parser.add_argument("--gpus", metavar="IDS",
+                        help="comma-separated GPUs for the local workers, as CUDA_VISIBLE_DEVICES takes them "
+                             "(default: $CUDA_VISIBLE_DEVICES when set, else every GPU nvidia-smi lists)")
     parser.add_argument("--executor", choices=("local", "ray"), default="local",
                         help="run trials in local processes, or as Ray tasks (needs critical-batch-size[ray])")
     parser.add_argument("--address", help="with --executor ray: the cluster address (default: start a local Ray)")
@@ -33,8 +39,11 @@ def run(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers: must be >= 1, got {args.workers}; allowed: integers >= 1")
-    outcome = run_sweep(args.spec, args.out, workers=args.workers, executor=args.executor, address=args.address,
-                        data_dir=args.data_dir, lease_s=args.lease, progress=sys.stderr)
+    if args.gpus is not None and args.executor != "local":
+        raise UserError("--gpus: only with --executor local; allowed: Ray places its tasks on the cluster's GPUs")
+    outcome = run_sweep(args.spec, args.out, overrides=args.overrides, workers=args.workers, executor=args.executor,
+                        address=args.address, gpus=args.gpus, data_dir=args.data_dir, lease_s=args.lease,
+                        progress=sys.stderr)
     print(summary(outcome))
     print(sweep_results(outcome.folder))
     return 0

@@ -84,7 +84,8 @@ def windowed_noise_scale(config: TrialConfig, first: int, last: int, *, data_dir
     points = []
     for step in range(first, last + 1):
         state, _, _ = engine.advance(state, step - 1, step)
-        estimates = noise_scale.offline_noise_scales(Partial(loss, state.model_state), state.params, sample,
+        params, model_state = engine.evaluated(state)
+        estimates = noise_scale.offline_noise_scales(Partial(loss, model_state), params, sample,
                                                      sample_batch_size, num_samples, jax.random.fold_in(key, step),
                                                      hessian=hessian)
         points.append(dict(step=step, **estimates))

@@ -7,6 +7,11 @@ inside one compiled `fori_loop`, so small batches are not dominated by Python
 dispatch. The global batch is sharded over a 1-D device mesh ('data') and jit
 partitions the step: the gradient is the mean over the whole global batch, so
 one device and eight give the same update (no pmean to get wrong).
+
+The model state has a leading axis of model copies: the replicas of one trial
+(one for mini-batch SGD; K for local SGD and SMA, harness.engine.algorithms).
+Each step vmaps one local update over the copies, each on its own part of the
+global batch, then couples them (parameter averaging, or SMA's central model).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from harness.engine import checkpoint, environment, noise_scale
+from harness.engine import algorithms, checkpoint, environment, noise_scale
 from harness.engine.evaluation import evaluation_steps
 from harness.engine.losses import LOSSES, METRIC_FUNCTIONS
 from harness.engine.optimizers import hyperparameters, make_optimizer
@@ -39,11 +44,19 @@ class Stopped(Exception):
 
 
 class TrainState(NamedTuple):
+    # Per copy (a leading axis of model copies on every leaf):
     params: dict
     model_state: dict  # e.g. batch-norm statistics; empty for most models
-    opt_state: optax.OptState
+    opt_state: optax.OptState  # each replica keeps its own (Lin et al. 2020, Alg. 1)
     gns: noise_scale.GnsState | None
     hparams: dict  # traced metaparameters (harness.engine.optimizers.hyperparameters) and label smoothing
+    # Shared by the copies:
+    step: jax.Array  # steps taken
+    center: dict | None  # SMA's central model z and z_prev (harness.engine.algorithms)
+
+
+# vmap axes of a TrainState: the per-copy fields are mapped over their leading axis.
+COPY_AXES = TrainState(0, 0, 0, 0, 0, None, None)
 
 
 class Engine:
@@ -56,6 +69,7 @@ class Engine:
         self.train = jax.device_put((data.train_x, data.train_y), replicated)
         self.val = _eval_chunks(data.val_x, data.val_y, jax.device_count(), NamedSharding(self.mesh, P(None, "data")))
         self.steps_per_epoch = len(data.train_x) // config.batch_size
+        self.local_batch = config.batch_size // config.replicas
         self.model = workload.make_model(data, **config.workload_options)
         self.loss_fn, self.metric_fn = LOSSES[workload.loss], METRIC_FUNCTIONS[workload.metric]
         self.example = data.train_x[:1]
@@ -80,7 +94,9 @@ class Engine:
         gns = noise_scale.gns_init() if self.config.gns else None
         hparams = {k: np.float32(v) for k, v in hyperparameters(self.config).items()}
         hparams["label_smoothing"] = np.float32(self.config.label_smoothing)
-        state = TrainState(params, model_state, make_optimizer(self.config).init(params), gns, hparams)
+        copy = (params, model_state, make_optimizer(self.config).init(params), gns, hparams)
+        copies = jax.tree.map(lambda a: jnp.stack([a] * self.config.replicas), copy)
+        state = TrainState(*copies, np.int32(0), algorithms.initial_center(self.config, params))
         # Copies, so that leaves sharing one buffer (optax and gns zeros) can be donated.
         return jax.device_put(jax.tree.map(jnp.copy, state), NamedSharding(self.mesh, P()))
 
@@ -108,7 +124,7 @@ class Engine:
         (2018), App. A.1."""
         smoothing = state.hparams["label_smoothing"]
         grad_fn = jax.value_and_grad(lambda p, s, x, y: self.loss(p, s, x, y, smoothing), has_aux=True)
-        k, b, devices = self.config.microbatches, self.config.batch_size, self.mesh.size
+        k, b, devices = self.config.microbatches, self.local_batch, self.mesh.size
         if k == 1 and not (self.config.gns and devices > 1):
             (loss, model_state), grads = grad_fn(state.params, state.model_state, x[0], y[0])
             return grads, loss, model_state, None, 1
@@ -132,26 +148,35 @@ class Engine:
         return jax.tree.map(lambda g: g / k, grads), loss / k, model_state, sq_norms / k, k
 
     def _step(self, state: TrainState, x, y):
-        """One update; with `gns`, the two-batch noise-scale estimate too."""
+        """One step: every copy's local update on its own part of the batch
+        (x, y: copies first), then the algorithm's coupling."""
+        updated, losses = jax.vmap(self._local_step, in_axes=(COPY_AXES, 0, 0), out_axes=(COPY_AXES, 0))(state, x, y)
+        step = state.step + 1
+        params, center = algorithms.couple(self.config, state.params, updated.params, state.center, step)
+        return updated._replace(params=params, step=step, center=center), losses.mean()
+
+    def _local_step(self, state: TrainState, x, y):
+        """One copy's optimizer update; with `gns`, the two-batch noise-scale estimate too."""
         grads, loss, model_state, small_sq, groups = self._gradients(state, x, y)
         gns = state.gns
         if self.config.gns:
-            b = self.config.batch_size
+            b = self.local_batch
             gns = noise_scale.gns_update(gns, small_sq, optax.tree.norm(grads, squared=True), b // groups, b,
                                          self.config.gns_ema)
         tx = make_optimizer(self.config, state.hparams)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), model_state, opt_state, gns, state.hparams), loss
+        return state._replace(params=optax.apply_updates(state.params, updates), model_state=model_state,
+                              opt_state=opt_state, gns=gns), loss
 
     def _train_step_at(self, train, perm, i, carry):
         """Step i of an epoch whose example order is `perm`. The carry holds the
         state, the summed train loss and the index of the first step with a
         non-finite loss (-1 if none)."""
         state, loss_sum, bad = carry
-        (train_x, train_y), b, k = train, self.config.batch_size, self.config.microbatches
-        sharding = NamedSharding(self.mesh, P(None, "data"))
+        (train_x, train_y), b, r, k = train, self.config.batch_size, self.config.replicas, self.config.microbatches
+        sharding = NamedSharding(self.mesh, P(None, None, "data"))
         idx = jax.lax.dynamic_slice_in_dim(perm, i * b, b)
-        x, y = (jax.lax.with_sharding_constraint(a[idx].reshape(k, b // k, *a.shape[1:]), sharding)
+        x, y = (jax.lax.with_sharding_constraint(a[idx].reshape(r, k, b // (r * k), *a.shape[1:]), sharding)
                 for a in (train_x, train_y))
         state, loss = self._step(state, x, y)
         return state, loss_sum + loss, jnp.where((bad < 0) & ~jnp.isfinite(loss), i, bad)
@@ -161,7 +186,9 @@ class Engine:
         return jax.lax.fori_loop(first, first + n, functools.partial(self._train_step_at, train, perm),
                                  (state, jnp.float32(0.0), jnp.int32(-1)))
 
-    def _eval(self, params, model_state, val):
+    def _eval(self, state: TrainState, val):
+        params, model_state = self.evaluated(state)
+
         def chunk(sums, xyw):
             x, y, w = xyw
             out = self.model.apply({"params": params, **model_state}, x, train=False)
@@ -192,8 +219,12 @@ class Engine:
             step += n
         return state, loss_sum / (stop - start), bad_step
 
+    def evaluated(self, state: TrainState):
+        """(params, model_state) of the model the trial is evaluated on."""
+        return algorithms.evaluated(self.config, state.params, state.model_state, state.center)
+
     def evaluate(self, state: TrainState) -> tuple[float, float]:
-        loss, metric = self._evaluate(state.params, state.model_state, self.val)
+        loss, metric = self._evaluate(state, self.val)
         return float(loss), float(metric)
 
 
@@ -226,11 +257,12 @@ def check_trial(config: TrialConfig, workload: Workload, train_size: int) -> flo
     if config.gns and config.microbatches < 2 and jax.device_count() < 2:
         raise UserError("gns needs two gradient estimates at the same parameters: microbatches >= 2, "
                         "or several devices (per-device vs all-reduced gradients)")
-    per_device = config.batch_size // config.microbatches
+    per_device = config.batch_size // config.replicas // config.microbatches
     if per_device % jax.device_count():
-        raise UserError(f"batch_size {config.batch_size} / microbatches {config.microbatches} = {per_device} is not "
-                        f"divisible by the device count {jax.device_count()}; allowed: multiples of "
-                        f"{jax.device_count() * config.microbatches}")
+        split = f"replicas {config.replicas} / " if config.replicas > 1 else ""
+        raise UserError(f"batch_size {config.batch_size} / {split}microbatches {config.microbatches} = {per_device} "
+                        f"is not divisible by the device count {jax.device_count()}; allowed: multiples of "
+                        f"{jax.device_count() * config.replicas * config.microbatches}")
     return target
 
 
@@ -271,7 +303,7 @@ def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
     t0 = time.perf_counter() - elapsed
     if not rows:
         val_loss, metric = engine.evaluate(state)
-        rows.append(dict(step=0, examples=0, train_loss=None, val_loss=val_loss, val_metric=metric,
+        rows.append(dict(step=0, examples=0, rounds=0, train_loss=None, val_loss=val_loss, val_metric=metric,
                          wall_time=time.perf_counter() - t0))
     if on_eval:
         for row in rows:
@@ -287,8 +319,9 @@ def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
             continue
         state, train_loss, bad_step = engine.advance(state, start, stop)
         val_loss, metric = engine.evaluate(state)
-        row = dict(step=stop, examples=stop * config.batch_size, train_loss=train_loss, val_loss=val_loss,
-                   val_metric=metric, wall_time=time.perf_counter() - t0, **_gns_row(state))
+        row = dict(step=stop, examples=stop * config.batch_size, rounds=algorithms.communication_rounds(config, stop),
+                   train_loss=train_loss, val_loss=val_loss, val_metric=metric, wall_time=time.perf_counter() - t0,
+                   **_gns_row(state))
         rows.append(row)
         if bad_step is not None or not train_loss < config.divergence_factor * initial_loss:
             row["diverged_at"] = bad_step or stop
@@ -328,9 +361,11 @@ def _start_from_snapshot(engine: Engine, state: TrainState):
     restored, meta = checkpoint.restore(config.init_from, _snapshot(state))
     if meta is None:
         raise UserError(f"init_from: no snapshot in {config.init_from}")
-    state = state._replace(params=restored.params, model_state=restored.model_state, opt_state=restored.opt_state)
+    state = state._replace(params=restored.params, model_state=restored.model_state, opt_state=restored.opt_state,
+                           step=restored.step)
     val_loss, metric = engine.evaluate(state)
-    row = dict(step=config.init_step, examples=config.init_step * config.batch_size, train_loss=None,
+    row = dict(step=config.init_step, examples=config.init_step * config.batch_size,
+               rounds=algorithms.communication_rounds(config, config.init_step), train_loss=None,
                val_loss=val_loss, val_metric=metric, wall_time=0.0)
     return state, {"rows": [row], "elapsed": 0.0}
 
@@ -348,5 +383,6 @@ def _status_of(rows, target, direction):
 def _gns_row(state: TrainState) -> dict:
     if state.gns is None:
         return {}
-    g2, trace = (float(v) for v in noise_scale.gns_estimates(state.gns))
-    return dict(gns_g2=g2, gns_trace=trace, gns_b_simple=float(noise_scale.b_simple(state.gns)))
+    gns = jax.tree.map(lambda a: a[0], state.gns)  # the noise scale runs with one copy (TrialConfig.validate)
+    g2, trace = (float(v) for v in noise_scale.gns_estimates(gns))
+    return dict(gns_g2=g2, gns_trace=trace, gns_b_simple=float(noise_scale.b_simple(gns)))

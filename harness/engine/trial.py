@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from harness.engine.algorithms import ALGORITHMS, SUPPORTED_OPTIMIZERS, switch_step
 from harness.engine.evaluation import EVAL_SCHEDULES
 from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
 from harness.errors import UserError
@@ -27,6 +28,12 @@ class TrialConfig:
     `end_lr_factor * eta0` at `decay_steps`; `step` multiplies by
     `decay_factor` at each of `boundaries`. A warmup prefix of `warmup_steps`
     is `linear` (gradual, from 0) or `constant` (at `warmup_factor * eta0`).
+
+    `algorithm` couples `replicas` model copies (harness.engine.algorithms):
+    `batch_size` is always the global batch, B / `replicas` per replica, so
+    algorithms compare at the same examples per step. `local_steps` is local
+    SGD's H, `switch_step` post-local SGD's switch to H, `sma_alpha` (default
+    1 / replicas) and `sma_momentum` Crossbow SMA's alpha and mu.
 
     Branching (Merrill et al. 2025, Sec. 3): the trial keeps a snapshot of its
     state after each step of `snapshot_steps`; a trial with `init_from` (a
@@ -67,6 +74,12 @@ class TrialConfig:
     gns_ema: float = 0.95
     divergence_factor: float = 10.0
     checkpoint_every: int | None = None
+    algorithm: str = "minibatch"
+    replicas: int = 1
+    local_steps: int = 1
+    switch_step: int | None = None
+    sma_alpha: float | None = None
+    sma_momentum: float = 0.9
     workload_options: dict = field(default_factory=dict)
     snapshot_steps: tuple[int, ...] = ()
     init_from: str | None = None
@@ -108,9 +121,11 @@ class TrialConfig:
             raise UserError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.max_steps < 1:
             raise UserError(f"max_steps must be >= 1, got {self.max_steps!r}")
-        if self.microbatches < 1 or self.batch_size % self.microbatches:
-            raise UserError(
-                f"microbatches must divide batch_size {self.batch_size}, got {self.microbatches!r}")
+        self._validate_algorithm()
+        if self.microbatches < 1 or self.batch_size % (self.replicas * self.microbatches):
+            per_replica = f" / replicas {self.replicas}" if self.replicas > 1 else ""
+            raise UserError(f"microbatches must divide batch_size {self.batch_size}{per_replica}, "
+                            f"got {self.microbatches!r}")
         if self.schedule in ("linear_decay", "cosine") and not (self.decay_steps or 0) >= 1:
             raise UserError(f"schedule {self.schedule!r} needs decay_steps >= 1")
         if self.lr_scaling != "none" and not (self.reference_batch_size or 0) >= 1:
@@ -126,6 +141,31 @@ class TrialConfig:
         if not 0 <= self.init_step < self.max_steps or (self.init_step and self.init_from is None):
             raise UserError(f"init_step must be in [0, max_steps={self.max_steps}) and needs init_from, "
                             f"got {self.init_step!r}")
+
+    def _validate_algorithm(self) -> None:
+        _choice("algorithm", self.algorithm, ALGORITHMS)
+        if self.algorithm == "minibatch" and self.replicas != 1:
+            raise UserError(f"replicas must be 1 with algorithm 'minibatch' (batch_size is the global batch), "
+                            f"got {self.replicas!r}; allowed with replicas > 1: "
+                            f"{', '.join(a for a in ALGORITHMS if a != 'minibatch')}")
+        if not (isinstance(self.replicas, int) and self.replicas >= 1) or self.batch_size % self.replicas:
+            raise UserError(f"replicas must divide batch_size {self.batch_size} (each replica takes batch_size / "
+                            f"replicas examples), got {self.replicas!r}")
+        supported = SUPPORTED_OPTIMIZERS[self.algorithm]
+        if supported is not None and self.optimizer not in supported:
+            raise UserError(f"optimizer {self.optimizer!r} is not supported by algorithm {self.algorithm!r}; "
+                            f"allowed: {', '.join(supported)}")
+        if self.local_steps < 1:
+            raise UserError(f"local_steps must be >= 1, got {self.local_steps!r}")
+        if self.algorithm == "post_local_sgd" and not (switch_step(self) or 0) >= 1:
+            raise UserError("algorithm 'post_local_sgd' needs switch_step >= 1 (or schedule 'step' with "
+                            f"boundaries, whose first decay is the default), got {self.switch_step!r}")
+        if self.sma_alpha is not None and not 0 < self.sma_alpha <= 1:
+            raise UserError(f"sma_alpha must be in (0, 1], got {self.sma_alpha!r}")
+        if not 0 <= self.sma_momentum < 1:
+            raise UserError(f"sma_momentum must be in [0, 1), got {self.sma_momentum!r}")
+        if self.gns and self.algorithm != "minibatch":
+            raise UserError(f"gns needs algorithm 'minibatch' (one model copy), got {self.algorithm!r}")
 
 
 def _choice(name, value, allowed):

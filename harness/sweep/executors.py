@@ -1,8 +1,9 @@
 """Where a sweep's trials run: local worker processes, or Ray tasks.
 
-Local: one process per GPU when `nvidia-smi` lists GPUs, else one process per
-CPU core, each pinned to its core with XLA's CPU thread pools limited to one
-thread. Measured on the build machine (benchmarks/RESULTS.md):
+Local: one process per GPU when `nvidia-smi` lists GPUs (the GPUs of
+`cbs sweep --gpus`, else those of CUDA_VISIBLE_DEVICES when it is set), else
+one process per CPU core, each pinned to its core with XLA's CPU thread pools
+limited to one thread. Measured on the build machine (benchmarks/RESULTS.md):
 one process per core beats one process using both cores by 1.6x, and
 vmapping trials of a CNN is 3-5x slower, so trials run in processes, not
 vmapped groups. Workers are spawned (not forked) so each sets its
@@ -34,14 +35,34 @@ PARENT_POLL_S = 0.5
 STOP_GRACE_S = 5.0  # how long stopped workers may take to checkpoint their trials before they are killed
 
 
-def local_devices() -> tuple[str, int]:
-    """('gpu', count) when nvidia-smi lists GPUs, else ('cpu', usable cores)."""
+def visible_gpus(listed: int, visible: str | None, requested: str | None = None) -> list[str]:
+    """The GPUs local workers may use, as CUDA_VISIBLE_DEVICES entries:
+    `requested` (`cbs sweep --gpus 2,3`), else `visible` (the sweep's own
+    CUDA_VISIBLE_DEVICES, when set), else all `listed` GPUs (nvidia-smi -L).
+    Entries are indices or GPU-/MIG- UUIDs, as CUDA takes them."""
+    if requested is None and visible is None:
+        return [str(i) for i in range(listed)]
+    ids = [g.strip() for g in (visible if requested is None else requested).split(",") if g.strip()]
+    if requested is not None:
+        bad = [g for g in ids if not (g.startswith(("GPU-", "MIG-")) or g.isdigit() and int(g) < listed)]
+        if not ids or bad or len(set(ids)) < len(ids):
+            problem = f"no GPU {', '.join(bad)} on this machine" if bad else "empty or repeated GPUs"
+            raise UserError(f"--gpus {requested}: {problem}; allowed: distinct GPU indices 0..{listed - 1} "
+                            "(nvidia-smi -L) or GPU-/MIG- UUIDs, comma-separated")
+    return ids
+
+
+def local_devices(gpus: str | None = None) -> tuple[str, list]:
+    """('gpu', the GPUs of `visible_gpus`) when nvidia-smi lists GPUs and
+    none is hidden, else ('cpu', usable cores)."""
+    listed = 0
     if shutil.which("nvidia-smi"):
         listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
-        gpus = [line for line in listing.splitlines() if line.startswith("GPU ")]
-        if gpus:
-            return "gpu", len(gpus)
-    return "cpu", len(os.sched_getaffinity(0))
+        listed = sum(line.startswith("GPU ") for line in listing.splitlines())
+    if not listed and gpus is not None:
+        raise UserError(f"--gpus {gpus}: nvidia-smi lists no GPU on this machine; allowed: leave --gpus out")
+    ids = visible_gpus(listed, os.environ.get("CUDA_VISIBLE_DEVICES"), gpus) if listed else []
+    return ("gpu", ids) if ids else ("cpu", sorted(os.sched_getaffinity(0)))
 
 
 CACHE_OPTIONS = {"JAX_COMPILATION_CACHE_DIR": str, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": float}
@@ -65,18 +86,19 @@ def _apply_cache_options() -> None:
         jax.config.update(name.lower(), kind(os.environ[name]))
 
 
-def placement(kind: str, count: int, index: int, workers: int, folder) -> dict:
-    """The environment (and CPU core) of local worker `index`."""
+def placement(kind: str, devices: list, index: int, workers: int, folder) -> dict:
+    """The environment (and CPU core) of local worker `index` of `workers`,
+    given `local_devices`' kind and devices (GPU ids or CPU cores), which the
+    workers take in turn."""
     env = compilation_cache(folder)
     if kind == "gpu":
-        env["CUDA_VISIBLE_DEVICES"] = str(index % count)
-        sharing = math.ceil(workers / count)
+        env["CUDA_VISIBLE_DEVICES"] = devices[index % len(devices)]
+        sharing = math.ceil(workers / len(devices))
         if sharing > 1:
             env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / sharing:.2f}"
         return {"env": env, "core": None}
-    cores = sorted(os.sched_getaffinity(0))
     env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_XLA_FLAGS}".strip()
-    return {"env": env, "core": cores[index % len(cores)]}
+    return {"env": env, "core": devices[index % len(devices)]}
 
 
 def worker_main(placement: dict, parent: int, work_kwargs: dict) -> None:
@@ -105,13 +127,13 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def run_local(folder, trials, prune, data_dir, lease_s, progress=None, workers=None) -> None:
-    kind, count = local_devices()
-    workers = min(workers or count, len(trials))
+def run_local(folder, trials, prune, data_dir, lease_s, progress=None, workers=None, gpus=None) -> None:
+    kind, devices = local_devices(gpus)
+    workers = min(workers or len(devices), len(trials))
     context = multiprocessing.get_context("spawn")
     work_kwargs = dict(folder=folder, trials=trials, prune=prune, data_dir=data_dir, lease_s=lease_s)
     procs = [context.Process(target=worker_main, name=f"cbs-worker-{i}",
-                             args=(placement(kind, count, i, workers, folder), os.getpid(), work_kwargs))
+                             args=(placement(kind, devices, i, workers, folder), os.getpid(), work_kwargs))
              for i in range(workers)]
     with _sigint_ignored():
         for p in procs:

@@ -35,14 +35,21 @@ class SweepOutcome:
     extended: list
 
 
-def run_sweep(spec_path, out=None, *, workers: int | None = None, executor: str = "local", address=None,
-              data_dir=None, lease_s: float = DEFAULT_LEASE_S, progress=None) -> SweepOutcome:
-    """Run (or resume, or extend) the sweep of a spec file in folder `out`
-    (default runs/<spec name>), showing progress on the stream `progress`."""
+def run_sweep(spec, out=None, *, overrides=(), workers: int | None = None, executor: str = "local",
+              address=None, gpus: str | None = None, data_dir=None, lease_s: float = DEFAULT_LEASE_S,
+              progress=None) -> SweepOutcome:
+    """Run (or resume, or extend) a sweep in folder `out` (default
+    runs/<spec file name>, or runs/<its name> for a dict), showing progress on
+    the stream `progress`. `spec` is a spec file's path or its content as a
+    dict, with `overrides` ("dotted.key=VALUE", harness.sweep.spec.apply_overrides)
+    set on top; the folder stores the resulting spec, and a spec that differs
+    from the stored one other than by extending it is refused. `gpus`: the
+    local workers' GPUs (harness.sweep.executors.visible_gpus)."""
     t0 = time.perf_counter()
-    spec = load_spec(spec_path, data_dir)
-    store = Store(out or Path("runs") / Path(spec_path).stem)
-    extended = store.open(spec, Path(spec_path).read_text())
+    default = Path("runs") / (spec.get("name", "spec") if isinstance(spec, dict) else Path(spec).stem)
+    spec = load_spec(spec, data_dir, overrides)
+    store = Store(out or default)
+    extended = store.open(spec, spec.text)
     trials = spec.trials()
     store.set_aside_corrupt(t.id for t in trials)
     store.remove_stale_checkpoints(t.id for t in trials)
@@ -54,7 +61,7 @@ def run_sweep(spec_path, out=None, *, workers: int | None = None, executor: str 
         if executor == "ray":
             executors.run_ray(address=address, **kwargs)
         else:
-            executors.run_local(workers=workers, **kwargs)
+            executors.run_local(workers=workers, gpus=gpus, **kwargs)
     summaries = RecordIndex(store).refresh().summaries
     mine = [summaries[t.id] for t in trials if t.id in summaries]
     by_status = {}

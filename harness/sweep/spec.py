@@ -21,6 +21,7 @@ Format (every key is optional unless marked required)::
     reference_batch_size = 64            # (with lr_scaling) instead of searching the learning rate
 
     [fixed]                              # metaparameters shared by all trials: any TrialConfig field
+    algorithm = "local_sgd"              # (e.g. minibatch | local_sgd | post_local_sgd | sma, replicas, local_steps)
     schedule = "linear_decay"            # (harness.engine.trial) except the ones set above, plus
     decay_fraction = 1.0                 # decay_steps as a fraction of the trial's step budget
 
@@ -50,6 +51,7 @@ gives the same ids. Errors name the file and field: `file: field: problem; allow
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -58,11 +60,12 @@ import tomllib
 import types
 import typing
 import warnings
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
+from harness.engine.algorithms import ALGORITHMS
 from harness.engine.evaluation import EVAL_SCHEDULES
 from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
 from harness.engine.targets import check_batch_size, check_target
@@ -113,7 +116,7 @@ REQUIRED = ("workload", "batch_sizes")
 MANAGED = ("workload", "workload_options", "batch_size", "optimizer", "seed", "target", "max_steps", "eval_every",
            "eval_schedule", "checkpoint_every", "lr_scaling", "reference_batch_size")
 # String metaparameters with a closed set of values.
-CHOICES = {"schedule": SCHEDULES, "warmup": WARMUPS}
+CHOICES = {"schedule": SCHEDULES, "warmup": WARMUPS, "algorithm": ALGORITHMS}
 _HINTS = typing.get_type_hints(TrialConfig)
 METAPARAMETERS = {f.name: _HINTS[f.name] for f in fields(TrialConfig) if f.name not in MANAGED}
 METAPARAMETERS["decay_fraction"] = float
@@ -203,6 +206,7 @@ class SweepSpec:
 
     path: str
     normalized: dict
+    text: str = ""  # what the sweep folder stores as spec.toml (load_spec)
 
     def __getattr__(self, key):
         if key == "normalized":  # not yet set (e.g. while unpickling)
@@ -298,21 +302,59 @@ def _from_unit(space: dict, u: np.ndarray) -> dict:
     return out
 
 
-def load_spec(path, data_dir=None) -> SweepSpec:
-    """Parse and validate a spec file, and check it against the workload's
-    data (the largest batch size against the training set); every error is a
-    UserError naming the file and field, raised before any training."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: spec file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML: {e}") from None
+def apply_overrides(raw: dict, overrides) -> dict:
+    """A copy of a spec's content with "dotted.key=VALUE" overrides set
+    (`cbs sweep --set search.trials=16`); VALUE is a TOML value, and a bare
+    word that is not one counts as a string."""
+    raw = copy.deepcopy(raw)
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise UserError(f"--set {override}: expected KEY=VALUE; allowed: a spec key, dotted for tables "
+                            "(search.trials=16), and a TOML value")
+        try:
+            value = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = value.strip()
+        table = raw
+        for i, part in enumerate(parts[:-1]):
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise UserError(f"--set {override}: {'.'.join(parts[:i + 1])} is not a table; "
+                                "allowed: dotted keys through tables only")
+        table[parts[-1]] = value
+    return raw
+
+
+def load_spec(source, data_dir=None, overrides=()) -> SweepSpec:
+    """Parse and validate a spec, and check it against the workload's data
+    (the largest batch size against the training set); every error is a
+    UserError naming the file and field, raised before any training.
+
+    `source` is a spec file's path or its content as a dict; `overrides`
+    (apply_overrides) are set on top. The spec's `text` is the file as written,
+    or, for a dict or with overrides, the content the spec was built from as TOML."""
+    if isinstance(source, dict):
+        path, raw, text = "spec", source, None
+    else:
+        path = Path(source)
+        try:
+            text = path.read_text()
+            raw = tomllib.loads(text)
+        except FileNotFoundError:
+            raise UserError(f"{path}: spec file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"{path}: not valid TOML: {e}") from None
+    raw = apply_overrides(raw, overrides)
     spec = parse_spec(raw, path)
+    if text is None or overrides:
+        import tomli_w  # imported here: needed only for a dict or overrides
+
+        text = (f"# {path} with --set {' '.join(overrides)}\n" if text else "") + tomli_w.dumps(raw)
     train_size = len(get_workload(spec.workload).load_data(data_dir).train_x)
     check_batch_size(spec.batch_sizes[-1], train_size, f"{path}: batch_sizes:")
-    return spec
+    return replace(spec, text=text)
 
 
 def parse_spec(raw: dict, path="spec") -> SweepSpec:
