@@ -14,6 +14,7 @@ from harness import __version__
 from harness.cli import COMMANDS, main
 from harness.cli import gns as gns_command
 from harness.cli import train as train_command
+from harness.engine.algorithms import ALGORITHMS
 from harness.engine.evaluation import EVAL_SCHEDULES
 from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
 from harness.engine.trial import TrialConfig
@@ -73,7 +74,8 @@ def test_every_train_option_has_a_one_line_description_and_choices_from_the_engi
     assert {a.dest for a in options.values()} >= fields
     choices = {a.dest: tuple(a.choices) for a in options.values() if a.choices}
     assert choices == {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "warmup": WARMUPS,
-                       "lr_scaling": tuple(LR_SCALINGS), "eval_schedule": tuple(EVAL_SCHEDULES)}
+                       "lr_scaling": tuple(LR_SCALINGS), "eval_schedule": tuple(EVAL_SCHEDULES),
+                       "algorithm": ALGORITHMS}
     # a boolean field is one flag that turns its default around
     assert "--stop-at-target" not in options and options["--no-stop-at-target"].const is False
     assert "--no-gns" not in options and options["--gns"].const is True
