@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from harness.sweep.leases import DEFAULT_LEASE_S
+from harness.cli.sweep import add_worker_arguments, check_workers
 
 
 def add_arguments(parser):
@@ -15,24 +15,15 @@ def add_arguments(parser):
                                      "(format: harness/sweep/local_cbs.py)")
     parser.add_argument("--out", required=True, help="the study folder (resumed when it exists)")
     parser.add_argument("--sweep", help="a Shallue sweep folder of the same workload: its B_crit as a band")
-    parser.add_argument("--workers", type=int,
-                        help="local worker processes (default: one per GPU, else one per CPU core)")
-    parser.add_argument("--executor", choices=("local", "ray"), default="local",
-                        help="run trials in local processes, or as Ray tasks (needs critical-batch-size[ray])")
-    parser.add_argument("--address", help="with --executor ray: the cluster address (default: start a local Ray)")
-    parser.add_argument("--data-dir", help="folder of the datasets (default: $CBS_DATA_DIR or a cache folder)")
-    parser.add_argument("--lease", type=float, default=DEFAULT_LEASE_S,
-                        help="seconds after which a silent worker's trial is taken over (default: %(default)s)")
+    add_worker_arguments(parser)
 
 
 def run(args) -> int:
     from analysis.local_cbs import load_local_cbs, local_cbs_plot, summary_text, swept_b_crit
     from analysis.plots import save
-    from harness.errors import UserError
     from harness.sweep.local_cbs import run_local_cbs
 
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers: must be >= 1, got {args.workers}; allowed: integers >= 1")
+    check_workers(args)
     b_crit = swept_b_crit(args.sweep) if args.sweep else None
     store = run_local_cbs(args.spec, args.out, workers=args.workers, executor=args.executor, address=args.address,
                           data_dir=args.data_dir, lease_s=args.lease, progress=sys.stderr)

@@ -19,11 +19,16 @@ def add_arguments(parser):
                         help="override a spec key (dotted for tables, VALUE a TOML value), e.g. --set "
                              "search.trials=16 --set target=0.04; the sweep folder stores the resulting spec")
     parser.add_argument("--out", help="the sweep folder (default: runs/<spec file name>)")
-    parser.add_argument("--workers", type=int,
-                        help="local worker processes (default: one per GPU, else one per CPU core)")
     parser.add_argument("--gpus", metavar="IDS",
                         help="comma-separated GPUs for the local workers, as CUDA_VISIBLE_DEVICES takes them "
                              "(default: $CUDA_VISIBLE_DEVICES when set, else every GPU nvidia-smi lists)")
+    add_worker_arguments(parser)
+
+
+def add_worker_arguments(parser):
+    """The options of where trials run, shared by `cbs sweep` and `cbs local-cbs`."""
+    parser.add_argument("--workers", type=int,
+                        help="local worker processes (default: one per GPU, else one per CPU core)")
     parser.add_argument("--executor", choices=("local", "ray"), default="local",
                         help="run trials in local processes, or as Ray tasks (needs critical-batch-size[ray])")
     parser.add_argument("--address", help="with --executor ray: the cluster address (default: start a local Ray)")
@@ -32,13 +37,19 @@ def add_arguments(parser):
                         help="seconds after which a silent worker's trial is taken over (default: %(default)s)")
 
 
+def check_workers(args) -> None:
+    from harness.errors import UserError
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers: must be >= 1, got {args.workers}; allowed: integers >= 1")
+
+
 def run(args) -> int:
     from harness.errors import UserError
     from analysis.report import sweep_results
     from harness.sweep.run import run_sweep
 
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers: must be >= 1, got {args.workers}; allowed: integers >= 1")
+    check_workers(args)
     if args.gpus is not None and args.executor != "local":
         raise UserError("--gpus: only with --executor local; allowed: Ray places its tasks on the cluster's GPUs")
     outcome = run_sweep(args.spec, args.out, overrides=args.overrides, workers=args.workers, executor=args.executor,
