@@ -18,6 +18,11 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+def os_error_text(error: OSError) -> str:
+    """An OSError as one line: `No space left on device: /path`."""
+    return f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+
+
 def warn(message: str) -> None:
     """One line on stderr: `cbs: warning: <message>`."""
     print(f"cbs: warning: {message}", file=sys.stderr, flush=True)

@@ -1,10 +1,12 @@
 """Faults a long sweep meets: damaged checkpoints (set aside, the trial resumes
-from the previous good one or from scratch, results unchanged) and Ctrl-C /
-SIGTERM (every worker ends, one line, a re-run resumes to the same results)."""
+from the previous good one or from scratch, results unchanged), Ctrl-C /
+SIGTERM (every worker ends, one line, a re-run resumes to the same results)
+and a full disk (one line, records intact, a re-run finishes)."""
 import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -158,6 +160,55 @@ def test_a_signal_stops_the_sweep_cleanly_and_a_rerun_resumes(signum, to_group, 
     assert not (folder.parent / "record.json").exists()
     assert max(steps_in(folder)) > step, (folder, step)  # checkpointed when it stopped
     proc = cbs_sweep(spec, out, "--workers", "2")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    done = records(out)
+    assert done.keys() == undamaged_sweep.keys()
+    for trial_id, record in undamaged_sweep.items():
+        assert outcome_of(done[trial_id]) == outcome_of(record), trial_id
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs, or a skip where this machine cannot mount one."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or 'mount failed'}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Write zeros into `folder` until its filesystem is full."""
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(bytes(1 << 16))
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_stops_the_sweep_with_one_line_and_a_rerun_finishes(undamaged_sweep, small_disk, tmp_path):
+    spec, out = write_spec(tmp_path, text=SWEEP), small_disk / "sweep"
+    proc = cbs_sweep(spec, out, "--workers", "1")
+    wait_for(lambda: records(out) or proc.poll() is not None)
+    filler = fill(small_disk)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    [error] = [line for line in stderr.splitlines() if not line.startswith("[")]
+    assert error.startswith(f"cbs: error: No space left on device: {out}/"), stderr
+    assert error.endswith("; finished trials are kept: re-run to resume"), stderr
+    written = records(out)  # every record.json on the full disk still parses
+    assert 1 <= len(written) < len(undamaged_sweep)
+    filler.unlink()
+    proc = cbs_sweep(spec, out, "--workers", "1")
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     done = records(out)

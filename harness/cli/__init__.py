@@ -14,7 +14,7 @@ import sys
 import threading
 
 from harness import __version__
-from harness.errors import Interrupted, UserError
+from harness.errors import Interrupted, UserError, os_error_text
 
 COMMANDS = {
     "workloads": ("harness.cli.workloads", "list the registered workloads"),
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
         print(f"cbs: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a path that is not what it should be, a full disk, a lost mount: not a bug
-        print(f"cbs: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        print(f"cbs: error: {os_error_text(e)}", file=sys.stderr)
         return 2
     except Interrupted as e:
         resume = getattr(module, "ON_INTERRUPT", None)

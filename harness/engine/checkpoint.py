@@ -9,6 +9,8 @@ trial resumes from the newest readable one or from scratch: a damaged
 checkpoint costs the steps since the last good one, never the run."""
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import sys
 import time
@@ -20,15 +22,23 @@ from harness.errors import UserError, warn
 
 
 def _manager(directory) -> ocp.CheckpointManager:
+    _quiet_orbax_duplicates()
     options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False,
                                            cleanup_tmp_directories=True)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
 
 
 def save(directory, step: int, state, meta: dict) -> None:
-    with _manager(directory) as manager:
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   meta=ocp.args.JsonSave(meta)))
+    """Save step `step`; a full disk raises OSError(ENOSPC), as a plain file
+    write does (TensorStore reports it as a ValueError)."""
+    try:
+        with _manager(directory) as manager:
+            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       meta=ocp.args.JsonSave(meta)))
+    except ValueError as e:
+        if os.strerror(errno.ENOSPC) in str(e):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory)) from e
+        raise
 
 
 def exists(directory) -> bool:
@@ -57,21 +67,23 @@ def restore(directory, like):
                 if not isinstance(meta, dict) or not isinstance(meta.get("rows"), list):
                     raise ValueError(f"its measurements are not a list of rows: {str(meta)[:80]}")
             except Exception as e:  # Orbax and TensorStore raise many types for damaged files
-                _ignore_reads_left_behind()
                 _set_aside(directory, step, e, steps[i + 1] if i + 1 < len(steps) else None)
                 continue
             return type(like)(*restored["state"]) if isinstance(like, tuple) else restored["state"], meta
     return like, None
 
 
-def _ignore_reads_left_behind() -> None:
-    """When one array of a checkpoint fails to read, Orbax closes its event
-    loop while TensorStore's other reads are still in flight; each of them then
-    reports `RuntimeError: Event loop is closed` as an unraisable exception,
-    a traceback on stderr for a failure already handled here (orbax-checkpoint
-    0.12, tensorstore 0.1.86). Drop exactly those; pass anything else on."""
+def _quiet_orbax_duplicates() -> None:
+    """Silence Orbax's second reports of a failure it raises to us (which we
+    set aside with a warning, or report as one line), orbax-checkpoint 0.12
+    with tensorstore 0.1.86: (1) when one array fails to read or write, Orbax
+    closes its event loop while TensorStore's other operations are in flight,
+    and each of them reports `RuntimeError: Event loop is closed` as an
+    unraisable exception; (2) its background threads log the exception they
+    pass on as an absl ERROR with a traceback. Drop exactly those; pass
+    anything else on."""
     previous = sys.unraisablehook
-    if getattr(previous, "ignores_reads_left_behind", False):
+    if getattr(previous, "quiets_orbax", False):
         return
 
     def hook(unraisable):
@@ -79,8 +91,10 @@ def _ignore_reads_left_behind() -> None:
         if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
             previous(unraisable)
 
-    hook.ignores_reads_left_behind = True
+    hook.quiets_orbax = True
     sys.unraisablehook = hook
+    logging.getLogger("absl").addFilter(
+        lambda record: "_SignalingThread.run() raised an exception" not in record.getMessage())
 
 
 def _set_aside(directory, step: int, error: Exception, fallback: int | None) -> None:

@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness.errors import UserError
+from harness.errors import UserError, os_error_text
 
 CPU_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 PARENT_POLL_S = 0.5
@@ -101,8 +101,10 @@ def placement(kind: str, devices: list, index: int, workers: int, folder) -> dic
     return {"env": env, "core": devices[index % len(devices)]}
 
 
-def worker_main(placement: dict, parent: int, work_kwargs: dict) -> None:
-    """A local worker process: place itself, then run harness.sweep.worker.work."""
+def worker_main(placement: dict, parent: int, work_kwargs: dict, error_pipe) -> None:
+    """A local worker process: place itself, then run harness.sweep.worker.work.
+    Bad input and OS errors (a full disk, a lost mount) end it with their one
+    line sent on `error_pipe`, for the sweep process to report."""
     os.environ.update(placement["env"])
     _apply_cache_options()
     if placement["core"] is not None:
@@ -114,9 +116,20 @@ def worker_main(placement: dict, parent: int, work_kwargs: dict) -> None:
 
     try:
         work(**work_kwargs, should_stop=stop.is_set)
-    except UserError as e:
-        print(f"cbs: error: {e}", file=sys.stderr, flush=True)
+    except (UserError, OSError) as e:
+        error_pipe.send(os_error_text(e) if isinstance(e, OSError) else str(e))
+        _drop_os_errors_at_exit()
         sys.exit(2)
+
+
+def _drop_os_errors_at_exit() -> None:
+    """Once the worker's one line is sent, libraries' clean-ups at exit that
+    fail again on the same cause (on a full disk: tensorboardX's final flush
+    in an atexit handler, and its writer thread) would print tracebacks; drop
+    the OSErrors they report."""
+    unraisable, thread = sys.unraisablehook, threading.excepthook
+    sys.unraisablehook = lambda report: isinstance(report.exc_value, OSError) or unraisable(report)
+    threading.excepthook = lambda report: isinstance(report.exc_value, OSError) or thread(report)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -132,9 +145,10 @@ def run_local(folder, trials, prune, data_dir, lease_s, progress=None, workers=N
     workers = min(workers or len(devices), len(trials))
     context = multiprocessing.get_context("spawn")
     work_kwargs = dict(folder=folder, trials=trials, prune=prune, data_dir=data_dir, lease_s=lease_s)
+    pipes = [context.Pipe(duplex=False) for _ in range(workers)]  # (receive, send): each worker's error line
     procs = [context.Process(target=worker_main, name=f"cbs-worker-{i}",
-                             args=(placement(kind, devices, i, workers, folder), os.getpid(), work_kwargs))
-             for i in range(workers)]
+                             args=(placement(kind, devices, i, workers, folder), os.getpid(), work_kwargs, send))
+             for i, (_, send) in enumerate(pipes)]
     with _sigint_ignored():
         for p in procs:
             p.start()
@@ -145,8 +159,10 @@ def run_local(folder, trials, prune, data_dir, lease_s, progress=None, workers=N
                 progress.update()
             failed = [p for p in procs if p.exitcode not in (None, 0)]
             if failed:
-                raise UserError(f"sweep worker {failed[0].name} exited with status {failed[0].exitcode} "
-                                "(its error is printed above); finished trials are kept: re-run to resume")
+                receive = pipes[procs.index(failed[0])][0]
+                cause = receive.recv() if receive.poll() else \
+                    f"sweep worker {failed[0].name} exited with status {failed[0].exitcode} (its error is printed above)"
+                raise UserError(f"{cause}; finished trials are kept: re-run to resume")
     finally:
         _stop(procs)
         if progress:
