@@ -77,56 +77,66 @@ def _fit_usable(fit):
     return fit is not None and all(math.isfinite(v) and v > 0 for v in (fit.s_min, fit.b_crit))
 
 
+AXES = {"steps": "training steps", "examples": "training examples", "rounds": "communication rounds"}
+
+
 def steps_plot(curves: dict[str, pd.DataFrame], fits: dict | None = None, *,
-               normalize_at: int | None = None, ylabel: str = "steps to result",
+               normalize_at: int | None = None, axis: str = "steps", ylabel: str | None = None,
                title: str | None = None) -> Figure:
     """Steps to result vs batch size, both axes log2 (Shallue et al. 2019, Fig. 1).
 
     `curves` maps a label (workload, optimizer, target...) to a table with
-    columns batch_size and steps. Each curve is drawn with its perfect-scaling
-    line steps[0] * B[0] / B anchored at its smallest batch size and, when
+    columns batch_size and `axis`: steps, examples (steps * B) or rounds
+    (communication rounds: steps for mini-batch SGD, fewer for local SGD; Lin
+    et al. 2020). Each curve is drawn with its perfect-scaling line anchored at
+    its smallest batch size (y[0] * B[0] / B; flat for examples) and, when
     `fits[label]` (an analysis.fit.FitResult) is given, the fitted McCandlish
-    curve. With `normalize_at=B_ref` every curve is divided by its steps at
-    B_ref (Shallue et al. 2019, Fig. 5 and 6: comparisons of optimizers and
-    model sizes on one axis), and one perfect-scaling line B_ref / B is drawn.
+    curve S(B) = S_min (1 + B_crit / B), or E(B) = B S(B) for examples (no fit
+    curve for rounds). With `normalize_at=B_ref` every curve is divided by its
+    value at B_ref (Shallue et al. 2019, Fig. 5 and 6: comparisons of
+    optimizers and model sizes on one axis), and one perfect-scaling line is
+    drawn.
     """
+    if axis not in AXES:
+        raise UserError(f"axis: unknown {axis!r}; allowed: {', '.join(AXES)}")
     fits = fits or {}
+    scaling = (lambda b: np.ones_like(b)) if axis == "examples" else (lambda b: 1.0 / b)
     fig, axes = _figure(width=9.0, height=4.5)  # room for the legend on the right
     ax = axes[0, 0]
     all_sizes = set()
     for i, (label, table) in enumerate(curves.items()):
-        table = table.dropna(subset=["steps"]).sort_values("batch_size")
+        table = table.dropna(subset=[axis]).sort_values("batch_size")
         b = table["batch_size"].to_numpy(float)
-        s = table["steps"].to_numpy(float)
+        y = table[axis].to_numpy(float)
         if not len(b):
             continue
         all_sizes.update(b)
         scale = 1.0
         if normalize_at is not None:
-            at = table.loc[table["batch_size"] == normalize_at, "steps"]
+            at = table.loc[table["batch_size"] == normalize_at, axis]
             if at.empty:
-                raise ValueError(f"curve {label!r} has no steps at batch size {normalize_at}")
+                raise ValueError(f"curve {label!r} has no {axis} at batch size {normalize_at}")
             scale = float(at.iloc[0])
         color = f"C{i % 10}"
-        ax.plot(b, s / scale, "o-", color=color, label=label, zorder=3)
+        ax.plot(b, y / scale, "o-", color=color, label=label, zorder=3)
         if normalize_at is None:
-            ax.plot(b, s[0] * b[0] / b, ":", color=color, alpha=0.8,
+            ax.plot(b, y[0] * scaling(b) / scaling(b[0]), ":", color=color, alpha=0.8,
                     label=f"{label}: perfect scaling")
         fit = fits.get(label)
-        if _fit_usable(fit):
+        if _fit_usable(fit) and axis != "rounds":
             grid = np.geomspace(b[0], b[-1], 200)
-            ax.plot(grid, fit.predict(grid) / scale, "--", color=color, alpha=0.8,
+            per_step = grid if axis == "examples" else 1.0
+            ax.plot(grid, fit.predict(grid) * per_step / scale, "--", color=color, alpha=0.8,
                     label=f"{label}: fit, B_crit = {fit.b_crit:.3g}")
     if normalize_at is not None and all_sizes:
         b = np.array(sorted(all_sizes), dtype=float)
-        ax.plot(b, normalize_at / b, ":", color="0.4", label="perfect scaling")
+        ax.plot(b, scaling(b) / scaling(normalize_at), ":", color="0.4", label="perfect scaling")
     _log(ax, "x")
     _log(ax, "y")
     ax.set_xlabel(BATCH_LABEL)
-    ax.set_ylabel(f"steps / steps at B = {normalize_at}" if normalize_at is not None
-                  else f"{ylabel} (training steps)")
-    ax.set_title(title or ("normalised steps to result" if normalize_at is not None
-                           else "steps to result"))
+    ax.set_ylabel(f"{axis} / {axis} at B = {normalize_at}" if normalize_at is not None
+                  else f"{ylabel or f'{axis} to result'} ({AXES[axis]})")
+    ax.set_title(title or (f"normalised {axis} to result" if normalize_at is not None else f"{axis} to result"))
     fig.legend(loc="outside right upper", fontsize="small")
     return fig
 
@@ -347,14 +357,15 @@ def _budget_table(sweep) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def sweep_figures(sweep, targets=None, main: Curve | None = None, **budgets):
+def sweep_figures(sweep, targets=None, main: Curve | None = None, axis: str = "steps", **budgets):
     """Yield (name, caption, Figure) for every figure the sweep's data support:
     steps to result (several targets on one axis) and its normalised variant,
     the optimal metaparameters, the feasibility scatter (momentum optimizers),
     the best metric within budgets, the Pareto plot and the noise scale over
     training. `targets`: for the multi-target figures (default: the spec's and
     two looser ones when the sweep was not pruned). `main`: the sweep's `analyze` at its spec's target, when
-    already computed. `budgets`: `analyze`'s step_budget and example_budget for the steps-to-result figures."""
+    already computed. `axis`: what the steps-to-result figures count (steps_plot). `budgets`:
+    `analyze`'s step_budget and example_budget for the steps-to-result figures."""
     spec, main = sweep.spec, main or analyze(sweep, **budgets)
     curves = {target_label(spec, main.target): main}
     for t in (looser_targets(sweep) if targets is None else targets):
@@ -365,13 +376,13 @@ def sweep_figures(sweep, targets=None, main: Curve | None = None, **budgets):
     tables = {k: c.table for k, c in curves.items()}
     fits = {k: c.fit for k, c in curves.items()}
     if curves:
-        yield ("steps", "Steps to result vs batch size; dotted: perfect scaling from the smallest "
-               "batch size; dashed: McCandlish fit S_min (1 + B_crit / B).",
-               steps_plot(tables, fits, title=f"steps to result: {name}"))
+        yield ("steps", f"{axis.capitalize()} to result vs batch size; dotted: perfect scaling from the "
+               "smallest batch size; dashed: McCandlish fit S_min (1 + B_crit / B).",
+               steps_plot(tables, fits, axis=axis, title=f"{axis} to result: {name}"))
         shared = set.intersection(*(set(t["batch_size"]) for t in tables.values()))
-        yield ("steps_normalised", f"Steps to result divided by the steps at B = {min(shared)}.",
-               steps_plot(tables, fits, normalize_at=min(shared),
-                          title=f"normalised steps to result: {name}"))
+        yield ("steps_normalised", f"{axis.capitalize()} to result divided by its value at B = {min(shared)}.",
+               steps_plot(tables, fits, normalize_at=min(shared), axis=axis,
+                          title=f"normalised {axis} to result: {name}"))
     if len(main.table):
         best = main.table.assign(learning_rate=_applied_learning_rate(main.table))
         if spec["optimizer"] not in MOMENTUM_OPTIMIZERS:
@@ -400,17 +411,18 @@ def sweep_figures(sweep, targets=None, main: Curve | None = None, **budgets):
                                 main.fit.confidence, title=f"noise scale: {name}"))
 
 
-def plot_sweep(sweep, out_dir, targets=None, **budgets) -> list[Path]:
+def plot_sweep(sweep, out_dir, targets=None, axis: str = "steps", **budgets) -> list[Path]:
     """Write every figure of `sweep_figures` as PNG and PDF under `out_dir`;
     return the written paths."""
-    return [path for name, _, fig in sweep_figures(sweep, targets, **budgets)
+    return [path for name, _, fig in sweep_figures(sweep, targets, axis=axis, **budgets)
             for path in save(fig, Path(out_dir) / name)]
 
 
-def compare_sweeps(sweeps, labels=None, **budgets) -> Figure:
+def compare_sweeps(sweeps, labels=None, axis: str = "steps", **budgets) -> Figure:
     """Normalised steps to result of several sweeps on one axis (Shallue et al.
-    2019, Fig. 5-6: optimizers, model sizes), each at its own spec's target
-    (within `analyze`'s step_budget and example_budget, if given)."""
+    2019, Fig. 5-6: optimizers, model sizes; Lin et al. 2020: algorithms, with
+    `axis="rounds"`), each at its own spec's target (within `analyze`'s
+    step_budget and example_budget, if given)."""
     labels = labels or [f"{s.spec['name']}: {s.spec['workload']} ({s.spec['optimizer']})" for s in sweeps]
     if len(set(labels)) < len(labels):  # same spec names: tell the sweeps apart by folder
         labels = [str(s.folder) for s in sweeps]
@@ -421,4 +433,4 @@ def compare_sweeps(sweeps, labels=None, **budgets) -> Figure:
         raise UserError("the sweeps share no batch size at which each reached its target; "
                         "allowed: sweeps with a common batch size")
     return steps_plot({k: c.table for k, c in curves.items()}, {k: c.fit for k, c in curves.items()},
-                      normalize_at=min(shared), title="comparison of sweeps")
+                      normalize_at=min(shared), axis=axis, title="comparison of sweeps")

@@ -113,3 +113,10 @@ def test_fit_and_analyze_json_give_the_fit_with_the_same_keys(tmp_path, capsys):
     assert set(fitted) == set(analyzed["fit"])
     assert fitted["s_min"] == pytest.approx(analyzed["fit"]["s_min"])  # one point estimate, two intervals
     assert fitted["b_crit"] == pytest.approx(analyzed["fit"]["b_crit"])
+
+
+def test_plot_axis_choices_are_the_axes_the_figures_draw():
+    from analysis.plots import AXES
+    from harness.cli import plot as plot_command
+
+    assert tuple(_options(_parser(plot_command.add_arguments))["--axis"].choices) == tuple(AXES)

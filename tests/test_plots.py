@@ -61,6 +61,29 @@ def test_steps_plot_normalised_several_curves():
         plots.steps_plot(curves, normalize_at=3)
 
 
+
+def test_steps_plot_counts_examples_or_communication_rounds():
+    curve = _curve(300, 64).assign(rounds=lambda t: t["steps"] / 4)  # local SGD averaging every 4 steps
+    curve["examples"] = curve["steps"] * curve["batch_size"]
+    fit = fit_steps(curve["batch_size"], curve["steps"])
+    ax = plots.steps_plot({"a": curve}, {"a": fit}, axis="examples").axes[0]
+    _, y = _line(ax, "a")
+    np.testing.assert_allclose(y, curve["steps"] * B)
+    _, y = _line(ax, "a: perfect scaling")
+    np.testing.assert_allclose(y, curve["examples"][0])  # perfect scaling: the same examples at every B
+    (fit_line,) = [l for l in ax.get_lines() if l.get_label().startswith("a: fit")]
+    x, y = fit_line.get_xdata(), fit_line.get_ydata()
+    np.testing.assert_allclose(y, x * fit.s_min * (1 + fit.b_crit / x))  # E(B) = B S(B)
+    assert "training examples" in ax.get_ylabel()
+    ax = plots.steps_plot({"a": curve}, {"a": fit}, axis="rounds", normalize_at=4).axes[0]
+    _, y = _line(ax, "a")
+    np.testing.assert_allclose(y, curve["rounds"] / curve["rounds"][B == 4].iloc[0])
+    assert not [l for l in ax.get_lines() if "fit" in l.get_label()]  # rounds have no McCandlish curve
+    assert ax.get_ylabel() == "rounds / rounds at B = 4"
+    with pytest.raises(UserError, match="allowed: steps, examples, rounds"):
+        plots.steps_plot({"a": curve}, axis="epochs")
+
+
 def test_metaparameters_plot_heuristics_anchored_at_smallest_batch():
     best = pd.DataFrame({"batch_size": B[::-1], "learning_rate": 0.01 * B[::-1] ** 0.7,
                          "momentum": 1 - 0.1 / np.sqrt(B[::-1])})

@@ -15,6 +15,9 @@ def add_arguments(parser):
                                       "sweeps, one subfolder per sweep plus comparison.png/.pdf)")
     parser.add_argument("--targets", help="comma-separated targets for the multi-target figures "
                                           "(default: the sweep's target and two looser ones)")
+    parser.add_argument("--axis", choices=("steps", "examples", "rounds"), default="steps",
+                        help="what the steps-to-result and comparison figures count: training steps, examples, "
+                             "or communication rounds (local SGD; Lin et al. 2020) (default: steps)")
     add_budget_arguments(parser)
 
 
@@ -36,12 +39,12 @@ def run(args) -> int:
     for sweep in sweeps:
         out = Path(args.out) / sweep.folder.name if args.out and several else \
             Path(args.out) if args.out else sweep.folder / "figures"
-        written = plot_sweep(sweep, out, targets, **limits)
+        written = plot_sweep(sweep, out, targets, axis=args.axis, **limits)
         if not written:
             print(f"{sweep.folder}: no figure: no trial has completed yet")
         paths += written
     if several:
-        paths += save(compare_sweeps(sweeps, **limits), Path(args.out or ".") / "comparison")
+        paths += save(compare_sweeps(sweeps, axis=args.axis, **limits), Path(args.out or ".") / "comparison")
     for path in paths:
         print(path)
     return 0
