@@ -223,6 +223,7 @@ def test_bad_spec_fails_before_training_with_one_line(tmp_path):
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow  # ~17 s: starts a local Ray instance (the optional `ray` extra)
 def test_ray_executor_on_a_local_instance(reference, tmp_path):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
