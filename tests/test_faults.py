@@ -86,6 +86,17 @@ def test_train_sets_a_damaged_checkpoint_aside(kind, good, undamaged, tmp_path, 
     assert steps_in(ckpt) == [120]  # rewritten by the resumed run
 
 
+def rerun_equals(undamaged_sweep: dict, spec, out: Path, workers: str) -> None:
+    """Re-running the sweep finishes it with the outcomes of the undisturbed run."""
+    proc = cbs_sweep(spec, out, "--workers", workers)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    done = records(out)
+    assert done.keys() == undamaged_sweep.keys()
+    for trial_id, record in undamaged_sweep.items():
+        assert outcome_of(done[trial_id]) == outcome_of(record), trial_id
+
+
 @pytest.fixture(scope="module")
 def undamaged_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("undamaged_sweep")
@@ -159,13 +170,7 @@ def test_a_signal_stops_the_sweep_cleanly_and_a_rerun_resumes(signum, to_group, 
     [(folder, step)] = before.items()
     assert not (folder.parent / "record.json").exists()
     assert max(steps_in(folder)) > step, (folder, step)  # checkpointed when it stopped
-    proc = cbs_sweep(spec, out, "--workers", "2")
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr
-    done = records(out)
-    assert done.keys() == undamaged_sweep.keys()
-    for trial_id, record in undamaged_sweep.items():
-        assert outcome_of(done[trial_id]) == outcome_of(record), trial_id
+    rerun_equals(undamaged_sweep, spec, out, workers="2")
 
 
 @pytest.fixture
@@ -208,10 +213,4 @@ def test_a_full_disk_stops_the_sweep_with_one_line_and_a_rerun_finishes(undamage
     written = records(out)  # every record.json on the full disk still parses
     assert 1 <= len(written) < len(undamaged_sweep)
     filler.unlink()
-    proc = cbs_sweep(spec, out, "--workers", "1")
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr
-    done = records(out)
-    assert done.keys() == undamaged_sweep.keys()
-    for trial_id, record in undamaged_sweep.items():
-        assert outcome_of(done[trial_id]) == outcome_of(record), trial_id
+    rerun_equals(undamaged_sweep, spec, out, workers="1")
