@@ -146,7 +146,8 @@ def session_alive(sid: int) -> list[int]:
     return alive
 
 
-@pytest.mark.parametrize("signum,to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
+@pytest.mark.parametrize("signum,to_group", [(signal.SIGINT, True),
+                                              pytest.param(signal.SIGTERM, False, marks=pytest.mark.slow)],  # ~20 s each
                          ids=["SIGINT to the process group", "SIGTERM to the sweep process"])
 def test_a_signal_stops_the_sweep_cleanly_and_a_rerun_resumes(signum, to_group, undamaged_sweep, tmp_path):
     spec, out = write_spec(tmp_path, text=SWEEP), tmp_path / "sweep"
