@@ -1,5 +1,6 @@
 """The one exception type for bad user input (the CLI prints it as one line),
-the one for SIGINT and SIGTERM, and the one way to print a warning."""
+the one for SIGINT and SIGTERM, the one line an OSError is shown as, and the
+one way to print a warning."""
 import signal
 import sys
 

@@ -73,8 +73,7 @@ def _config(args) -> TrialConfig:
 
 
 def _print(result):
-    def num(v):
-        return "n/a" if v is None else f"{v:.4g}"
+    from analysis.curves import num
 
     print(f"{result['workload']} B={result['batch_size']} ({result['microbatches']} micro-batches): "
           f"{result['status']} after {result['steps_run']} steps")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from analysis.plots import AXES
 from harness.cli.analyze import add_budget_arguments, budgets
 
 
@@ -15,7 +16,7 @@ def add_arguments(parser):
                                       "sweeps, one subfolder per sweep plus comparison.png/.pdf)")
     parser.add_argument("--targets", help="comma-separated targets for the multi-target figures "
                                           "(default: the sweep's target and two looser ones)")
-    parser.add_argument("--axis", choices=("steps", "examples", "rounds"), default="steps",
+    parser.add_argument("--axis", choices=tuple(AXES), default="steps",
                         help="what the steps-to-result and comparison figures count: training steps, examples, "
                              "or communication rounds (local SGD; Lin et al. 2020) (default: steps)")
     add_budget_arguments(parser)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from harness.errors import UserError
 from harness.sweep.leases import DEFAULT_LEASE_S
 
 ON_INTERRUPT = "finished trials and in-flight checkpoints are kept; resume with the same command"
@@ -38,14 +39,11 @@ def add_worker_arguments(parser):
 
 
 def check_workers(args) -> None:
-    from harness.errors import UserError
-
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers: must be >= 1, got {args.workers}; allowed: integers >= 1")
 
 
 def run(args) -> int:
-    from harness.errors import UserError
     from analysis.report import sweep_results
     from harness.sweep.run import run_sweep
 

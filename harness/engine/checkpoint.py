@@ -93,8 +93,11 @@ def _quiet_orbax_duplicates() -> None:
 
     hook.quiets_orbax = True
     sys.unraisablehook = hook
-    logging.getLogger("absl").addFilter(
-        lambda record: "_SignalingThread.run() raised an exception" not in record.getMessage())
+    logging.getLogger("absl").addFilter(_not_a_rethrown_failure)  # a filter already there is not added twice
+
+
+def _not_a_rethrown_failure(record: logging.LogRecord) -> bool:
+    return "_SignalingThread.run() raised an exception" not in record.getMessage()
 
 
 def _set_aside(directory, step: int, error: Exception, fallback: int | None) -> None:
