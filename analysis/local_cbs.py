@@ -1,11 +1,13 @@
 """The branched local critical batch size over training (Merrill et al. 2025,
 "Critical Batch Size Revisited", arXiv 2505.23971, Sec. 3), read from a folder
 that `cbs local-cbs` ran (harness.sweep.local_cbs), beside the online noise
-scale B_simple of the reference run (McCandlish et al. 2018, Eq. 2.9) and a
+scale B_simple of the reference run (McCandlish et al. 2018, Eq. 2.9), its
+offline B_simple and B_noise at the checkpoints (Eq. 2.8 and 2.6, App. A) and a
 swept B_crit (McCandlish et al. 2018, Eq. 2.11; analysis.fit).
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from harness.errors import UserError
-from harness.sweep.local_cbs import REFERENCE_ID, branch_id
+from harness.sweep.local_cbs import NOISE_FILE, REFERENCE_ID, branch_id
 from harness.sweep.store import CorruptRecord, Store, parse_record
 
 
@@ -54,7 +56,9 @@ def k_star(multipliers, losses, epsilon: float) -> tuple[float | None, float | N
 @dataclass
 class LocalCbs:
     """A finished local-CBS study: `table` (one row per checkpoint step:
-    step, examples, k_star, point, local_cbs, censored, b_simple), `losses`
+    step, examples, k_star, point, local_cbs, censored, b_simple (online, at
+    the step), and, when measured, b_simple_offline and b_noise_offline with
+    their interval bounds (_low, _high) over the window ending at the step), `losses`
     (smoothed final loss per step and multiplier) and the reference run's
     measurements."""
 
@@ -91,7 +95,16 @@ def load_local_cbs(folder) -> LocalCbs:
         rows.append(dict(step=step, examples=step * batch, k_star=k, point=point,
                          local_cbs=np.nan if point is None else point * batch, censored=censored,
                          b_simple=b_simple))
-    return LocalCbs(spec, pd.DataFrame(rows), pd.DataFrame(losses), reference)
+    table = pd.DataFrame(rows)
+    noise = store.folder / NOISE_FILE
+    if noise.exists():
+        offline = pd.DataFrame([{"step": e["step"], **{f"{name}_offline{end}": e[name][key]
+                                                       for name in ("b_simple", "b_noise")
+                                                       for end, key in (("", "value"), ("_low", "low"),
+                                                                        ("_high", "high"))}}
+                                for e in json.loads(noise.read_text())])
+        table = table.merge(offline, on="step", how="left")
+    return LocalCbs(spec, table, pd.DataFrame(losses), reference)
 
 
 def summary_text(result: LocalCbs, b_crit=None) -> str:
@@ -102,7 +115,11 @@ def summary_text(result: LocalCbs, b_crit=None) -> str:
              f"B = {ref['batch_size']}, lr = {ref['learning_rate']:g}; branches of {lcbs['delta_examples']} examples "
              f"at k in {', '.join(f'{k:g}' for k in lcbs['multipliers'])}, f(k) {lcbs['lr_scaling']}, "
              f"EMA {lcbs['ema']:g}, epsilon {lcbs['epsilon']:g} on the {lcbs['loss']} loss",
-             result.table.to_string(index=False, float_format=lambda v: f"{v:.4g}")]
+             result.table.drop(columns=[c for c in result.table if c.endswith(("_low", "_high"))])
+             .to_string(index=False, float_format=lambda v: f"{v:.4g}")]
+    if "b_noise_offline" in result.table:
+        lines.append(f"b_*_offline: over the {lcbs['noise_window']} steps of the reference run ending at the step, "
+                     f"from {lcbs['noise_samples']} gradients per step (intervals in local_cbs.csv)")
     if result.table["censored"].any():
         lines.append("censored: k* was the largest multiplier tried, so local_cbs is a lower bound")
     if b_crit is not None:
@@ -129,6 +146,15 @@ def local_cbs_plot(result: LocalCbs, b_crit=None) -> Figure:
         online = online[online["gns_b_simple"] > 0]
         ax.plot(online["examples"], online["gns_b_simple"], "-", color="tab:orange",
                 label="B_simple (online, reference run)")
+    for name, color, label in (("b_simple", "tab:orange", "B_simple"), ("b_noise", "tab:red", "B_noise")):
+        if f"{name}_offline" in result.table:
+            rows = result.table.dropna(subset=[f"{name}_offline"])
+            rows = rows[rows[f"{name}_offline"] > 0]
+            low = (rows[f"{name}_offline"] - rows[f"{name}_offline_low"]).clip(lower=0)
+            high = (rows[f"{name}_offline_high"] - rows[f"{name}_offline"]).clip(lower=0)
+            ax.errorbar(rows["examples"], rows[f"{name}_offline"], yerr=[low, high], fmt="s", color=color,
+                        markerfacecolor="none", capsize=3,
+                        label=f"{label} (offline, {result.spec['local_cbs']['noise_window']} steps)")
     if b_crit is not None:
         value, (lo, hi) = b_crit
         if all(math.isfinite(v) for v in (lo, hi)):

@@ -1,7 +1,8 @@
 """A sweep's results as one self-contained HTML page: the critical batch size
 with its interval and warnings, the steps-to-result table, the noise-scale
-summary, every figure (embedded as base64 PNG), the trials and the spec. It
-needs no server, script or network: any browser opens the file as it is.
+summary, every figure (embedded as base64 PNG), the trials and the spec; and
+the page of a `cbs local-cbs` study. It needs no server, script or network:
+any browser opens the file as it is.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import pandas as pd
 
 from analysis import load_sweep
 from analysis.curves import Curve, analyze, fit_summary, num, steps_table, summary_text, target_label, unreached
+from analysis.local_cbs import load_local_cbs, local_cbs_plot, summary_text as local_cbs_summary, swept_b_crit
 from analysis.plots import save, steps_plot, sweep_figures
+from harness.sweep.store import Store
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
@@ -129,15 +132,68 @@ def render_report(sweep) -> str:
               f"<pre id='spec-toml'>{esc(spec_file.read_text())}</pre>" if spec_file.exists() else "",
               "<details><summary>with every default resolved</summary>",
               f"<pre id='spec-json'>{esc(json.dumps(spec, indent=1, default=str))}</pre></details></section>"]
-    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+    return _page(title, parts)
+
+
+def render_local_cbs_report(folder, sweep_folder=None) -> str:
+    """The HTML page of a `cbs local-cbs` study (analysis.local_cbs): the local
+    critical batch size over training beside the noise scale, the figure, the
+    branch losses the k* rule read, and the spec; with `sweep_folder`, the
+    swept B_crit of the same workload as a band."""
+    result = load_local_cbs(folder)
+    b_crit = swept_b_crit(sweep_folder) if sweep_folder else None
+    ref, lcbs = result.spec["reference"], result.spec["local_cbs"]
+    esc = html.escape
+    title = f"Local critical batch size: {result.spec.get('name') or ref['workload']}"
+    losses = result.losses.pivot(index="step", columns="k", values="loss")
+    losses.columns = [f"k = {k:g}" for k in losses.columns]
+    parts = [f"<h1>{esc(title)}</h1>",
+             f"<p class='sub'>{esc(local_cbs_summary(result).splitlines()[0])}; study folder {esc(str(folder))}; report "
+             f"written {datetime.datetime.now().isoformat(timespec='seconds')}</p>",
+             "<section id='local-cbs'><h2>Local critical batch size over training</h2>",
+             "<p>From a snapshot of the reference run at each step, branches at batch k B and learning rate "
+             "f(k) eta train on the same examples; k* is the largest k whose smoothed final loss is within "
+             "epsilon of every smaller k, and the local CBS is B times the geometric mean of k* and the next k "
+             "(Merrill et al. 2025, Sec. 3). b_simple is the reference run's online B_simple; the offline "
+             "B_simple and B_noise are over the steps of the reference run ending at the step (McCandlish et "
+             "al. 2018, App. A), with their 90% intervals.</p>",
+             _table_html(result.table, "local-cbs-table")]
+    if b_crit is not None:
+        value, (lo, hi) = b_crit
+        parts.append(f"<p>Swept B_crit (McCandlish fit of {esc(str(sweep_folder))}): <b id='b-crit'>{num(value)}"
+                     f"</b> ({num(lo)} .. {num(hi)}).</p>")
+    parts += ["</section>", "<section id='figures'><h2>Figure</h2>",
+              f"<figure id='figure-local-cbs'><img alt='local_cbs' src='data:image/png;base64,"
+              f"{_png(local_cbs_plot(result, b_crit))}'><figcaption>Local CBS (circles; triangles: lower bounds "
+              "at the largest k) and the noise scale over the reference run's examples.</figcaption></figure>",
+              "</section>", "<section id='losses'><h2>Branch losses</h2>",
+              f"<p>The {lcbs['loss']} loss after {lcbs['delta_examples']} examples, EMA {lcbs['ema']:g} over "
+              f"{lcbs['evals_per_branch']} evaluations; inf: the branch diverged.</p>",
+              _table_html(losses.reset_index(), "losses-table"), "</section>"]
+    spec_file = Path(folder) / "spec.toml"
+    parts += ["<section id='spec'><h2>Spec</h2>",
+              f"<pre id='spec-toml'>{esc(spec_file.read_text())}</pre>" if spec_file.exists() else "",
+              "<details><summary>with every default resolved</summary>",
+              f"<pre id='spec-json'>{esc(json.dumps(result.spec, indent=1))}</pre></details></section>"]
+    return _page(title, parts)
+
+
+def _page(title: str, parts: list[str]) -> str:
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
-def write_report(sweep_folder, out_path) -> Path:
-    """Write the report of the sweep in `sweep_folder` to `out_path`."""
+def write_report(folder, out_path, sweep_folder=None) -> Path:
+    """Write the report of the sweep, or of the `cbs local-cbs` study (with
+    `sweep_folder`: its swept B_crit beside), in `folder` to `out_path`."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(load_sweep(sweep_folder)), encoding="utf-8")
+    stored = Store(folder).read_spec()
+    if stored is not None and "local_cbs" in stored["spec"]:
+        page = render_local_cbs_report(folder, sweep_folder)
+    else:
+        page = render_report(load_sweep(folder))
+    out.write_text(page, encoding="utf-8")
     return out
 
 

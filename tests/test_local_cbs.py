@@ -1,22 +1,38 @@
 """The branched local critical batch size (Merrill et al. 2025): the k* rule,
 exact branching from a snapshot, the estimate on linear regression against
-the closed-form noise scale, and the one-line errors of its spec."""
+the closed-form noise scale, `cbs local-cbs` end to end on MNIST (with the
+offline noise scale at each checkpoint, and resumed after kill -9 to the same
+numbers), and the one-line errors of its spec."""
 import dataclasses
+import html
+import json
 import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pandas as pd
 import pytest
 
 from analysis.local_cbs import k_star, load_local_cbs
+from conftest import DATA_DIR as DATA
+from harness.cli import main
+from harness.engine.gns import windowed_noise_scale
 from harness.engine.train import run_trial
 from harness.engine.trial import TrialConfig
 from harness.engine.workloads import get_workload
 from harness.errors import UserError
-from harness.sweep.local_cbs import REFERENCE_ID, parse_local_cbs_spec
+from harness.sweep.local_cbs import NOISE_FILE, REFERENCE_ID, load_local_cbs_spec, parse_local_cbs_spec
 from harness.sweep.store import Store
 from harness.sweep.worker import work
+from test_report import _chromium
+from test_sweep_run import outcome_of, records, wait_for
 
 REFERENCE = {"workload": "linear_regression", "optimizer": "sgd", "batch_size": 2, "learning_rate": 0.1,
              "max_steps": 20, "eval_every": 10}
@@ -114,3 +130,129 @@ def test_geometric_checkpoint_steps_and_default_lr_scaling(tmp_path):
     assert branch.batch_size == 8 and branch.learning_rate == pytest.approx(0.2)
     assert branch.init_step == 2 and branch.max_steps == 2 + 64 // 8
     assert Path(branch.init_from) == (tmp_path / "trials/reference/snapshots/10").absolute()
+
+
+STUDY = """
+name = "tiny"
+[local_cbs]
+checkpoint_steps = [20, 60]
+multipliers = [0.5, 1, 2, 4]
+delta_examples = 1024
+loss = "val"
+evals_per_branch = 4
+noise_window = 4
+noise_samples = 32
+[local_cbs.reference]
+workload = "mnist_fc32x1"
+optimizer = "momentum"
+momentum = 0.9
+batch_size = 32
+learning_rate = 0.05
+max_steps = 60
+eval_every = 20
+checkpoint_every = 20
+gns = true
+microbatches = 2
+"""
+
+
+def _cbs_local_cbs(spec, out, *args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "local-cbs", str(spec), "--out", str(out),
+                             "--data-dir", DATA, "--workers", "2", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """`cbs local-cbs` on MNIST, run uninterrupted."""
+    root = tmp_path_factory.mktemp("study")
+    (root / "spec.toml").write_text(STUDY)
+    proc = _cbs_local_cbs(root / "spec.toml", root / "out")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    return root / "out", stdout
+
+
+def test_cli_writes_the_table_the_losses_and_the_figure(study):
+    out, stdout = study
+    table = pd.read_csv(out / "local_cbs.csv")
+    assert list(table["step"]) == [20, 60] and list(table["examples"]) == [640, 1920]
+    assert set(pd.read_csv(out / "local_cbs_losses.csv")["k"]) == {0.5, 1, 2, 4}
+    for row in table.itertuples():  # the k* rule, recomputed from the losses file
+        losses = pd.read_csv(out / "local_cbs_losses.csv").query("step == @row.step")
+        k, point, censored = k_star(list(losses["k"]), list(losses["loss"]), 0.01)
+        assert (row.k_star, row.local_cbs, row.censored) == (k, point * 32, censored)
+    assert (out / "local_cbs.png").stat().st_size > 10_000
+    assert "b_noise_offline" in stdout.splitlines()[1] and "over the 4 steps of the reference run" in stdout
+
+
+def test_offline_noise_at_each_checkpoint_is_the_windowed_estimate(study):
+    """One replay for every window gives what a separate replay per window gives."""
+    out, _ = study
+    spec = parse_local_cbs_spec(tomllib.loads(STUDY), out)
+    saved = json.loads((out / NOISE_FILE).read_text())
+    for entry, step in zip(saved, (20, 60)):
+        alone = windowed_noise_scale(spec.reference().config, step - 3, step, data_dir=DATA, num_samples=32)
+        assert entry["step"] == step and entry["window"]["first"] == step - 3
+        for name in ("b_simple", "b_noise"):
+            assert entry[name]["value"] == pytest.approx(alone[name]["value"], rel=1e-5)
+    table = load_local_cbs(out).table
+    assert list(table["b_noise_offline"]) == pytest.approx([e["b_noise"]["value"] for e in saved])
+
+
+def test_kill_9_then_resume_equals_uninterrupted(study, tmp_path):
+    expected, _ = study
+    (tmp_path / "spec.toml").write_text(STUDY)
+    out = tmp_path / "out"
+    proc = _cbs_local_cbs(tmp_path / "spec.toml", out, start_new_session=True)
+    wait_for(lambda: len(list(out.glob("trials/t*/record.json"))) >= 2 or proc.poll() is not None)
+    os.killpg(proc.pid, signal.SIGKILL)  # the study and its workers die at once, as with a power cut
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    assert not (out / "local_cbs.csv").exists()
+    proc = _cbs_local_cbs(tmp_path / "spec.toml", out)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    done, uninterrupted = records(out), records(expected)
+    assert set(done) == set(uninterrupted)
+    assert all(outcome_of(done[t]) == outcome_of(uninterrupted[t]) for t in done)
+    assert pd.read_csv(out / "local_cbs.csv").equals(pd.read_csv(expected / "local_cbs.csv"))
+
+
+@pytest.mark.parametrize("path", [p for p in sorted(Path(__file__).parent.parent.glob("experiments/*.toml"))
+                                  if "[local_cbs]" in p.read_text()], ids=lambda p: p.name)
+def test_every_committed_local_cbs_spec_validates(path, tmp_path):
+    spec = load_local_cbs_spec(path, tmp_path, DATA)
+    assert spec.branches() and spec.normalized["local_cbs"]["noise_window"] >= 0
+
+
+LOCAL_PROBE = """<script>
+window.addEventListener("load", () => {
+  const cells = (id) => [...document.querySelectorAll(`#${id} tr`)].map(
+    (tr) => [...tr.children].map((c) => c.innerText.trim()));
+  const out = document.createElement("pre");
+  out.id = "seen";
+  out.textContent = JSON.stringify({table: cells("local-cbs-table"), losses: cells("losses-table"),
+    images: [...document.images].map((i) => [i.alt, i.complete, i.naturalWidth])});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def test_report_page_as_rendered_by_chromium(study, tmp_path):
+    out, _ = study
+    assert main(["report", str(out), "--out", str(tmp_path / "report.html")]) == 0
+    page = tmp_path / "probed.html"
+    page.write_text((tmp_path / "report.html").read_text().replace("</body>", LOCAL_PROBE + "</body>"))
+    dom = _chromium(page, tmp_path, "--dump-dom", "--virtual-time-budget=10000")
+    seen = json.loads(html.unescape(re.search(r'<pre id="seen">(.*?)</pre>', dom, re.S)[1]))
+    table = pd.read_csv(out / "local_cbs.csv")
+    header, *rows = seen["table"]
+    assert header == list(table.columns)
+    assert [float(r[header.index("local_cbs")]) for r in rows] == pytest.approx(table["local_cbs"], rel=1e-3)
+    assert [float(r[header.index("b_noise_offline")]) for r in rows] == pytest.approx(
+        table["b_noise_offline"], rel=1e-3)
+    header, *rows = seen["losses"]
+    assert header == ["step", "k = 0.5", "k = 1", "k = 2", "k = 4"] and [r[0] for r in rows] == ["20", "60"]
+    assert [(alt, complete) for alt, complete, _ in seen["images"]] == [("local_cbs", True)]
+    assert seen["images"][0][2] > 400

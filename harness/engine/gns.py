@@ -69,26 +69,39 @@ def windowed_noise_scale(config: TrialConfig, first: int, last: int, *, data_dir
     "sample_batch_size", "points": [{"step", "b_simple", "b_noise"}, ...] (the
     per-step offline estimates, noise_scale.NoiseScale as dicts),
     "b_simple", "b_noise" (noise_scale.WindowedNoiseScale as dicts)}."""
+    return windows_noise_scale(config, [(first, last)], data_dir=data_dir, num_samples=num_samples,
+                               sample_batch_size=sample_batch_size, hessian=hessian)[0]
+
+
+def windows_noise_scale(config: TrialConfig, windows, *, data_dir=None, num_samples: int = NUM_SAMPLES,
+                        sample_batch_size: int | None = None, hessian: bool = True) -> list[dict]:
+    """`windowed_noise_scale` for each (first, last) window of `windows`, from
+    one replay of the trial (e.g. a window ending at each checkpoint of a
+    run, for the noise scale over training)."""
     sample_batch_size = sample_batch_size or config.batch_size // config.microbatches
-    _check(last - first + 1, num_samples, sample_batch_size)
-    if first < 1:
-        raise UserError(f"window must start at step >= 1, got {first}")
+    for first, last in windows:
+        _check(last - first + 1, num_samples, sample_batch_size)
+        if first < 1:
+            raise UserError(f"window must start at step >= 1, got {first}")
     workload = get_workload(config.workload)
     engine = Engine(workload, workload.load_data(data_dir), config)
     loss = partial(_training_loss, engine)  # one object, so every step reuses one compilation
     sample = Partial(_sample_with_replacement, *engine.train)
     key = jax.random.key(config.seed + 1)
-    state = engine.init()
-    if first > 1:
-        state, _, _ = engine.advance(state, 0, first - 1)
-    points = []
-    for step in range(first, last + 1):
-        state, _, _ = engine.advance(state, step - 1, step)
+    state, at, points = engine.init(), 0, {}
+    for step in sorted({s for first, last in windows for s in range(first, last + 1)}):
+        state, _, _ = engine.advance(state, at, step)
+        at = step
         params, model_state = engine.evaluated(state)
-        estimates = noise_scale.offline_noise_scales(Partial(loss, model_state), params, sample,
-                                                     sample_batch_size, num_samples, jax.random.fold_in(key, step),
-                                                     hessian=hessian)
-        points.append(dict(step=step, **estimates))
+        points[step] = noise_scale.offline_noise_scales(Partial(loss, model_state), params, sample,
+                                                        sample_batch_size, num_samples,
+                                                        jax.random.fold_in(key, step), hessian=hessian)
+    return [_combine([dict(step=s, **points[s]) for s in range(first, last + 1)], first, last, num_samples,
+                     sample_batch_size, hessian) for first, last in windows]
+
+
+def _combine(points, first, last, num_samples, sample_batch_size, hessian) -> dict:
+    """One window's per-step offline estimates and their combination."""
     names = ("b_simple", "b_noise") if hessian else ("b_simple",)
     combined = {name: noise_scale.window_noise_scale([p[name] for p in points]) for name in names}
     block = combined["b_simple"].block

@@ -26,6 +26,9 @@ Spec file (TOML)::
     epsilon = 0.01                       # loss tolerance of the k* rule, >= 0
     loss = "train"                       # train | val: the loss the rule compares
     evals_per_branch = 8                 # evaluations (loss points) of each branch
+    noise_window = 8                     # the offline noise scale (B_simple and B_noise, McCandlish et al.
+    noise_samples = 64                   # 2018, App. A) over the `noise_window` steps ending at each
+                                         # checkpoint, from `noise_samples` gradients per step; 0 skips it
 
     [local_cbs.reference]                # required: the reference run, TrialConfig fields
     workload = "mnist_fc128x1"           # (harness.engine.trial); gns = true with microbatches = 2
@@ -33,7 +36,9 @@ Spec file (TOML)::
     learning_rate = 0.1
     max_steps = 2000
 
-The reference trial is `reference`, a branch `t{t:07d}-k{k:g}`.
+The reference trial is `reference`, a branch `t{t:07d}-k{k:g}`. The offline
+noise scale, measured last by replaying the reference run, goes to
+FOLDER/offline_noise.json.
 """
 from __future__ import annotations
 
@@ -44,12 +49,15 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.engine.gns import NUM_SAMPLES, windows_noise_scale
+from harness.engine.noise_scale import check_num_samples
 from harness.engine.optimizers import LR_SCALINGS
 from harness.engine.targets import check_batch_size
 from harness.engine.trial import TrialConfig
 from harness.engine.workloads import get_workload
 from harness.errors import UserError
-from harness.sweep.leases import DEFAULT_LEASE_S
+from harness.finite import finite_or_none
+from harness.sweep.leases import DEFAULT_LEASE_S, atomic_write
 from harness.sweep.spec import INT, LIST, NUMBER, STR, TABLE, Trial, _Checker, spec_hash
 from harness.sweep.store import Store
 
@@ -63,12 +71,15 @@ SECTION = {
     "epsilon": ((NUMBER,), None),
     "loss": ((STR,), ("train", "val")),
     "evals_per_branch": ((INT,), None),
+    "noise_window": ((INT,), None),
+    "noise_samples": ((INT,), None),
     "reference": ((TABLE,), None),
 }
 GEOMETRIC = {"min": ((INT,), None), "max": ((INT,), None), "count": ((INT,), None)}
 REQUIRED = ("checkpoint_steps", "multipliers", "delta_examples", "reference")
 SQRT_OPTIMIZERS = ("adam", "adamw", "lamb")  # Adam-family: f(k) = sqrt(k) (Merrill et al. 2025)
 REFERENCE_ID = "reference"
+NOISE_FILE = "offline_noise.json"
 
 
 def default_lr_scaling(optimizer: str) -> str:
@@ -119,6 +130,17 @@ class LocalCbsSpec:
 
     def trials(self) -> list[Trial]:
         return [self.reference(), *self.branches()]
+
+    def offline_noise(self, data_dir=None) -> list[dict]:
+        """B_simple and B_noise offline (McCandlish et al. 2018, App. A) over
+        the `noise_window` steps of the reference run that end at each
+        checkpoint step, from one replay of it (harness.engine.gns)."""
+        lcbs = self.normalized["local_cbs"]
+        steps = lcbs["checkpoint_steps"]
+        windows = [(max(1, t - lcbs["noise_window"] + 1), t) for t in steps]
+        estimates = windows_noise_scale(self.reference().config, windows, data_dir=data_dir,
+                                        num_samples=lcbs["noise_samples"])
+        return finite_or_none([dict(step=t, **e) for t, e in zip(steps, estimates)])
 
 
 def load_local_cbs_spec(path, folder, data_dir=None) -> LocalCbsSpec:
@@ -179,12 +201,21 @@ def parse_local_cbs_spec(raw: dict, folder, path="spec") -> LocalCbsSpec:
     evals = section.get("evals_per_branch", 8)
     if evals < 1:
         check.fail("local_cbs.evals_per_branch", f"must be >= 1, got {evals}", "integers >= 1")
+    window, samples = section.get("noise_window", 8), section.get("noise_samples", NUM_SAMPLES)
+    if window < 0:
+        check.fail("local_cbs.noise_window", f"must be >= 0, got {window}", "steps >= 1, or 0 to skip")
+    if window:
+        try:
+            check_num_samples(samples)
+        except UserError as e:
+            check.fail("local_cbs.noise_samples", str(e), "multiples of 16, >= 32")
     normalized = dict(
         name=raw.get("name", path.stem if isinstance(path, Path) else str(path)),
         description=raw.get("description", ""),
         local_cbs=dict(checkpoint_steps=steps, multipliers=sorted(multipliers), delta_examples=delta,
                        lr_scaling=section.get("lr_scaling", default_lr_scaling(reference.optimizer)),
-                       ema=ema, epsilon=epsilon, loss=section.get("loss", "train"), evals_per_branch=evals),
+                       ema=ema, epsilon=epsilon, loss=section.get("loss", "train"), evals_per_branch=evals,
+                       noise_window=window, noise_samples=samples),
         reference=dataclasses.replace(reference, stop_at_target=False, snapshot_steps=tuple(steps)).to_dict())
     spec = LocalCbsSpec(str(path), json.loads(json.dumps(normalized)), Path(folder))  # as stored: tuples as lists
     for trial in spec.branches():
@@ -258,4 +289,9 @@ def run_local_cbs(spec_path, out, *, workers: int | None = None, executor: str =
             executors.run_ray(address=address, **kwargs)
         else:
             executors.run_local(workers=workers, **kwargs)
+    noise = store.folder / NOISE_FILE
+    if spec.normalized["local_cbs"]["noise_window"] and not noise.exists():
+        if progress:
+            print("offline noise scale at the checkpoints: replaying the reference run", file=progress, flush=True)
+        atomic_write(noise, json.dumps(spec.offline_noise(data_dir), indent=1))
     return store
