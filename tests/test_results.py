@@ -1,13 +1,19 @@
 """The committed study results (experiments/results/<study>/: spec, metadata
 and one record.json per trial, no checkpoints) still analyse to the committed
 numbers (analysis.json, written by `cbs analyze FOLDER --json` when the study
-was committed). No training: this guards the analysis against drift."""
+was committed). No training: this guards the analysis against drift. Their
+`cbs report` pages (report.html), opened in headless Chromium, show those
+numbers."""
+import html
 import json
+import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from harness.cli import main
+from test_report import _chromium
 
 RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
 STUDIES = sorted(p.parent for p in RESULTS.glob("*/analysis.json"))
@@ -31,3 +37,40 @@ def test_a_committed_study_analyses_to_its_committed_numbers(folder, capsys):
         numbers = isinstance(value, float) or (isinstance(value, list) and value
                                                and all(isinstance(v, (int, float)) for v in value))
         assert fit[key] == (pytest.approx(value, rel=1e-6) if numbers else value), key
+
+
+REPORT_PROBE = """<script>
+window.addEventListener("load", () => {
+  const out = document.createElement("pre");
+  out.id = "seen";
+  const b = document.getElementById("b-crit");
+  out.textContent = JSON.stringify({b_crit: b ? b.innerText : null,
+    steps: [...document.querySelectorAll("#steps-table tr, #local-cbs-table tr")].map(
+      (tr) => [...tr.children].map((c) => c.innerText.trim())),
+    images: [...document.images].map((i) => [i.alt, i.complete, i.naturalWidth])});
+  document.body.appendChild(out);
+});
+</script>"""
+REPORTS = sorted(RESULTS.glob("*/report.html"))
+
+
+def test_every_study_has_a_committed_report():
+    assert {p.parent for p in REPORTS} >= set(STUDIES) and len(REPORTS) > len(STUDIES)  # local-cbs too
+
+
+@pytest.mark.parametrize("report", REPORTS, ids=lambda p: p.parent.name)
+def test_a_committed_report_shows_the_committed_numbers_in_chromium(report, tmp_path):
+    """The page a reader opens shows the study's numbers and every figure."""
+    page = tmp_path / "probed.html"
+    page.write_text(report.read_text().replace("</body>", REPORT_PROBE + "</body>"))
+    dom = _chromium(page, tmp_path, "--dump-dom", "--virtual-time-budget=10000")
+    seen = json.loads(html.unescape(re.search(r'<pre id="seen">(.*?)</pre>', dom, re.S)[1]))
+    assert seen["images"] and all(complete and width > 400 for _, complete, width in seen["images"])
+    header, *rows = seen["steps"]
+    if (report.parent / "analysis.json").exists():
+        committed = json.loads((report.parent / "analysis.json").read_text())
+        assert seen["b_crit"] == f"{committed['fit']['b_crit']:.4g}"
+        assert [(int(r[0]), int(r[1])) for r in rows] == [(r["batch_size"], r["steps"]) for r in committed["rows"]]
+    else:
+        table = pd.read_csv(report.parent / "local_cbs.csv")
+        assert [float(r[header.index("local_cbs")]) for r in rows] == pytest.approx(table["local_cbs"], rel=1e-3)
