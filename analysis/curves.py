@@ -95,6 +95,37 @@ def steps_table(sweep, curve: Curve) -> pd.DataFrame:
     return curve.table[["batch_size", "steps", "examples", "rounds", "resolution", *searched, "trial_id"]]
 
 
+def edge_hits(sweep, curve: Curve) -> list[tuple[int, str, str]]:
+    """(batch size, metaparameter, 'largest' | 'smallest') where the best
+    trial's value of a searched numeric metaparameter is the largest or the
+    smallest value tried at that batch size: the optimum may lie outside the
+    search space, which must then be widened (Shallue et al. 2019, Sec. 4.5
+    and App. D: the best trial should sit strictly inside it)."""
+    space = (sweep.spec.get("search") or {}).get("space") or {}
+    names = [n for n in space if n in curve.table and n in sweep.trials
+             and pd.api.types.is_numeric_dtype(sweep.trials[n])]
+    hits = []
+    for row in curve.table.itertuples():
+        tried = sweep.trials[sweep.trials["batch_size"] == row.batch_size]
+        for name in names:
+            best, values = getattr(row, name), tried[name].dropna()
+            if values.nunique() < 2:
+                continue
+            if best == values.max():
+                hits.append((int(row.batch_size), name, "largest"))
+            elif best == values.min():
+                hits.append((int(row.batch_size), name, "smallest"))
+    return hits
+
+
+def edge_text(hits) -> str:
+    """One warning line naming the edge hits, '' if none."""
+    if not hits:
+        return ""
+    named = "; ".join(f"B = {b}: {name} at the {edge} value tried" for b, name, edge in hits)
+    return f"warning: the best trial sits on an edge of the search ({named}): the optimum may lie beyond; widen the range"
+
+
 def unreached(sweep, curve: Curve) -> str:
     """The sentences naming the spec's batch sizes where no trial reached the
     target, and those where the answer is unknown ('' if none)."""
@@ -136,4 +167,6 @@ def summary_text(sweep, curve: Curve) -> str:
     lines.append(steps_table(sweep, curve).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if missing := unreached(sweep, curve):
         lines.append(missing)
+    if edges := edge_text(edge_hits(sweep, curve)):
+        lines.append(edges)
     return "\n".join(lines + fit_summary(curve))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import load_sweep
-from analysis.curves import Curve, analyze, fit_summary, num, steps_table, summary_text, target_label, unreached
+from analysis.curves import Curve, analyze, edge_hits, edge_text, fit_summary, num, steps_table, summary_text, target_label, unreached
 from analysis.local_cbs import load_local_cbs, local_cbs_plot, summary_text as local_cbs_summary, swept_b_crit
 from analysis.plots import save, steps_plot, sweep_figures
 from harness.sweep.store import Store
@@ -104,6 +104,8 @@ def render_report(sweep) -> str:
         parts.append(_table_html(steps_table(sweep, curve), "steps-table"))
     if missing := unreached(sweep, curve):
         parts.append(f"<p>{esc(missing)}</p>")
+    if edges := edge_text(edge_hits(sweep, curve)):
+        parts.append(f"<div class='warning' id='edge-hits'>{esc(edges)}</div>")
     parts.append("</section>")
     gns = noise_scale_table(sweep, curve)
     if gns is not None:

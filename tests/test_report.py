@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from analysis import load_sweep
+from analysis.curves import analyze, edge_hits, edge_text
 from analysis.fit import fit_sweep
 from harness.cli import main
 from test_plots import B_CRIT, TARGET, designed_steps, make_sweep
@@ -99,7 +100,9 @@ def test_report_as_rendered_by_chromium(report, sweep_folder, tmp_path):
     assert names == ["steps", "steps_normalised", "metaparameters", "feasibility", "budgets", "pareto",
                      "noise_scale"]
     assert all(complete and width > 400 and height > 300 for _, complete, width, height in seen["images"])
-    assert seen["warnings"] == [f"warning: {w}" for w in fit.warnings]
+    edges = edge_text(edge_hits(sweep, analyze(sweep)))
+    assert "B = 4: learning_rate at the smallest value tried" in edges  # the designed best is the first point
+    assert seen["warnings"] == [f"warning: {w}" for w in fit.warnings] + [edges]
 
 
 def test_report_screenshot(report, tmp_path):

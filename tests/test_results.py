@@ -31,6 +31,7 @@ def test_a_committed_study_analyses_to_its_committed_numbers(folder, capsys):
     assert [(r["batch_size"], r["steps"], r["trial_id"]) for r in now["rows"]] == \
         [(r["batch_size"], r["steps"], r["trial_id"]) for r in committed["rows"]]
     assert now["rows"] == committed["rows"]
+    assert now["edge_hits"] == committed["edge_hits"]
     fit, expected = now["fit"], committed["fit"]
     assert fit.keys() == expected.keys()
     for key, value in expected.items():  # numbers within 1e-6: another BLAS or SciPy may round differently

@@ -129,3 +129,21 @@ def test_unknown_direction_is_a_user_error():
     t, m = sweep({"s": (10, "complete", 0.1, [(10, 0.5)])})
     with pytest.raises(UserError, match="unknown direction 'up'; allowed: min, max"):
         steps_to_result(t, m, 0.1, direction="up")
+
+
+def test_edge_hits_name_the_best_trials_on_an_edge_of_the_search():
+    from types import SimpleNamespace
+
+    from analysis.curves import Curve, edge_hits, edge_text
+
+    space = {"learning_rate": {"min": 0.01, "max": 1.0, "scale": "log"}, "momentum": [0.9, 0.99]}
+    trials = pd.DataFrame({"batch_size": [8, 8, 8, 64, 64, 64, 512], "learning_rate": [0.02, 0.1, 0.5] * 2 + [0.3],
+                           "momentum": [0.9, 0.99, 0.9, 0.9, 0.99, 0.9, 0.9]})
+    sweep = SimpleNamespace(spec={"search": {"space": space}}, trials=trials)
+    best = pd.DataFrame({"batch_size": [8, 64, 512], "learning_rate": [0.1, 0.5, 0.3], "momentum": [0.99, 0.9, 0.9]})
+    hits = edge_hits(sweep, Curve(0.1, best, None))
+    # B = 8: lr inside, momentum the largest tried; B = 64: lr the largest; B = 512: one value, no edge
+    assert hits == [(8, "momentum", "largest"), (64, "learning_rate", "largest"), (64, "momentum", "smallest")]
+    assert edge_text(hits).startswith("warning: the best trial sits on an edge of the search (B = 8: momentum at "
+                                      "the largest value tried;")
+    assert edge_text([]) == ""
