@@ -423,7 +423,7 @@ def compare_sweeps(sweeps, labels=None, axis: str = "steps", **budgets) -> Figur
     2019, Fig. 5-6: optimizers, model sizes; Lin et al. 2020: algorithms, with
     `axis="rounds"`), each at its own spec's target (within `analyze`'s
     step_budget and example_budget, if given)."""
-    labels = labels or [f"{s.spec['name']}: {s.spec['workload']} ({s.spec['optimizer']})" for s in sweeps]
+    labels = labels or [s.spec["name"] or f"{s.spec['workload']} ({s.spec['optimizer']})" for s in sweeps]
     if len(set(labels)) < len(labels):  # same spec names: tell the sweeps apart by folder
         labels = [str(s.folder) for s in sweeps]
     curves = {label: analyze(s, **budgets) for label, s in zip(labels, sweeps)}

@@ -31,7 +31,7 @@ h1 { margin-bottom: 0.2em; } .sub { color: #555; margin-top: 0; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0 1em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th { background: #f0f0f0; } figure { margin: 1.5em 0; } figure img { max-width: 100%; }
-figcaption { color: #444; font-size: 0.92em; } pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
+figcaption { color: #444; font-size: 0.92em; } .scroll { overflow-x: auto; } pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
 """
 
 
@@ -73,8 +73,9 @@ def _png(fig) -> str:
 
 
 def _table_html(df: pd.DataFrame, table_id: str) -> str:
-    return df.to_html(index=False, table_id=table_id, na_rep="–", border=0,
-                      float_format=lambda v: f"{v:.4g}")
+    """A table that scrolls sideways, not out of the page, when it is wide."""
+    return "<div class='scroll'>" + df.to_html(index=False, table_id=table_id, na_rep="–", border=0,
+                                               float_format=lambda v: f"{v:.4g}") + "</div>"
 
 
 def render_report(sweep) -> str:

@@ -75,3 +75,17 @@ def test_a_committed_report_shows_the_committed_numbers_in_chromium(report, tmp_
     else:
         table = pd.read_csv(report.parent / "local_cbs.csv")
         assert [float(r[header.index("local_cbs")]) for r in rows] == pytest.approx(table["local_cbs"], rel=1e-3)
+
+
+LOCAL_CBS = sorted(p.parent for p in RESULTS.glob("*/local_cbs.csv"))
+
+
+@pytest.mark.parametrize("folder", LOCAL_CBS, ids=lambda p: p.name)
+def test_a_committed_local_cbs_study_analyses_to_its_committed_table(folder):
+    """The branch records and the offline noise scale give the committed table."""
+    from analysis.local_cbs import load_local_cbs
+
+    committed = pd.read_csv(folder / "local_cbs.csv")
+    now = load_local_cbs(folder).table
+    assert list(now.columns) == list(committed.columns)
+    pd.testing.assert_frame_equal(now.reset_index(drop=True), committed, check_dtype=False, rtol=1e-6)
