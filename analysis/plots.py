@@ -9,6 +9,7 @@ and PDF, `sweep_figures` yields every figure a sweep's data supports and
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from harness.errors import UserError
 from harness.engine.trial import TrialConfig
 
 BATCH_LABEL = "batch size (examples per step)"
+GNS_RESULT = "gns/gns.json"  # a `cbs gns --out SWEEP/gns` run of the sweep's workload, drawn with its noise scale
 SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 STATUS_STYLE = {  # feasibility categories (Shallue et al. 2019, Fig. 9)
     "reached": dict(marker="o", color="tab:blue", label="reached target"),
@@ -291,20 +293,27 @@ def pareto_plot(curves: dict[str, pd.DataFrame], fits: dict | None = None,
 
 def noise_scale_plot(measurements: pd.DataFrame, b_crit: float | None = None,
                      b_crit_ci: tuple[float, float] | None = None, confidence: float = 0.9,
-                     title: str | None = None) -> Figure:
+                     title: str | None = None, measured: dict | None = None) -> Figure:
     """The simple gradient noise scale B_simple = tr(Sigma) / |G|^2 over training
     (McCandlish et al. 2018, Eq. 2.8), the median over trials per batch size and
     step, beside the critical batch size measured from the sweep (horizontal
     line, its confidence interval as a band): B_simple is the cheap prediction of
-    B_crit. `measurements` has columns batch_size, step, gns_b_simple."""
+    B_crit. `measurements` has columns batch_size, step, gns_b_simple (or none
+    of them). `measured`: a `cbs gns` result (harness.engine.gns), drawn too:
+    its run's online B_simple, and its offline B_simple and B_noise (Eq. 2.6,
+    App. A) at each step of its window with the windowed estimates and their
+    intervals at the window's end."""
     fig, axes = _figure(width=6.0, height=4.5)
     ax = axes[0, 0]
-    rows = measurements.dropna(subset=["gns_b_simple"])
-    rows = rows[(rows["step"] > 0) & (rows["gns_b_simple"] > 0)]
-    median = rows.groupby(["batch_size", "step"], sort=True)["gns_b_simple"].median()
-    for i, (size, line) in enumerate(median.groupby(level="batch_size")):
-        ax.plot(line.index.get_level_values("step"), line.to_numpy(), "-", color=f"C{i % 10}",
-                label=f"B = {size}")
+    if "gns_b_simple" in measurements:
+        rows = measurements.dropna(subset=["gns_b_simple"])
+        rows = rows[(rows["step"] > 0) & (rows["gns_b_simple"] > 0)]
+        median = rows.groupby(["batch_size", "step"], sort=True)["gns_b_simple"].median()
+        for i, (size, line) in enumerate(median.groupby(level="batch_size")):
+            ax.plot(line.index.get_level_values("step"), line.to_numpy(), "-", color=f"C{i % 10}",
+                    label=f"B = {size}")
+    if measured is not None:
+        _measured_noise_scale(ax, measured)
     if b_crit is not None and math.isfinite(b_crit):
         ax.axhline(b_crit, color="black", lw=1.5, label=f"measured B_crit = {b_crit:.3g}")
         if b_crit_ci is not None and all(map(math.isfinite, b_crit_ci)):
@@ -313,10 +322,29 @@ def noise_scale_plot(measurements: pd.DataFrame, b_crit: float | None = None,
     _log(ax, "x", 10)
     _log(ax, "y")
     ax.set_xlabel("training step")
-    ax.set_ylabel("noise scale B_simple (examples)")
+    ax.set_ylabel("noise scale (examples)")
     ax.set_title(title or "gradient noise scale over training")
-    ax.legend(fontsize="small", ncols=2)
+    ax.legend(fontsize="small", ncols=2 if measured is None else 1)
     return fig
+
+
+def _measured_noise_scale(ax, measured: dict) -> None:
+    online = [(r["step"], r["b_simple"]) for r in measured["online"] if r["b_simple"] and r["b_simple"] > 0]
+    if online:
+        ax.plot(*zip(*online), "-", color="tab:orange", label=f"B_simple online (cbs gns, B = {measured['batch_size']})")
+    offline = measured.get("offline") or {}
+    for name, color, label in (("b_simple", "tab:orange", "B_simple"), ("b_noise", "tab:red", "B_noise")):
+        if name not in offline:
+            continue
+        points = [(p["step"], p[name]["value"]) for p in offline["points"] if (p[name]["value"] or 0) > 0]
+        if points:
+            ax.plot(*zip(*points), ".", color=color, alpha=0.5)
+        e, last = offline[name], offline["window"]["last"]
+        if e["value"] is not None and e["value"] > 0:
+            low, high = (max(e["value"] - (e["low"] or e["value"]), 0), max((e["high"] or e["value"]) - e["value"], 0))
+            ax.errorbar([last], [e["value"]], yerr=[[low], [high]], fmt="s", color=color, markerfacecolor="none",
+                        capsize=4, label=f"{label} offline, steps {offline['window']['first']}..{last}: "
+                                         f"{e['value']:.3g}")
 
 
 # --- a sweep's figures ------------------------------------------------------------
@@ -404,11 +432,15 @@ def sweep_figures(sweep, targets=None, main: Curve | None = None, axis: str = "s
     if curves:
         yield ("pareto", "Steps vs examples to reach each target with the fitted hyperbola "
                "(S/S_min - 1)(E/E_min - 1) = 1.", pareto_plot(tables, fits, title=f"Pareto front: {name}"))
-    if "gns_b_simple" in sweep.measurements and sweep.measurements["gns_b_simple"].notna().any():
-        yield ("noise_scale", "Gradient noise scale B_simple over training (median over trials), "
-               "beside the critical batch size measured by the sweep.",
+    measured = Path(sweep.folder) / GNS_RESULT
+    measured = json.loads(measured.read_text()) if measured.exists() else None
+    if measured is not None or ("gns_b_simple" in sweep.measurements
+                                and sweep.measurements["gns_b_simple"].notna().any()):
+        yield ("noise_scale", "Gradient noise scale over training (B_simple: median over trials; with "
+               f"{GNS_RESULT}, a `cbs gns` run's online and offline estimates), beside the critical batch "
+               "size measured by the sweep.",
                noise_scale_plot(sweep.measurements, main.fit.b_crit, main.fit.b_crit_ci,
-                                main.fit.confidence, title=f"noise scale: {name}"))
+                                main.fit.confidence, title=f"noise scale: {name}", measured=measured))
 
 
 def plot_sweep(sweep, out_dir, targets=None, axis: str = "steps", **budgets) -> list[Path]:

@@ -1,6 +1,8 @@
 """What the figures draw: the plotted arrays against the input numbers and the
 formulas (perfect scaling, McCandlish curve, heuristics), axis scales, labels,
 marker counts per category."""
+from pathlib import Path
+
 import matplotlib.image
 from matplotlib.markers import MarkerStyle
 import numpy as np
@@ -313,3 +315,23 @@ def test_compare_sweeps_normalises_at_the_smallest_shared_batch_size(sweep_folde
     assert ax.get_ylabel() == "steps / steps at B = 4"
     with pytest.raises(UserError, match="share no batch size"):
         plots.compare_sweeps([sweeps[1], load_sweep(make_sweep(tmp_path / "far", batch_sizes=(64, 128)))])
+
+
+def test_noise_scale_figure_draws_a_cbs_gns_run_beside_the_swept_b_crit():
+    """The committed MNIST FC-1024 SGD study has a `cbs gns` run in gns/: its
+    figure shows that run's online B_simple and its windowed offline B_noise
+    (the McCandlish prediction of B_crit) with the swept B_crit."""
+    import json
+
+    from analysis import load_sweep
+
+    folder = Path(__file__).resolve().parent.parent / "experiments/results/shallue_cpu_mnist_fc1024_sgd"
+    measured = json.loads((folder / "gns/gns.json").read_text())
+    figures = {name: fig for name, _, fig in plots.sweep_figures(load_sweep(folder), targets=[])}
+    ax = figures["noise_scale"].axes[0]
+    online = next(line for line in ax.lines if line.get_label().startswith("B_simple online"))
+    assert list(online.get_xdata()) == [r["step"] for r in measured["online"]]
+    assert list(online.get_ydata()) == pytest.approx([r["b_simple"] for r in measured["online"]])
+    labels = ax.get_legend_handles_labels()[1]
+    assert f"B_noise offline, steps 344..363: {measured['offline']['b_noise']['value']:.3g}" in labels
+    assert "measured B_crit = 202" in labels
