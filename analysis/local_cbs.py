@@ -34,29 +34,34 @@ def smoothed_final_loss(record: dict, ema: float, loss: str = "train") -> float:
     return float(values.ewm(alpha=1 - ema, adjust=False).mean().iloc[-1])
 
 
-def k_star(multipliers, losses, epsilon: float) -> tuple[float | None, float | None, bool]:
-    """(k*, the reported point, whether it is censored) for losses at sorted
-    multipliers: k* is the largest k whose loss is at most the loss of every
-    smaller k plus epsilon (the smallest k qualifies when its loss is finite);
-    the point is the geometric mean of k* and the next k tried (Merrill et
-    al. 2025, Sec. 3), or k* itself, censored (a lower bound), when k* is the
-    largest k tried. (None, None, False) when no k has a finite loss."""
+def k_star(multipliers, losses, epsilon: float) -> tuple[float | None, float | None, str]:
+    """(k*, the reported point, its bound) for losses at sorted multipliers:
+    k* is the largest k whose loss is at most the loss of every smaller k plus
+    epsilon; the point is the geometric mean of k* and the next k tried
+    (Merrill et al. 2025, Sec. 3), bound "exact". The grid's ends are bounds, not
+    points: when k* is the largest k tried, the point is k* and a lower bound
+    ("lower"); when it is the smallest (which qualifies with nothing smaller
+    to compare with) and a larger k was tried, the point is that next k and
+    an upper bound ("upper"). (None, None, "exact") when no k has a finite loss."""
     best, chosen = math.inf, None
     for i, (k, loss) in enumerate(zip(multipliers, losses)):
         if math.isfinite(loss) and loss <= best + epsilon:
             chosen = i
         best = min(best, loss)
     if chosen is None:
-        return None, None, False
+        return None, None, "exact"
     if chosen == len(multipliers) - 1:
-        return multipliers[chosen], multipliers[chosen], True
-    return multipliers[chosen], math.sqrt(multipliers[chosen] * multipliers[chosen + 1]), False
+        return multipliers[chosen], multipliers[chosen], "lower"
+    if chosen == 0:
+        return multipliers[0], multipliers[1], "upper"
+    return multipliers[chosen], math.sqrt(multipliers[chosen] * multipliers[chosen + 1]), "exact"
 
 
 @dataclass
 class LocalCbs:
     """A finished local-CBS study: `table` (one row per checkpoint step:
-    step, examples, k_star, point, local_cbs, censored, b_simple (online, at
+    step, examples, k_star, point, local_cbs, bound ("exact", "lower" or "upper":
+    analysis.local_cbs.k_star), b_simple (online, at
     the step), and, when measured, b_simple_offline and b_noise_offline with
     their interval bounds (_low, _high) over the window ending at the step), `losses`
     (smoothed final loss per step and multiplier) and the reference run's
@@ -90,10 +95,10 @@ def load_local_cbs(folder) -> LocalCbs:
         values = [smoothed_final_loss(_record(store, branch_id(step, k)), lcbs["ema"], lcbs["loss"])
                   for k in lcbs["multipliers"]]
         losses += [dict(step=step, k=k, loss=v) for k, v in zip(lcbs["multipliers"], values)]
-        k, point, censored = k_star(lcbs["multipliers"], values, lcbs["epsilon"])
+        k, point, bound = k_star(lcbs["multipliers"], values, lcbs["epsilon"])
         b_simple = by_step["gns_b_simple"].get(step, np.nan) if "gns_b_simple" in by_step else np.nan
         rows.append(dict(step=step, examples=step * batch, k_star=k, point=point,
-                         local_cbs=np.nan if point is None else point * batch, censored=censored,
+                         local_cbs=np.nan if point is None else point * batch, bound=bound,
                          b_simple=b_simple))
     table = pd.DataFrame(rows)
     noise = store.folder / NOISE_FILE
@@ -120,8 +125,11 @@ def summary_text(result: LocalCbs, b_crit=None) -> str:
     if "b_noise_offline" in result.table:
         lines.append(f"b_*_offline: over the {lcbs['noise_window']} steps of the reference run ending at the step, "
                      f"from {lcbs['noise_samples']} gradients per step (intervals in local_cbs.csv)")
-    if result.table["censored"].any():
-        lines.append("censored: k* was the largest multiplier tried, so local_cbs is a lower bound")
+    if (result.table["bound"] == "lower").any():
+        lines.append("bound lower: k* was the largest multiplier tried, so local_cbs is a lower bound")
+    if (result.table["bound"] == "upper").any():
+        lines.append("bound upper: k* was the smallest multiplier tried, so the local CBS is below local_cbs "
+                     "(the next k, which hurt the loss)")
     if b_crit is not None:
         value, (lo, hi) = b_crit
         lines.append(f"swept B_crit (McCandlish fit of the Shallue sweep): {value:.4g} ({lo:.4g} .. {hi:.4g})")
@@ -135,11 +143,14 @@ def local_cbs_plot(result: LocalCbs, b_crit=None) -> Figure:
     fig = Figure(figsize=(6.0, 4.0), layout="constrained")
     ax = fig.subplots()
     table = result.table.dropna(subset=["local_cbs"])
-    exact, censored = table[~table["censored"]], table[table["censored"]]
-    ax.plot(exact["examples"], exact["local_cbs"], "o-", color="tab:blue", label="local CBS (branched, k* B)")
-    if len(censored):
-        ax.plot(censored["examples"], censored["local_cbs"], "^", color="tab:blue", markerfacecolor="none",
-                label="local CBS, lower bound (largest k)")
+    ax.plot(table["examples"], table["local_cbs"], "-", color="tab:blue")
+    for bound, marker, label in (("exact", "o", "local CBS (branched, k* B)"),
+                                 ("lower", "^", "local CBS, lower bound (k* the largest k)"),
+                                 ("upper", "v", "local CBS, upper bound (k* the smallest k)")):
+        rows = table[table["bound"] == bound]
+        if len(rows):
+            ax.plot(rows["examples"], rows["local_cbs"], marker, color="tab:blue", label=label,
+                    markerfacecolor="tab:blue" if bound == "exact" else "none")
     reference = result.reference
     if "gns_b_simple" in reference:
         online = reference.dropna(subset=["gns_b_simple"])

@@ -46,10 +46,12 @@ def _raw(**section):
 def test_k_star_takes_the_largest_k_within_epsilon_of_every_smaller_one():
     ks = [0.5, 1, 2, 4, 8]
     # k=4 is within 0.01 of min(0.50, 0.505, 0.52) = 0.50; k=2 is not, but the largest qualifying k counts
-    assert k_star(ks, [0.50, 0.505, 0.52, 0.509, 0.6], 0.01) == (4, math.sqrt(32), False)
-    assert k_star(ks, [0.5, 0.5, 0.5, 0.5, 0.5], 0.0) == (8, 8, True)  # the largest k: a lower bound
-    assert k_star(ks, [0.5, 0.7, math.inf, math.inf, math.inf], 0.01) == (0.5, math.sqrt(0.5), False)
-    assert k_star(ks, [math.inf] * 5, 0.01) == (None, None, False)
+    assert k_star(ks, [0.50, 0.505, 0.52, 0.509, 0.6], 0.01) == (4, math.sqrt(32), "exact")
+    assert k_star(ks, [0.5, 0.5, 0.5, 0.5, 0.5], 0.0) == (8, 8, "lower")  # the largest k: a lower bound
+    assert k_star(ks, [0.5, 0.509, 0.7, math.inf, math.inf], 0.01) == (1, math.sqrt(2), "exact")
+    # the smallest k: nothing smaller to compare with, so only "below the next k" is known
+    assert k_star(ks, [0.5, 0.7, math.inf, math.inf, math.inf], 0.01) == (0.5, 1, "upper")
+    assert k_star(ks, [math.inf] * 5, 0.01) == (None, None, "exact")
 
 
 def test_branch_at_k1_reproduces_the_reference_continuation(tmp_path):
@@ -97,7 +99,7 @@ def test_branched_estimate_is_within_4x_of_the_noise_scale_on_linear_regression(
     state = ocp.StandardCheckpointer().restore(Store(tmp_path).snapshot_dir(REFERENCE_ID).absolute() / "1/1/state")
     truth = _b_noise(np.asarray(state["params"]["Dense_0"]["kernel"], np.float64)[:, 0], x, y)
     local = load_local_cbs(tmp_path).table.iloc[0]
-    assert not local["censored"]
+    assert local["bound"] == "exact"
     assert truth / 4 <= local["local_cbs"] <= truth * 4, (local["local_cbs"], truth)
 
 
@@ -180,8 +182,8 @@ def test_cli_writes_the_table_the_losses_and_the_figure(study):
     assert set(pd.read_csv(out / "local_cbs_losses.csv")["k"]) == {0.5, 1, 2, 4}
     for row in table.itertuples():  # the k* rule, recomputed from the losses file
         losses = pd.read_csv(out / "local_cbs_losses.csv").query("step == @row.step")
-        k, point, censored = k_star(list(losses["k"]), list(losses["loss"]), 0.01)
-        assert (row.k_star, row.local_cbs, row.censored) == (k, point * 32, censored)
+        k, point, bound = k_star(list(losses["k"]), list(losses["loss"]), 0.01)
+        assert (row.k_star, row.local_cbs, row.bound) == (k, point * 32, bound)
     assert (out / "local_cbs.png").stat().st_size > 10_000
     assert "b_noise_offline" in stdout.splitlines()[1] and "over the 4 steps of the reference run" in stdout
 
