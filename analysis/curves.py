@@ -95,6 +95,27 @@ def steps_table(sweep, curve: Curve) -> pd.DataFrame:
     return curve.table[["batch_size", "steps", "examples", "rounds", "resolution", *searched, "trial_id"]]
 
 
+def final_metrics(sweep) -> pd.DataFrame | None:
+    """Per batch size, the best validation metric at the end of training over
+    the trials that trained their whole budget (stop_at_target = false), as
+    the papers that compare final quality report it (Goyal et al. 2017, Table
+    2; Lin et al. 2020, Table 1): columns batch_size, final_metric, step,
+    the searched metaparameters of that trial and trial_id. Diverged trials
+    count as failed, not as a value. None when every trial stopped at the target."""
+    trials = sweep.trials
+    if "stop_at_target" not in trials or trials["stop_at_target"].astype(bool).all():
+        return None
+    ran = trials[~trials["stop_at_target"].astype(bool) & (trials["status"] != "diverged")]
+    last = sweep.measurements.sort_values("step").drop_duplicates("trial_id", keep="last")
+    rows = ran.merge(last[["trial_id", "step", "val_metric"]], on="trial_id").rename(
+        columns={"val_metric": "final_metric"})
+    rows = rows.sort_values(["batch_size", "final_metric", "trial_id"],
+                            ascending=[True, sweep.spec["direction"] == "min", True])
+    searched = [c for c in ((sweep.spec.get("search") or {}).get("space") or {}) if c in rows]
+    return rows.drop_duplicates("batch_size")[["batch_size", "final_metric", "step", *searched, "trial_id"]] \
+        .reset_index(drop=True)
+
+
 def edge_hits(sweep, curve: Curve) -> list[tuple[int, str, str]]:
     """(batch size, metaparameter, 'largest' | 'smallest') where the best
     trial's value of a searched numeric metaparameter is the largest or the
@@ -169,4 +190,7 @@ def summary_text(sweep, curve: Curve) -> str:
         lines.append(missing)
     if edges := edge_text(edge_hits(sweep, curve)):
         lines.append(edges)
+    if (final := final_metrics(sweep)) is not None and len(final):
+        lines += [f"best {spec['metric']} at the end of training (trials trained to their budget, diverged ones "
+                  "left out):", final.to_string(index=False, float_format=lambda v: f"{v:.4g}")]
     return "\n".join(lines + fit_summary(curve))

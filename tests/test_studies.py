@@ -2,6 +2,7 @@
 reduced to seconds (a tiny MNIST net, a few steps, one learning rate), as the
 committed spec files, and count what the papers compare: communication rounds
 per algorithm and the scaled learning rates."""
+import json
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,14 @@ def test_goyal_study_scales_the_learning_rate_and_warms_up(tmp_path):
     trials = load_sweep(tmp_path).trials
     assert sorted(zip(trials["batch_size"], trials["warmup"], trials["steps_run"])) == sorted(
         (b, w, 2560 // b) for b in (64, 256) for w in ("none", "constant", "linear"))
+
+
+def test_final_metric_is_the_best_trials_last_evaluation(lin, capsys):
+    """Trials trained to their budget report the final validation error the
+    papers compare: per batch size, the best record's last evaluation."""
+    assert main(["analyze", str(lin / "local_sgd"), "--json"]) == 0
+    final = json.loads(capsys.readouterr().out)["final"]
+    records = [json.loads(p.read_text()) for p in (lin / "local_sgd").glob("trials/*/record.json")]
+    best = min((r["final"]["val_metric"], r["config"]["batch_size"]) for r in records if r["status"] != "diverged")
+    assert [(row["batch_size"], row["step"]) for row in final] == [(best[1], 40)]
+    assert final[0]["final_metric"] == pytest.approx(best[0], rel=1e-9)  # JSON keeps 10 digits

@@ -37,7 +37,7 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from analysis import load_sweep
-    from analysis.curves import analyze, edge_hits, summary_text
+    from analysis.curves import analyze, edge_hits, final_metrics, summary_text
 
     sweep = load_sweep(args.folder)
     curve = analyze(sweep, args.target, **budgets(args))
@@ -48,6 +48,8 @@ def run(args) -> int:
                           "direction": spec["direction"], "target": curve.target,
                           "step_budget": curve.step_budget, "example_budget": curve.example_budget, "rows": rows,
                           "edge_hits": [dict(batch_size=b, metaparameter=n, edge=e) for b, n, e in edge_hits(sweep, curve)],
+                          "final": None if (final := final_metrics(sweep)) is None
+                          else json.loads(final.to_json(orient="records")),
                           "fit": curve.fit.to_dict()}, indent=1))
         return 0
     print(summary_text(sweep, curve))
