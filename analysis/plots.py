@@ -450,11 +450,12 @@ def plot_sweep(sweep, out_dir, targets=None, axis: str = "steps", **budgets) -> 
             for path in save(fig, Path(out_dir) / name)]
 
 
-def compare_sweeps(sweeps, labels=None, axis: str = "steps", **budgets) -> Figure:
-    """Normalised steps to result of several sweeps on one axis (Shallue et al.
-    2019, Fig. 5-6: optimizers, model sizes; Lin et al. 2020: algorithms, with
-    `axis="rounds"`), each at its own spec's target (within `analyze`'s
-    step_budget and example_budget, if given)."""
+def compare_sweeps(sweeps, labels=None, axis: str = "steps", normalize: bool = True, **budgets) -> Figure:
+    """Steps to result of several sweeps on one axis, normalised at the
+    smallest shared batch size (Shallue et al. 2019, Fig. 5-6: optimizers,
+    model sizes) or, with `normalize=False`, as measured (Lin et al. 2020:
+    algorithms, with `axis="rounds"`), each at its own spec's target (within
+    `analyze`'s step_budget and example_budget, if given)."""
     labels = labels or [s.spec["name"] or f"{s.spec['workload']} ({s.spec['optimizer']})" for s in sweeps]
     if len(set(labels)) < len(labels):  # same spec names: tell the sweeps apart by folder
         labels = [str(s.folder) for s in sweeps]
@@ -465,4 +466,4 @@ def compare_sweeps(sweeps, labels=None, axis: str = "steps", **budgets) -> Figur
         raise UserError("the sweeps share no batch size at which each reached its target; "
                         "allowed: sweeps with a common batch size")
     return steps_plot({k: c.table for k, c in curves.items()}, {k: c.fit for k, c in curves.items()},
-                      normalize_at=min(shared), axis=axis, title="comparison of sweeps")
+                      normalize_at=min(shared) if normalize else None, axis=axis, title="comparison of sweeps")

@@ -1,7 +1,8 @@
 """`cbs plot FOLDER [FOLDER ...]`: every figure a sweep's data support (Shallue
 et al. 2019; McCandlish et al. 2018), as PNG and PDF; with several sweep
-folders, also their normalised steps-to-result on one plot (optimizers, model
-sizes)."""
+folders, also their steps-to-result on one plot, normalised (comparison:
+optimizers, model sizes) and as measured (comparison_absolute: algorithms on
+the rounds axis)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,6 +47,8 @@ def run(args) -> int:
         paths += written
     if several:
         paths += save(compare_sweeps(sweeps, axis=args.axis, **limits), Path(args.out or ".") / "comparison")
+        paths += save(compare_sweeps(sweeps, axis=args.axis, normalize=False, **limits),
+                      Path(args.out or ".") / "comparison_absolute")
     for path in paths:
         print(path)
     return 0
