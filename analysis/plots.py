@@ -329,9 +329,14 @@ def noise_scale_plot(measurements: pd.DataFrame, b_crit: float | None = None,
 
 
 def _measured_noise_scale(ax, measured: dict) -> None:
-    online = [(r["step"], r["b_simple"]) for r in measured["online"] if r["b_simple"] and r["b_simple"] > 0]
+    """A `cbs gns` result on `ax`: its online B_simple over training; its
+    offline B_simple and B_noise at each step of the window (dots) and over
+    the window (square, with the interval). Non-positive estimates (the
+    unbiased estimators can go below zero) have no place on a log axis."""
+    online = [(r["step"], r["b_simple"]) for r in measured["online"] if (r["b_simple"] or 0) > 0]
     if online:
-        ax.plot(*zip(*online), "-", color="tab:orange", label=f"B_simple online (cbs gns, B = {measured['batch_size']})")
+        ax.plot(*zip(*online), "-", color="tab:orange",
+                label=f"B_simple online (cbs gns, B = {measured['batch_size']})")
     offline = measured.get("offline") or {}
     for name, color, label in (("b_simple", "tab:orange", "B_simple"), ("b_noise", "tab:red", "B_noise")):
         if name not in offline:
@@ -339,12 +344,12 @@ def _measured_noise_scale(ax, measured: dict) -> None:
         points = [(p["step"], p[name]["value"]) for p in offline["points"] if (p[name]["value"] or 0) > 0]
         if points:
             ax.plot(*zip(*points), ".", color=color, alpha=0.5)
-        e, last = offline[name], offline["window"]["last"]
-        if e["value"] is not None and e["value"] > 0:
-            low, high = (max(e["value"] - (e["low"] or e["value"]), 0), max((e["high"] or e["value"]) - e["value"], 0))
-            ax.errorbar([last], [e["value"]], yerr=[[low], [high]], fmt="s", color=color, markerfacecolor="none",
-                        capsize=4, label=f"{label} offline, steps {offline['window']['first']}..{last}: "
-                                         f"{e['value']:.3g}")
+        e, (first, last) = offline[name], (offline["window"]["first"], offline["window"]["last"])
+        value = e["value"] or 0
+        if value > 0:
+            below, above = value - (e["low"] or value), (e["high"] or value) - value
+            ax.errorbar([last], [value], yerr=[[max(below, 0)], [max(above, 0)]], fmt="s", color=color,
+                        markerfacecolor="none", capsize=4, label=f"{label} offline, steps {first}..{last}: {value:.3g}")
 
 
 # --- a sweep's figures ------------------------------------------------------------
