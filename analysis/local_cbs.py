@@ -60,12 +60,11 @@ def k_star(multipliers, losses, epsilon: float) -> tuple[float | None, float | N
 @dataclass
 class LocalCbs:
     """A finished local-CBS study: `table` (one row per checkpoint step:
-    step, examples, k_star, point, local_cbs, bound ("exact", "lower" or "upper":
-    analysis.local_cbs.k_star), b_simple (online, at
-    the step), and, when measured, b_simple_offline and b_noise_offline with
-    their interval bounds (_low, _high) over the window ending at the step), `losses`
-    (smoothed final loss per step and multiplier) and the reference run's
-    measurements."""
+    step, examples, k_star, point, local_cbs, bound ("exact", "lower" or
+    "upper": `k_star`), b_simple (online, at the step) and, when measured,
+    b_simple_offline and b_noise_offline with their interval ends (_low,
+    _high) over the window ending at the step), `losses` (smoothed final loss
+    per step and multiplier) and the reference run's measurements."""
 
     spec: dict
     table: pd.DataFrame
@@ -137,9 +136,10 @@ def summary_text(result: LocalCbs, b_crit=None) -> str:
 
 
 def local_cbs_plot(result: LocalCbs, b_crit=None) -> Figure:
-    """Local CBS over training (examples seen by the reference run) with the
-    reference run's online B_simple and, when given as (value, (lo, hi)), a
-    swept B_crit as a horizontal band."""
+    """Local CBS over training (examples seen by the reference run; open
+    triangles: bounds) with the reference run's online B_simple, the offline
+    B_simple and B_noise at the checkpoints with their intervals and, when
+    given as (value, (lo, hi)), a swept B_crit as a horizontal band."""
     fig = Figure(figsize=(6.0, 4.0), layout="constrained")
     ax = fig.subplots()
     table = result.table.dropna(subset=["local_cbs"])
