@@ -109,8 +109,8 @@ def unfinished_checkpoints(out: Path) -> list[Path]:
             if p.name.isdigit() and not (p.parent.parent / "record.json").exists()]
 
 
-@pytest.mark.parametrize("kind", ["truncated arrays",
-                                  pytest.param("deleted metadata", marks=pytest.mark.slow)])  # ~20 s each
+@pytest.mark.slow  # ~45 s; test_train_sets_a_damaged_checkpoint_aside covers the same by default
+@pytest.mark.parametrize("kind", ["truncated arrays", "deleted metadata"])
 def test_sweep_sets_a_damaged_checkpoint_aside(kind, undamaged_sweep, tmp_path):
     spec, out = write_spec(tmp_path, text=SWEEP), tmp_path / "sweep"
     proc = cbs_sweep(spec, out, "--workers", "1", start_new_session=True)

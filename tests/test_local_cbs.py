@@ -188,6 +188,7 @@ def test_cli_writes_the_table_the_losses_and_the_figure(study):
     assert "b_noise_offline" in stdout.splitlines()[1] and "over the 4 steps of the reference run" in stdout
 
 
+@pytest.mark.slow
 def test_offline_noise_at_each_checkpoint_is_the_windowed_estimate(study):
     """One replay for every window gives what a separate replay per window gives."""
     out, _ = study
@@ -202,6 +203,8 @@ def test_offline_noise_at_each_checkpoint_is_the_windowed_estimate(study):
     assert list(table["b_noise_offline"]) == pytest.approx([e["b_noise"]["value"] for e in saved])
 
 
+# slow: the sweep's own kill -9 test (tests/test_sweep_run.py) covers the machinery by default
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(study, tmp_path):
     expected, _ = study
     (tmp_path / "spec.toml").write_text(STUDY)

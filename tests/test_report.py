@@ -150,7 +150,7 @@ def test_plot_several_sweeps_with_comparison(tmp_path, capsys):
     assert printed == [str(out / sweep / f"{name}.{ext}") for sweep, extra in (("first", ["noise_scale"]),
                                                                              ("other", []))
                        for name in names + extra for ext in ("png", "pdf")] + \
-        [str(out / "comparison.png"), str(out / "comparison.pdf")]
+        [str(out / f"{name}.{ext}") for name in ("comparison", "comparison_absolute") for ext in ("png", "pdf")]
     height, width, _ = matplotlib.image.imread(out / "comparison.png").shape
     assert width > 500 and height > 400
     assert all(Path(p).stat().st_size > 1000 for p in printed)

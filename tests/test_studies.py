@@ -40,23 +40,28 @@ def test_lin_study_counts_rounds_as_lin_et_al(lin):
                       "post_local_sgd": [0, 10, 20, 21, 23]}
 
 
+@pytest.mark.slow
 def test_lin_study_compares_on_one_rounds_axis(lin, tmp_path):
     assert main(["plot", *(str(lin / a) for a in ("minibatch", "local_sgd", "post_local_sgd")), "--axis", "rounds",
                  "--out", str(tmp_path)]) == 0
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
 
 
-def test_goyal_study_scales_the_learning_rate_and_warms_up(tmp_path):
+def test_goyal_study_scales_the_learning_rate_and_warms_up():
     """From eta_ref = 0.1 at B = 256 the trials run with 0.1 * f(B / 256) for f
     none, linear, sqrt (Goyal et al. 2017, Sec. 2.1), each with the three
-    warmups; the linear one runs, reduced (B = 64 and 256, 2560 examples: the
-    whole budget, as every trial trains to the end)."""
+    warmups."""
     for scaling, f in (("none", lambda k: 1.0), ("linear", lambda k: k), ("sqrt", lambda k: k ** 0.5)):
         trials = load_spec(EXPERIMENTS / f"goyal_cpu_mnist_fc1024_{scaling}.toml", DATA).trials()
         assert sorted((t.config.batch_size, t.config.warmup) for t in trials) == sorted(
             (b, w) for b in (256, 4096) for w in ("none", "constant", "linear"))
         for t in trials:
             assert t.config.effective_learning_rate() == pytest.approx(0.1 * f(t.config.batch_size / 256))
+
+
+@pytest.mark.slow
+def test_goyal_study_runs_reduced(tmp_path):
+    """Every warmup trains the whole budget: 2560 examples at B = 64 and 256."""
     run_sweep(EXPERIMENTS / "goyal_cpu_mnist_fc1024_linear.toml", tmp_path, workers=1, data_dir=DATA,
               overrides=["workload=mnist_fc32x1", "batch_sizes=[64, 256]", "max_examples=2560", "eval_every=5",
                          "fixed.warmup_steps=3"])
