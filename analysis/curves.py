@@ -87,11 +87,16 @@ def num(x, digits=4) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
 
 
+def search_space(sweep) -> dict:
+    """The searched metaparameters of the sweep's spec ({} without a search)."""
+    return (sweep.spec.get("search") or {}).get("space") or {}
+
+
 def steps_table(sweep, curve: Curve) -> pd.DataFrame:
     """The steps-to-result columns a reader needs: batch size, steps, examples,
     communication rounds, the resolution (evaluation cadence at the crossing),
     the searched metaparameters of the best trial and its id."""
-    searched = [c for c in ((sweep.spec.get("search") or {}).get("space") or {}) if c in curve.table]
+    searched = [c for c in search_space(sweep) if c in curve.table]
     return curve.table[["batch_size", "steps", "examples", "rounds", "resolution", *searched, "trial_id"]]
 
 
@@ -111,7 +116,7 @@ def final_metrics(sweep) -> pd.DataFrame | None:
         columns={"val_metric": "final_metric"})
     rows = rows.sort_values(["batch_size", "final_metric", "trial_id"],
                             ascending=[True, sweep.spec["direction"] == "min", True])
-    searched = [c for c in ((sweep.spec.get("search") or {}).get("space") or {}) if c in rows]
+    searched = [c for c in search_space(sweep) if c in rows]
     return rows.drop_duplicates("batch_size")[["batch_size", "final_metric", "step", *searched, "trial_id"]] \
         .reset_index(drop=True)
 
@@ -122,8 +127,7 @@ def edge_hits(sweep, curve: Curve) -> list[tuple[int, str, str]]:
     smallest value tried at that batch size: the optimum may lie outside the
     search space, which must then be widened (Shallue et al. 2019, Sec. 4.5
     and App. D: the best trial should sit strictly inside it)."""
-    space = (sweep.spec.get("search") or {}).get("space") or {}
-    names = [n for n in space if n in curve.table and n in sweep.trials
+    names = [n for n in search_space(sweep) if n in curve.table and n in sweep.trials
              and pd.api.types.is_numeric_dtype(sweep.trials[n])]
     hits = []
     for row in curve.table.itertuples():

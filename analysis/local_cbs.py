@@ -111,14 +111,20 @@ def load_local_cbs(folder) -> LocalCbs:
     return LocalCbs(spec, table, pd.DataFrame(losses), reference)
 
 
+def heading(result: LocalCbs) -> str:
+    """One line naming the study: the reference run and the branch settings."""
+    ref, lcbs = result.spec["reference"], result.spec["local_cbs"]
+    return (f"local critical batch size (Merrill et al. 2025): {ref['workload']}, {ref['optimizer']}, reference "
+            f"B = {ref['batch_size']}, lr = {ref['learning_rate']:g}; branches of {lcbs['delta_examples']} examples "
+            f"at k in {', '.join(f'{k:g}' for k in lcbs['multipliers'])}, f(k) {lcbs['lr_scaling']}, "
+            f"EMA {lcbs['ema']:g}, epsilon {lcbs['epsilon']:g} on the {lcbs['loss']} loss")
+
+
 def summary_text(result: LocalCbs, b_crit=None) -> str:
     """The table `cbs local-cbs` prints, with the swept B_crit when given
     (b_crit: (value, (lo, hi)))."""
-    ref, lcbs = result.spec["reference"], result.spec["local_cbs"]
-    lines = [f"local critical batch size (Merrill et al. 2025): {ref['workload']}, {ref['optimizer']}, reference "
-             f"B = {ref['batch_size']}, lr = {ref['learning_rate']:g}; branches of {lcbs['delta_examples']} examples "
-             f"at k in {', '.join(f'{k:g}' for k in lcbs['multipliers'])}, f(k) {lcbs['lr_scaling']}, "
-             f"EMA {lcbs['ema']:g}, epsilon {lcbs['epsilon']:g} on the {lcbs['loss']} loss",
+    lcbs = result.spec["local_cbs"]
+    lines = [heading(result),
              result.table.drop(columns=[c for c in result.table if c.endswith(("_low", "_high"))])
              .to_string(index=False, float_format=lambda v: f"{v:.4g}")]
     if "b_noise_offline" in result.table:

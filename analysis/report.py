@@ -16,8 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import load_sweep
-from analysis.curves import Curve, analyze, edge_hits, edge_text, fit_summary, num, steps_table, summary_text, target_label, unreached
-from analysis.local_cbs import load_local_cbs, local_cbs_plot, summary_text as local_cbs_summary, swept_b_crit
+from analysis.curves import (Curve, analyze, edge_hits, edge_text, fit_summary, num, steps_table, summary_text,
+                             target_label, unreached)
+from analysis.local_cbs import heading, load_local_cbs, local_cbs_plot, swept_b_crit
 from analysis.plots import save, steps_plot, sweep_figures
 from harness.sweep.store import Store
 
@@ -130,11 +131,7 @@ def render_report(sweep) -> str:
         for table_id, caption, table in runs:
             parts += [f"<h3>{esc(caption)}</h3>", _table_html(table, table_id)]
         parts.append("</section>")
-    spec_file = Path(sweep.folder) / "spec.toml"
-    parts += ["<section id='spec'><h2>Spec</h2>",
-              f"<pre id='spec-toml'>{esc(spec_file.read_text())}</pre>" if spec_file.exists() else "",
-              "<details><summary>with every default resolved</summary>",
-              f"<pre id='spec-json'>{esc(json.dumps(spec, indent=1, default=str))}</pre></details></section>"]
+    parts += _spec_section(sweep.folder, spec)
     return _page(title, parts)
 
 
@@ -151,7 +148,7 @@ def render_local_cbs_report(folder, sweep_folder=None) -> str:
     losses = result.losses.pivot(index="step", columns="k", values="loss")
     losses.columns = [f"k = {k:g}" for k in losses.columns]
     parts = [f"<h1>{esc(title)}</h1>",
-             f"<p class='sub'>{esc(local_cbs_summary(result).splitlines()[0])}; study folder {esc(str(folder))}; report "
+             f"<p class='sub'>{esc(heading(result))}; study folder {esc(str(folder))}; report "
              f"written {datetime.datetime.now().isoformat(timespec='seconds')}</p>",
              "<section id='local-cbs'><h2>Local critical batch size over training</h2>",
              "<p>From a snapshot of the reference run at each step, branches at batch k B and learning rate "
@@ -167,18 +164,24 @@ def render_local_cbs_report(folder, sweep_folder=None) -> str:
                      f"</b> ({num(lo)} .. {num(hi)}).</p>")
     parts += ["</section>", "<section id='figures'><h2>Figure</h2>",
               f"<figure id='figure-local-cbs'><img alt='local_cbs' src='data:image/png;base64,"
-              f"{_png(local_cbs_plot(result, b_crit))}'><figcaption>Local CBS (circles; triangles: lower bounds "
-              "at the largest k) and the noise scale over the reference run's examples.</figcaption></figure>",
+              f"{_png(local_cbs_plot(result, b_crit))}'><figcaption>Local CBS (circles; open triangles: "
+              "bounds at the grid's ends) and the noise scale over the reference run's examples.</figcaption></figure>",
               "</section>", "<section id='losses'><h2>Branch losses</h2>",
               f"<p>The {lcbs['loss']} loss after {lcbs['delta_examples']} examples, EMA {lcbs['ema']:g} over "
               f"{lcbs['evals_per_branch']} evaluations; inf: the branch diverged.</p>",
               _table_html(losses.reset_index(), "losses-table"), "</section>"]
-    spec_file = Path(folder) / "spec.toml"
-    parts += ["<section id='spec'><h2>Spec</h2>",
-              f"<pre id='spec-toml'>{esc(spec_file.read_text())}</pre>" if spec_file.exists() else "",
-              "<details><summary>with every default resolved</summary>",
-              f"<pre id='spec-json'>{esc(json.dumps(result.spec, indent=1))}</pre></details></section>"]
+    parts += _spec_section(folder, result.spec)
     return _page(title, parts)
+
+
+def _spec_section(folder, spec: dict) -> list[str]:
+    """The spec as written (FOLDER/spec.toml) and with every default resolved."""
+    spec_file = Path(folder) / "spec.toml"
+    esc = html.escape
+    return ["<section id='spec'><h2>Spec</h2>",
+            f"<pre id='spec-toml'>{esc(spec_file.read_text())}</pre>" if spec_file.exists() else "",
+            "<details><summary>with every default resolved</summary>",
+            f"<pre id='spec-json'>{esc(json.dumps(spec, indent=1, default=str))}</pre></details></section>"]
 
 
 def _page(title: str, parts: list[str]) -> str:
