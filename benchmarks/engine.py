@@ -64,7 +64,7 @@ def _flops_per_step(engine, state):
 def run_engine(workload, batch_size, data_dir, seconds):
     engine, _ = _engine(workload, batch_size, data_dir)
     state = engine.init()
-    flops = _flops_per_step(engine, state)
+    flops = _flops_per_step(engine, engine.trial(state, 0))
     n = 1
     state, *_ = engine.advance(state, 0, n)  # compile
     while True:
@@ -79,7 +79,7 @@ def run_engine(workload, batch_size, data_dir, seconds):
 def run_plain(workload, batch_size, data_dir, seconds):
     """The Flax-example loop: host permutation, device_put per step, one jitted step per call."""
     engine, config = _engine(workload, batch_size, data_dir)
-    state = engine.init()
+    state = engine.trial(engine.init(), 0)  # one trial, no pack axis
     flops = _flops_per_step(engine, state)
     step = jax.jit(engine._step, donate_argnums=0)
     train_x, train_y = (np.asarray(a) for a in engine.train)

@@ -2,10 +2,9 @@
 Trial-steps per second of P model copies stepped as one vmapped program vs P,
 for the FC-1024 and the Simple CNN at B = 16, 128, 1024.
 
-The P copies run through the engine's copies axis (harness.engine.train): P
-replicas that are never averaged (local SGD with H beyond the run), each on
-its own B examples per step, which is the compiled program of P packed trials.
-Each measurement runs in a subprocess pinned to one core with XLA
+The P copies are P packed trials (harness.engine.train: one program, P
+learning rates, one shared batch per step), timed by the measurement that
+`pack = "auto"` uses (harness.sweep.packing.measure_packs). Each measurement runs in a subprocess pinned to one core with XLA
 single-threaded, as a sweep worker runs on CPU. Cells whose P * B examples per
 step would take longer than the run allows are skipped (--max-examples).
 
@@ -18,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 WORKLOADS = {"fc": "mnist_fc1024", "cnn": "mnist_simple_cnn"}
@@ -27,27 +25,15 @@ BATCH_SIZES = (16, 128, 1024)
 
 
 def measure(workload, batch_size, pack, seconds, data_dir):
-    """Trial-steps per second of `pack` copies of batch `batch_size`."""
-    import jax
-
-    from harness.engine.train import Engine
+    """Trial-steps per second of `pack` trials of batch `batch_size` packed."""
     from harness.engine.trial import TrialConfig
-    from harness.engine.workloads import get_workload
+    from harness.sweep.packing import measure_packs
 
-    w = get_workload(workload)
-    config = TrialConfig(workload=workload, batch_size=pack * batch_size, learning_rate=0.01, optimizer="nesterov",
-                         algorithm="local_sgd", replicas=pack, local_steps=10**9)
-    engine = Engine(w, w.load_data(data_dir), config)
-    state, *_ = engine.advance(engine.init(), 0, 1)  # compile
-    n = 1
-    while True:
-        t = time.perf_counter()
-        state, loss, _ = engine.advance(state, 0, n)
-        jax.block_until_ready(state)
-        elapsed = time.perf_counter() - t
-        if elapsed > seconds / 4 or n >= engine.steps_per_epoch:
-            return pack * n / elapsed
-        n = min(4 * n, engine.steps_per_epoch)
+    configs = [TrialConfig(workload=workload, batch_size=batch_size, learning_rate=0.01 * (1 + i),
+                           optimizer="nesterov") for i in range(pack)]
+    rate = measure_packs(configs, (pack,), data_dir, steps=2)[pack]
+    steps = max(2, int(rate * seconds / pack))  # about `seconds` of stepping
+    return measure_packs(configs, (pack,), data_dir, steps=steps)[pack]
 
 
 def main():

@@ -24,7 +24,7 @@ def _params(config, steps, data_dir):
     workload = get_workload(config.workload)
     engine = Engine(workload, workload.load_data(data_dir), config)
     state, _, _ = engine.advance(engine.init(), 0, steps)
-    return state.params
+    return engine.trial(state, 0).params
 
 
 def test_local_sgd_with_one_replica_is_minibatch_sgd_exactly(data_dir):

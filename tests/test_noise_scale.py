@@ -205,11 +205,12 @@ def test_cbs_gns_offline_estimates_match_the_exact_values_at_the_final_weights(c
                    "--checkpoint-dir", str(tmp_path))
     config = TrialConfig(workload="linear_regression", batch_size=64, learning_rate=0.02, microbatches=4, gns=True)
     workload = get_workload("linear_regression")
-    state, meta = checkpoint.restore(tmp_path, Engine(workload, workload.load_data(), config).init())
+    engine = Engine(workload, workload.load_data(), config)
+    state, meta = checkpoint.restore(tmp_path, engine.trial(engine.init(), 0))
     final = out["offline"]["points"][-1]
     assert meta["rows"][-1]["step"] == final["step"] == 20
     assert out["offline"]["window"]["first"] == out["offline"]["window"]["last"] == 20
-    params, _ = Engine(workload, workload.load_data(), config).evaluated(state)
+    params, _ = engine.evaluated(state)
     exact = _exact_noise_scales(np.asarray(params["Dense_0"]["kernel"][:, 0], np.float64))
     for name, truth in zip(("b_simple", "b_noise"), exact):
         estimate = final[name]
@@ -254,7 +255,7 @@ def test_cbs_gns_on_mnist_matches_b_simple_from_every_per_example_gradient(capsy
     workload = get_workload(args["workload"])
     data = workload.load_data(data_dir)
     engine = Engine(workload, data, TrialConfig(**args, gns=True))
-    state, _ = checkpoint.restore(tmp_path, engine.init())
+    state, _ = checkpoint.restore(tmp_path, engine.trial(engine.init(), 0))
     params, model_state = engine.evaluated(state)
 
     def example_grad(x, y):
@@ -324,7 +325,7 @@ def test_windowed_noise_scale_matches_the_exact_window_on_linear_regression(lear
     for step in range(1, 21):
         state, _, _ = engine.advance(state, step - 1, step)
         if step >= 13:
-            params, _ = engine.evaluated(state)
+            params, _ = engine.evaluated(engine.trial(state, 0))
             exact.append(_exact_signals_and_noises(np.asarray(params["Dense_0"]["kernel"][:, 0], np.float64)))
     g2, trace, ghg, htrace = np.mean(exact, axis=0)
     for name, truth in (("b_simple", trace / g2), ("b_noise", htrace / ghg)):

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from analysis import load_sweep
@@ -108,6 +109,26 @@ def test_pruning_is_exact_and_saves_steps(reference, tmp_path):
                 full.trials.set_index("trial_id").loc[trial_id, "status"] != "complete"
         else:
             assert outcome_of(record) == outcome_of(records(reference)[trial_id])
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_packed_trials_give_the_records_and_the_analysis_of_trials_run_alone(reference, tmp_path, prune):
+    """pack = 3: one worker runs the three learning rates of a batch size as one program."""
+    spec = write_spec(tmp_path, prune=prune, text=SPEC.replace("prune = {prune}", "prune = {prune}\npack = 3"))
+    run_sweep(spec, tmp_path / "sweep", workers=1, data_dir=DATA)
+    assert analysis_of(tmp_path / "sweep") == analysis_of(reference)
+    alone = records(reference)
+    for trial_id, record in records(tmp_path / "sweep").items():
+        if record["status"] == "pruned":
+            continue
+        status, steps, rows = outcome_of(record)
+        assert (status, steps) == outcome_of(alone[trial_id])[:2]
+        np.testing.assert_allclose(np.array(rows, float), np.array(outcome_of(alone[trial_id])[2], float),
+                                   rtol=2e-5, atol=1e-6)
+    if not prune:
+        assert records(tmp_path / "sweep").keys() == alone.keys()
+        assert {r["run"]["pack"] for r in records(tmp_path / "sweep").values()} == {3}
+        assert {r["run"]["pack"] for r in alone.values()} == {1}
 
 
 def test_kill_9_at_any_moment_then_resume_equals_uninterrupted(reference, tmp_path):

@@ -92,7 +92,7 @@ def windows_noise_scale(config: TrialConfig, windows, *, data_dir=None, num_samp
     for step in sorted({s for first, last in windows for s in range(first, last + 1)}):
         state, _, _ = engine.advance(state, at, step)
         at = step
-        params, model_state = engine.evaluated(state)
+        params, model_state = engine.evaluated(engine.trial(state, 0))
         points[step] = noise_scale.offline_noise_scales(Partial(loss, model_state), params, sample,
                                                         sample_batch_size, num_samples,
                                                         jax.random.fold_in(key, step), hessian=hessian)

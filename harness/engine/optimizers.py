@@ -13,8 +13,10 @@ if TYPE_CHECKING:  # trial.py takes its allowed names from the tables here
     from harness.engine.trial import TrialConfig
 
 # Numeric metaparameters that may be traced values: trials that differ only in
-# these share one compiled program (and one entry of the compilation cache).
-TRACED = ("momentum", "end_lr_factor", "warmup_factor", "weight_decay", "b1", "b2", "eps", "trust_coefficient")
+# these share one compiled program (and one entry of the compilation cache),
+# and can be packed into one program (harness.engine.pack).
+TRACED = ("momentum", "end_lr_factor", "decay_steps", "warmup_factor", "weight_decay", "b1", "b2", "eps",
+          "trust_coefficient")
 
 # Weight decay is built into these; the others get optax.add_decayed_weights.
 _DECAY_BUILT_IN = ("adamw", "lars", "lamb")
@@ -33,11 +35,19 @@ _OPTIMIZERS = {
     "lamb": lambda c, lr: optax.lamb(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay),
 }
 
+def _per_decay(schedule: optax.Schedule, decay_steps) -> optax.Schedule:
+    """`schedule` over one unit of time, stretched to `decay_steps` steps:
+    optax takes the length of a decay as a Python number, but a traced one
+    lets trials with different decay lengths share one program."""
+    return lambda count: schedule(count / decay_steps)
+
+
 _SCHEDULES = {
     "constant": lambda c, lr: optax.constant_schedule(lr),
     # Shallue et al. 2019, Sec. 4.5: eta(t) = eta0 (1 - (1 - alpha) t / T), then alpha eta0.
-    "linear_decay": lambda c, lr: optax.polynomial_schedule(lr, c.end_lr_factor * lr, 1, c.decay_steps),
-    "cosine": lambda c, lr: optax.cosine_decay_schedule(lr, c.decay_steps, alpha=c.end_lr_factor),
+    "linear_decay": lambda c, lr: _per_decay(optax.polynomial_schedule(lr, c.end_lr_factor * lr, 1, 1),
+                                             c.decay_steps),
+    "cosine": lambda c, lr: _per_decay(optax.cosine_decay_schedule(lr, 1, alpha=c.end_lr_factor), c.decay_steps),
     # Goyal et al. 2017: multiply by decay_factor at each boundary step.
     "step": lambda c, lr: optax.piecewise_constant_schedule(lr, {b: c.decay_factor for b in c.boundaries}),
 }
@@ -62,7 +72,8 @@ WARMUPS = ("none", *_WARMUPS)
 def hyperparameters(config: TrialConfig) -> dict:
     """The traced metaparameters of a trial, with the learning rate after the
     batch-size scaling rule, as data for `make_optimizer(config, hparams)`."""
-    return {"learning_rate": config.effective_learning_rate(), **{k: getattr(config, k) for k in TRACED}}
+    return {"learning_rate": config.effective_learning_rate(),
+            **{k: getattr(config, k) for k in TRACED}, "decay_steps": config.decay_steps or 1}
 
 
 def make_schedule(config: TrialConfig, lr=None) -> optax.Schedule:

@@ -12,13 +12,23 @@ The model state has a leading axis of model copies: the replicas of one trial
 (one for mini-batch SGD; K for local SGD and SMA, harness.engine.algorithms).
 Each step vmaps one local update over the copies, each on its own part of the
 global batch, then couples them (parameter averaging, or SMA's central model).
+
+Outside that, every state has a leading axis of packed trials: P trials that
+share one program (`pack_key`: they differ only in traced metaparameters, so
+they share the batch size, seed, initial model and data order) step as one,
+each with its own metaparameters, measurements and record. One trial is a
+pack of one (XLA drops the size-1 axis); a pack pays where one small trial
+leaves an accelerator idle (benchmarks/packing.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+import math
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from harness.engine import algorithms, checkpoint, environment, noise_scale
 from harness.engine.evaluation import evaluation_steps
 from harness.engine.losses import LOSSES, METRIC_FUNCTIONS
-from harness.engine.optimizers import hyperparameters, make_optimizer
+from harness.engine.optimizers import TRACED, hyperparameters, make_optimizer
 from harness.engine.targets import check_batch_size, check_target, crossed
 from harness.engine.trial import TrialConfig, TrialRecord
 from harness.engine.workloads import Workload, get_workload
@@ -58,12 +68,24 @@ class TrainState(NamedTuple):
 # vmap axes of a TrainState: the per-copy fields are mapped over their leading axis.
 COPY_AXES = TrainState(0, 0, 0, 0, 0, None, None)
 
+# TrialConfig fields that packed trials may differ in: the traced ones.
+PACKED_FIELDS = ("learning_rate", "lr_scaling", "reference_batch_size", "label_smoothing", *TRACED)
+
+
+def pack_key(config: TrialConfig) -> str:
+    """Trials with equal keys share one compiled program and can be packed."""
+    return json.dumps({k: v for k, v in config.to_dict().items() if k not in PACKED_FIELDS}, sort_keys=True)
+
 
 class Engine:
-    """The compiled functions and device-resident data of one trial."""
+    """The compiled functions and device-resident data of a pack of trials
+    (one config, or several with one `pack_key`); `config` is the first."""
 
-    def __init__(self, workload: Workload, data, config: TrialConfig):
-        self.config = config
+    def __init__(self, workload: Workload, data, config: TrialConfig | Sequence[TrialConfig]):
+        self.configs = [config] if isinstance(config, TrialConfig) else list(config)
+        self.config = config = self.configs[0]
+        if len({pack_key(c) for c in self.configs}) > 1:
+            raise ValueError(f"trials that differ beyond {', '.join(PACKED_FIELDS)} cannot be packed")
         self.mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
         replicated = NamedSharding(self.mesh, P())
         self.train = jax.device_put((data.train_x, data.train_y), replicated)
@@ -77,28 +99,46 @@ class Engine:
         # The order of epoch e depends on (seed, e) alone; one epoch's is kept, as evaluations split epochs.
         self.epoch_order = functools.lru_cache(maxsize=1)(
             jax.jit(lambda epoch: jax.random.permutation(jax.random.fold_in(key, epoch), n)))
-        self._steps = jax.jit(self._train_steps, donate_argnums=0)
-        self._one_step = jax.jit(self._train_step_at, donate_argnums=3)
+        # Every trial of the pack steps on the same batch (the data are not mapped).
+        self._steps = jax.jit(jax.vmap(self._train_steps, in_axes=(0, None, None, None, None)), donate_argnums=0)
+        self._one_step = jax.jit(jax.vmap(self._train_step_at, in_axes=(None, None, None, 0)), donate_argnums=3)
         # XLA:CPU lays out a convolution's weight gradient badly inside a loop
         # (jax-ml/jax#12868: ~10x slower, measured in benchmarks/RESULTS.md), so
         # there the engine dispatches one compiled step at a time instead.
         self.fused = jax.default_backend() != "cpu" or not _has_convolution(self.model, self.example)
         # Placed like the step's outputs, so that the first and later steps share one compilation.
-        self._zero_sums = jax.device_put((np.float32(0.0), np.int32(-1)), replicated)
-        self._evaluate = jax.jit(self._eval)
+        pack = len(self.configs)
+        self._zero_sums = jax.device_put((np.zeros(pack, np.float32), np.full(pack, -1, np.int32)), replicated)
+        self._evaluate = jax.jit(jax.vmap(self._eval, in_axes=(0, None)))
 
     def init(self) -> TrainState:
+        """The packed initial state: every trial's model (the same, from the
+        shared seed), its optimizer state and its own metaparameters."""
         variables = self.model.init(jax.random.key(self.config.seed), self.example, train=False)
         params = variables["params"]
         model_state = {k: v for k, v in variables.items() if k != "params"}
         gns = noise_scale.gns_init() if self.config.gns else None
-        hparams = {k: np.float32(v) for k, v in hyperparameters(self.config).items()}
-        hparams["label_smoothing"] = np.float32(self.config.label_smoothing)
-        copy = (params, model_state, make_optimizer(self.config).init(params), gns, hparams)
-        copies = jax.tree.map(lambda a: jnp.stack([a] * self.config.replicas), copy)
-        state = TrainState(*copies, np.int32(0), algorithms.initial_center(self.config, params))
+        opt_state = make_optimizer(self.config).init(params)
+
+        def trial(config):
+            hparams = {k: np.float32(v) for k, v in hyperparameters(config).items()}
+            hparams["label_smoothing"] = np.float32(config.label_smoothing)
+            copies = jax.tree.map(lambda a: jnp.stack([a] * config.replicas),
+                                  (params, model_state, opt_state, gns, hparams))
+            return TrainState(*copies, np.int32(0), algorithms.initial_center(config, params))
+
+        return self.packed([trial(c) for c in self.configs])
+
+    def packed(self, states: Sequence[TrainState]) -> TrainState:
+        """One state per trial, stacked on the trial axis, on the devices."""
+        state = jax.tree.map(lambda *a: jnp.stack(a), *states)
         # Copies, so that leaves sharing one buffer (optax and gns zeros) can be donated.
         return jax.device_put(jax.tree.map(jnp.copy, state), NamedSharding(self.mesh, P()))
+
+    @staticmethod
+    def trial(state: TrainState, i: int) -> TrainState:
+        """Trial i's state in a packed state."""
+        return jax.tree.map(lambda a: a[i], state)
 
     # --- the compiled parts ---------------------------------------------------
     def loss(self, params, model_state, x, y, label_smoothing=0.0):
@@ -199,9 +239,10 @@ class Engine:
 
     # --- host side ------------------------------------------------------------
     def advance(self, state: TrainState, start: int, stop: int):
-        """Train from step `start` to `stop`; returns (state, mean train loss,
-        first step whose loss was not finite or None)."""
-        loss_sum, step, bad_step = 0.0, start, None
+        """Train the pack from step `start` to `stop`; returns (state, each
+        trial's mean train loss, each trial's first step whose loss was not
+        finite or None)."""
+        loss_sum, step, bad_steps = 0.0, start, np.full(len(self.configs), -1)
         while step < stop:
             epoch, first = divmod(step, self.steps_per_epoch)
             n = min(stop - step, self.steps_per_epoch - first)
@@ -213,19 +254,19 @@ class Engine:
                 for i in range(first, first + n):
                     carry = self._one_step(self.train, perm, i, carry)
                 state, chunk_loss, bad = carry
-            loss_sum += float(chunk_loss)
-            if bad_step is None and int(bad) >= 0:
-                bad_step = epoch * self.steps_per_epoch + int(bad) + 1
+            loss_sum = loss_sum + np.asarray(chunk_loss, np.float64)
+            bad = np.asarray(bad)
+            bad_steps = np.where((bad_steps < 0) & (bad >= 0), epoch * self.steps_per_epoch + bad + 1, bad_steps)
             step += n
-        return state, loss_sum / (stop - start), bad_step
+        return state, loss_sum / (stop - start), [int(b) if b >= 0 else None for b in bad_steps]
 
     def evaluated(self, state: TrainState):
-        """(params, model_state) of the model the trial is evaluated on."""
+        """(params, model_state) of the model one trial is evaluated on."""
         return algorithms.evaluated(self.config, state.params, state.model_state, state.center)
 
-    def evaluate(self, state: TrainState) -> tuple[float, float]:
-        loss, metric = self._evaluate(state, self.val)
-        return float(loss), float(metric)
+    def evaluate(self, state: TrainState) -> list[tuple[float, float]]:
+        """Each trial's (validation loss, validation metric)."""
+        return [(float(loss), float(metric)) for loss, metric in np.asarray(self._evaluate(state, self.val))]
 
 
 def _has_convolution(model, example) -> bool:
@@ -266,85 +307,175 @@ def check_trial(config: TrialConfig, workload: Workload, train_size: int) -> flo
     return target
 
 
+class PackMismatch(Exception):
+    """The trials of a pack resume from different steps (their checkpoints
+    were not all written at one evaluation): run them one at a time."""
+
+
 def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
               prune_above: Callable[[], int | None] | None = None,
               on_eval: Callable[[dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None, snapshot_dir=None) -> TrialRecord:
-    """Train one trial until the target, the budget, divergence or pruning.
+    """Train one trial until the target, the budget, divergence or pruning
+    (`run_trials` with a pack of one)."""
+    return run_trials([config], data_dir=data_dir, checkpoint_dirs=[checkpoint_dir], prune_above=prune_above,
+                      on_evals=[on_eval], should_stop=should_stop, snapshot_dirs=[snapshot_dir])[0]
+
+
+@dataclasses.dataclass
+class _Trial:
+    """One trial of a pack as its record grows."""
+
+    config: TrialConfig
+    checkpoint_dir: str | None
+    snapshot_dir: str | None
+    on_eval: Callable[[dict], None] | None
+    rows: list
+    t0: float
+    status: str | None = None
+    steps_to_target: int | None = None
+
+    def running(self) -> bool:
+        return self.status is None or (self.status == "complete" and not self.config.stop_at_target)
+
+    def observe(self, row: dict, bad_step: int | None, target, direction) -> None:
+        """Append an evaluation row: has the trial diverged, or crossed the target?"""
+        self.rows.append(row)
+        if bad_step is not None or not row["train_loss"] < self.config.divergence_factor * self.rows[0]["val_loss"]:
+            row["diverged_at"] = bad_step or row["step"]
+            self.status = "diverged"
+        elif self.steps_to_target is None and crossed(row["val_metric"], target, direction):
+            self.status, self.steps_to_target = "complete", row["step"]
+
+    def prune(self, best: int | None) -> None:
+        """Pruned when it has not crossed by step `best`, a steps-to-target already found."""
+        if self.status is None and best is not None and self.rows[-1]["step"] >= best:
+            self.status = "pruned"
+
+    def record(self, workload: Workload, target, pack: int) -> TrialRecord:
+        """The record; `run` also says how many trials shared its program."""
+        final = self.rows[-1]
+        return TrialRecord(config=self.config.to_dict(), status=self.status or "incomplete",
+                           steps_to_target=self.steps_to_target, metric=workload.metric,
+                           direction=workload.direction, target=target, measurements=self.rows, final=final,
+                           steps_run=final["step"], wall_time=time.perf_counter() - self.t0,
+                           run={**environment.run_metadata(), "pack": pack})
+
+
+def run_trials(configs: Sequence[TrialConfig], *, data_dir=None, checkpoint_dirs=None,
+               prune_above: Callable[[], int | None] | None = None, on_evals=None,
+               should_stop: Callable[[], bool] | None = None, snapshot_dirs=None,
+               on_record: Callable[[int, TrialRecord], None] | None = None) -> list[TrialRecord]:
+    """Train a pack of trials (one `pack_key`) as one program, each until its
+    target, the budget, divergence or pruning; their records, in order.
 
     Status (Shallue et al. 2019, App. B): `complete` when the validation metric
     crossed the target, `diverged` when the train loss became non-finite or
     exceeded `divergence_factor` times its initial value, `incomplete` when the
     budget ran out, `pruned` when `prune_above()` says a better steps-to-target
-    exists at this batch size already. When `should_stop()` is true at an
-    evaluation, it checkpoints there and raises Stopped.
+    exists at this batch size already. A trial that stops stops counting: its
+    record is final (`on_record(i, record)` sees it at once), while the others
+    go on. When `should_stop()` is true at an evaluation, the running trials
+    checkpoint there and Stopped is raised.
 
-    `on_eval(row)` sees every row of the record once per call of run_trial, in
-    order: at the start the rows restored from the checkpoint (or the step-0
-    evaluation), then each evaluation as it happens, with its final keys.
-
-    With `config.snapshot_steps`, the state after each of those steps is kept
-    in `snapshot_dir`/<step> (it outlives the trial, unlike its checkpoints):
-    the starting points of branches (`config.init_from`)."""
-    workload = get_workload(config.workload)
-    config.validate()
-    if config.snapshot_steps and snapshot_dir is None:
-        raise UserError("snapshot_steps needs a snapshot folder to keep the snapshots in")
+    Per trial i (lists of `checkpoint_dirs`, `on_evals`, `snapshot_dirs`):
+    `on_evals[i](row)` sees every row of the record once per call, in order:
+    first the rows restored from its checkpoint (or the first evaluation),
+    then each evaluation as it happens, with its final keys. With
+    `snapshot_steps`, the state after each of those steps is kept in
+    `snapshot_dirs[i]`/<step> (it outlives the trial, unlike its checkpoints):
+    the starting points of branches (`init_from`). Raises PackMismatch when
+    the trials' checkpoints resume at different steps."""
+    n = len(configs)
+    checkpoint_dirs, on_evals, snapshot_dirs = (v or [None] * n for v in (checkpoint_dirs, on_evals, snapshot_dirs))
+    workload = get_workload(configs[0].workload)
+    for config, snapshot_dir in zip(configs, snapshot_dirs):
+        config.validate()
+        if config.snapshot_steps and snapshot_dir is None:
+            raise UserError("snapshot_steps needs a snapshot folder to keep the snapshots in")
     data = workload.load_data(data_dir)
-    target = check_trial(config, workload, len(data.train_x))
-    engine = Engine(workload, data, config)
-    state, saved = engine.init(), None
-    if checkpoint_dir and config.checkpoint_every:
-        state, saved = checkpoint.restore(checkpoint_dir, state)
-    if saved is None and config.init_from:
-        state, saved = _start_from_snapshot(engine, state)
-    rows = saved["rows"] if saved else []
-    elapsed = saved["elapsed"] if saved else 0.0
-    t0 = time.perf_counter() - elapsed
-    if not rows:
-        val_loss, metric = engine.evaluate(state)
-        rows.append(dict(step=0, examples=0, rounds=0, train_loss=None, val_loss=val_loss, val_metric=metric,
-                         wall_time=time.perf_counter() - t0))
-    if on_eval:
-        for row in rows:
-            on_eval(row)
-    initial_loss = rows[0]["val_loss"]
-    status, steps_to_target = _status_of(rows, target, workload.direction)
-    last_saved = rows[-1]["step"]
+    target = check_trial(configs[0], workload, len(data.train_x))
+    engine = Engine(workload, data, configs)
+    state, trials = _start(engine, checkpoint_dirs, snapshot_dirs, on_evals)
+    config, at = engine.config, trials[0].rows[-1]["step"]
+    for i, trial in enumerate(trials):
+        trial.status, trial.steps_to_target = _status_of(trial.rows, target, workload.direction)
+        if not trial.running() and on_record:
+            on_record(i, trial.record(workload, target, n))
+    last_saved = at
     for stop in sorted({*evaluation_steps(config, config.eval_every or workload.eval_every), *config.snapshot_steps}):
-        if status is not None and (status != "complete" or config.stop_at_target):
+        if not any(t.running() for t in trials):
             break
-        start = rows[-1]["step"]
-        if stop <= start:
+        if stop <= at:
             continue
-        state, train_loss, bad_step = engine.advance(state, start, stop)
-        val_loss, metric = engine.evaluate(state)
-        row = dict(step=stop, examples=stop * config.batch_size, rounds=algorithms.communication_rounds(config, stop),
-                   train_loss=train_loss, val_loss=val_loss, val_metric=metric, wall_time=time.perf_counter() - t0,
-                   **_gns_row(state))
-        rows.append(row)
-        if bad_step is not None or not train_loss < config.divergence_factor * initial_loss:
-            row["diverged_at"] = bad_step or stop
-            status = "diverged"
-        elif steps_to_target is None and crossed(metric, target, workload.direction):
-            status, steps_to_target = "complete", stop
-        elif steps_to_target is None and prune_above and (best := prune_above()) is not None and stop >= best:
-            status = "pruned"
-        if on_eval:
-            on_eval(row)
-        if stop in config.snapshot_steps and not checkpoint.exists(Path(snapshot_dir) / str(stop)):
-            checkpoint.save(Path(snapshot_dir) / str(stop), stop, _snapshot(state), {"rows": [row]})
+        state, losses, bad_steps = engine.advance(state, at, stop)
+        at, evaluations = stop, engine.evaluate(state)
         stopping = should_stop is not None and should_stop()
-        if checkpoint_dir and config.checkpoint_every and (stopping or stop - last_saved >= config.checkpoint_every):
-            checkpoint.save(checkpoint_dir, stop, state, {"rows": rows, "elapsed": time.perf_counter() - t0})
+        save = stopping or stop - last_saved >= (config.checkpoint_every or math.inf)
+        running = [i for i, t in enumerate(trials) if t.running()]
+        for i in running:
+            (val_loss, metric), trial = evaluations[i], trials[i]
+            trial.observe(dict(step=stop, examples=stop * config.batch_size,
+                               rounds=algorithms.communication_rounds(config, stop), train_loss=float(losses[i]),
+                               val_loss=val_loss, val_metric=metric, wall_time=time.perf_counter() - trial.t0,
+                               **_gns_row(state.gns, i)), bad_steps[i], target, workload.direction)
+        # The bound: finished trials at this batch size, and this pack's own crossings.
+        bounds = [prune_above(), *(t.steps_to_target for t in trials)] if prune_above else []
+        best = min((b for b in bounds if b is not None), default=None)
+        for i in running:
+            trial, row = trials[i], trials[i].rows[-1]
+            trial.prune(best)
+            if trial.on_eval:
+                trial.on_eval(row)
+            if stop in config.snapshot_steps and not checkpoint.exists(Path(trial.snapshot_dir) / str(stop)):
+                checkpoint.save(Path(trial.snapshot_dir) / str(stop), stop, _snapshot(engine.trial(state, i)),
+                                {"rows": [row]})
+            if not trial.running():
+                if on_record:
+                    on_record(i, trial.record(workload, target, n))
+            elif trial.checkpoint_dir and config.checkpoint_every and save:
+                checkpoint.save(trial.checkpoint_dir, stop, engine.trial(state, i),
+                                {"rows": trial.rows, "elapsed": time.perf_counter() - trial.t0})
+        if save:
             last_saved = stop
         if stopping:
             raise Stopped(stop)
-    final = rows[-1]
-    return TrialRecord(config=config.to_dict(), status=status or "incomplete", steps_to_target=steps_to_target,
-                       metric=workload.metric, direction=workload.direction, target=target, measurements=rows,
-                       final=final, steps_run=final["step"], wall_time=time.perf_counter() - t0,
-                       run=environment.run_metadata())
+    records = [t.record(workload, target, n) for t in trials]
+    for i, (trial, record) in enumerate(zip(trials, records)):
+        if trial.running() and on_record:
+            on_record(i, record)
+    return records
+
+
+def _start(engine: Engine, checkpoint_dirs, snapshot_dirs, on_evals) -> tuple[TrainState, list[_Trial]]:
+    """The pack's state and its trials, each resumed from its checkpoint, else
+    started from its snapshot (`init_from`), else from scratch; a trial with
+    no rows yet gets its first evaluation."""
+    fresh, states, trials = engine.init(), [], []
+    for i, config in enumerate(engine.configs):
+        state, saved = engine.trial(fresh, i), None
+        if checkpoint_dirs[i] and config.checkpoint_every:
+            state, saved = checkpoint.restore(checkpoint_dirs[i], state)
+        if saved is None and config.init_from:
+            state = _start_from_snapshot(config, state)
+        states.append(state)
+        trials.append(_Trial(config, checkpoint_dirs[i], snapshot_dirs[i], on_evals[i],
+                             rows=saved["rows"] if saved else [],
+                             t0=time.perf_counter() - (saved["elapsed"] if saved else 0.0)))
+    if len({t.rows[-1]["step"] if t.rows else t.config.init_step for t in trials}) > 1:
+        raise PackMismatch([t.rows[-1]["step"] if t.rows else t.config.init_step for t in trials])
+    state = engine.packed(states)
+    evaluations = engine.evaluate(state) if any(not t.rows for t in trials) else None
+    for i, trial in enumerate(trials):
+        if not trial.rows:
+            (val_loss, metric), step = evaluations[i], trial.config.init_step
+            trial.rows.append(dict(step=step, examples=step * trial.config.batch_size,
+                                   rounds=algorithms.communication_rounds(trial.config, step), train_loss=None,
+                                   val_loss=val_loss, val_metric=metric, wall_time=time.perf_counter() - trial.t0))
+        if trial.on_eval:
+            for row in trial.rows:
+                trial.on_eval(row)
+    return state, trials
 
 
 def _snapshot(state: TrainState) -> TrainState:
@@ -353,21 +484,15 @@ def _snapshot(state: TrainState) -> TrainState:
     return state._replace(gns=None, hparams={})
 
 
-def _start_from_snapshot(engine: Engine, state: TrainState):
-    """`state` with the snapshot at `config.init_from` restored into it, and
-    the first measurement row (at `config.init_step`); optimizer state shapes
-    do not depend on the batch size, so a branch at another one restores it."""
-    config = engine.config
+def _start_from_snapshot(config: TrialConfig, state: TrainState) -> TrainState:
+    """`state` with the snapshot at `config.init_from` restored into it (it
+    continues at step `config.init_step`); optimizer state shapes do not
+    depend on the batch size, so a branch at another one restores it."""
     restored, meta = checkpoint.restore(config.init_from, _snapshot(state))
     if meta is None:
         raise UserError(f"init_from: no snapshot in {config.init_from}")
-    state = state._replace(params=restored.params, model_state=restored.model_state, opt_state=restored.opt_state,
-                           step=restored.step)
-    val_loss, metric = engine.evaluate(state)
-    row = dict(step=config.init_step, examples=config.init_step * config.batch_size,
-               rounds=algorithms.communication_rounds(config, config.init_step), train_loss=None,
-               val_loss=val_loss, val_metric=metric, wall_time=0.0)
-    return state, {"rows": [row], "elapsed": 0.0}
+    return state._replace(params=restored.params, model_state=restored.model_state, opt_state=restored.opt_state,
+                          step=restored.step)
 
 
 def _status_of(rows, target, direction):
@@ -380,9 +505,11 @@ def _status_of(rows, target, direction):
     return None, None
 
 
-def _gns_row(state: TrainState) -> dict:
-    if state.gns is None:
+def _gns_row(gns: noise_scale.GnsState | None, i: int) -> dict:
+    """Trial i's online noise-scale estimates (the noise scale runs with one
+    model copy: TrialConfig.validate)."""
+    if gns is None:
         return {}
-    gns = jax.tree.map(lambda a: a[0], state.gns)  # the noise scale runs with one copy (TrialConfig.validate)
+    gns = jax.tree.map(lambda a: a[i, 0], gns)
     g2, trace = (float(v) for v in noise_scale.gns_estimates(gns))
     return dict(gns_g2=g2, gns_trace=trace, gns_b_simple=float(noise_scale.b_simple(gns)))

@@ -9,9 +9,10 @@ vmapping trials of a CNN is 3-5x slower, so trials run in processes, not
 vmapped groups. Workers are spawned (not forked) so each sets its
 environment before JAX starts a backend.
 
-Ray: each trial is a task (one GPU per task when the cluster has GPUs) that
-claims the trial in the shared store, so Ray workers, local workers and other
-machines can share one sweep folder.
+Ray: each pack of trials (one trial unless the spec packs them) is a task
+(one GPU per task when the cluster has GPUs) that claims its trials in the
+shared store, so Ray workers, local workers and other machines can share one
+sweep folder.
 """
 from __future__ import annotations
 
@@ -140,11 +141,11 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def run_local(folder, trials, prune, data_dir, lease_s, progress=None, workers=None, gpus=None) -> None:
+def run_local(folder, trials, prune, data_dir, lease_s, progress=None, workers=None, gpus=None, pack=1) -> None:
     kind, devices = local_devices(gpus)
     workers = min(workers or len(devices), len(trials))
     context = multiprocessing.get_context("spawn")
-    work_kwargs = dict(folder=folder, trials=trials, prune=prune, data_dir=data_dir, lease_s=lease_s)
+    work_kwargs = dict(folder=folder, trials=trials, prune=prune, data_dir=data_dir, lease_s=lease_s, pack=pack)
     pipes = [context.Pipe(duplex=False) for _ in range(workers)]  # (receive, send): each worker's error line
     procs = [context.Process(target=worker_main, name=f"cbs-worker-{i}",
                              args=(placement(kind, devices, i, workers, folder), os.getpid(), work_kwargs, send))
@@ -199,17 +200,20 @@ def _stop(procs) -> None:
             p.join()
 
 
-def _ray_trial(folder, trial, prune, data_dir, lease_s) -> bool:
-    """One Ray task: run one trial unless another worker holds it."""
+def _ray_pack(folder, trials, prune, data_dir, lease_s) -> bool:
+    """One Ray task: run one pack of trials, those no other worker holds."""
     from harness.sweep.store import Store
-    from harness.sweep.worker import try_trial
+    from harness.sweep.worker import try_pack
 
-    return try_trial(Store(folder), trial, prune, data_dir, lease_s)
+    return try_pack(Store(folder), trials, prune, data_dir, lease_s)
 
 
-def run_ray(folder, trials, prune, data_dir, lease_s, progress=None, address=None) -> None:
+def run_ray(folder, trials, prune, data_dir, lease_s, progress=None, address=None, pack=1) -> None:
     """Run the trials as Ray tasks on the cluster at `address` (a local
-    instance when None, or the one this process already joined)."""
+    instance when None, or the one this process already joined), a task per
+    pack (`pack = "auto"` is chosen for the devices of this process)."""
+    from harness.sweep.packing import PackSize, packs
+
     try:
         import ray
     except ImportError:
@@ -224,12 +228,12 @@ def run_ray(folder, trials, prune, data_dir, lease_s, progress=None, address=Non
     if not gpus:
         env["XLA_FLAGS"] = CPU_XLA_FLAGS
     options = {"num_cpus": 1, "num_gpus": 1 if gpus else 0, "max_retries": 2, "runtime_env": {"env_vars": env}}
-    task = ray.remote(**options)(_ray_trial)
+    task = ray.remote(**options)(_ray_pack)
     store = Store(folder)
-    pending = list(trials)
+    pending, size = list(trials), PackSize(pack, data_dir)
     try:
         while pending:
-            refs = [task.remote(folder, t, prune, data_dir, lease_s) for t in pending]
+            refs = [task.remote(folder, group, prune, data_dir, lease_s) for group in packs(pending, size)]
             while refs:
                 done, refs = ray.wait(refs, timeout=PARENT_POLL_S)
                 ray.get(done)

@@ -55,8 +55,8 @@ def run_sweep(spec, out=None, *, overrides=(), workers: int | None = None, execu
     store.remove_stale_checkpoints(t.id for t in trials)
     pending = [t for t in trials if not store.is_done(t.id)]
     watcher = Progress(store.folder, [t.id for t in trials], progress) if progress else None
-    kwargs = dict(folder=str(store.folder), trials=pending, prune=spec.prune, data_dir=data_dir, lease_s=lease_s,
-                  progress=watcher)
+    kwargs = dict(folder=str(store.folder), trials=pending, prune=spec.prune, pack=spec.normalized.get("pack", 1),
+                  data_dir=data_dir, lease_s=lease_s, progress=watcher)
     if pending:
         if executor == "ray":
             executors.run_ray(address=address, **kwargs)

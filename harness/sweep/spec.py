@@ -16,6 +16,7 @@ Format (every key is optional unless marked required)::
     eval_schedule = "linear"             # linear | geometric (dense early: harness.engine.evaluation)
     seeds = 1                            # repeats of every trial: a count (seeds 0..n-1) or a list of seeds
     prune = true                         # stop trials that can no longer beat the best steps-to-target at B
+    pack = 1                             # trials a worker runs as one program, or "auto" (harness.sweep.packing)
     checkpoint_every = 1000              # steps between checkpoints (resume after a crash); default eval_every * 10
     lr_scaling = "linear"                # none | linear | sqrt: scale learning_rate from reference_batch_size
     reference_batch_size = 64            # (with lr_scaling) instead of searching the learning rate
@@ -90,6 +91,7 @@ TOP_LEVEL = {
     "eval_schedule": ((STR,), EVAL_SCHEDULES),
     "seeds": ((INT, LIST), None),
     "prune": ((BOOL,), None),
+    "pack": ((NUMBER, STR), None),  # an integer or "auto": checked in parse_spec
     "checkpoint_every": ((INT,), None),
     "lr_scaling": ((STR,), LR_SCALINGS),
     "reference_batch_size": ((INT,), None),
@@ -120,7 +122,8 @@ CHOICES = {"schedule": SCHEDULES, "warmup": WARMUPS, "algorithm": ALGORITHMS}
 _HINTS = typing.get_type_hints(TrialConfig)
 METAPARAMETERS = {f.name: _HINTS[f.name] for f in fields(TrialConfig) if f.name not in MANAGED}
 METAPARAMETERS["decay_fraction"] = float
-NOT_COMPARED = ("name", "description")  # free text: may change without changing the sweep
+# Free text, and how trials are run (packed or not: the same results): may change without changing the sweep.
+NOT_COMPARED = ("name", "description", "pack")
 CHECKPOINTS_PER_EVAL = 10
 
 
@@ -385,6 +388,9 @@ def parse_spec(raw: dict, path="spec") -> SweepSpec:
         seeds = list(range(seeds))
     if not seeds or not all(_is(s, INT) for s in seeds) or len(set(seeds)) != len(seeds):
         check.fail("seeds", f"expected distinct integers, got {seeds!r}", "a count >= 1 or a list of integers")
+    pack = raw.get("pack", 1)
+    if pack != "auto" and not (_is(pack, INT) and pack >= 1):
+        check.fail("pack", f"expected an integer >= 1 or \"auto\", got {pack!r}", 'integers >= 1, "auto"')
     lr_scaling = raw.get("lr_scaling", "none")
     if lr_scaling != "none" and "reference_batch_size" not in raw:
         check.fail("reference_batch_size", f"missing: lr_scaling {lr_scaling!r} scales from it", "integers >= 1")
@@ -409,7 +415,7 @@ def parse_spec(raw: dict, path="spec") -> SweepSpec:
         optimizer=raw.get("optimizer", "nesterov"), batch_sizes=batch_sizes,
         max_steps=raw.get("max_steps"), max_examples=raw.get("max_examples"),
         eval_every=eval_every, eval_schedule=raw.get("eval_schedule", "linear"),
-        seeds=seeds, prune=raw.get("prune", True),
+        seeds=seeds, prune=raw.get("prune", True), pack=pack,
         checkpoint_every=raw.get("checkpoint_every", eval_every * CHECKPOINTS_PER_EVAL),
         lr_scaling=lr_scaling, reference_batch_size=raw.get("reference_batch_size"),
         fixed=fixed, search=search)

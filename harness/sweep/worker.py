@@ -1,4 +1,4 @@
-"""A sweep worker: claim an unfinished trial, run it, write its record, repeat.
+"""A sweep worker: claim unfinished trials, run them, write their records, repeat.
 
 Every worker of a sweep (local processes, Ray tasks, other machines sharing
 the folder) runs `work`. A trial is claimed with a lease (harness.sweep.leases)
@@ -7,13 +7,20 @@ resumes there; and with the exact pruning bound: steps-to-result at B is the
 minimum over complete trials of their first crossing (Shallue et al. 2019,
 Sec. 3.1), so a trial that has not crossed the target by step t >= the best
 crossing already found at B can no longer change it, and stops.
+
+With the spec's `pack = P`, a worker claims up to P trials that share one
+program (harness.engine.train.pack_key) and runs them as one pack; `auto`
+picks P per batch size (harness.sweep.packing).
 """
 from __future__ import annotations
 
 import time
 from typing import Callable
 
+import contextlib
+
 from harness.sweep.leases import DEFAULT_LEASE_S, worker_id
+from harness.sweep.packing import PackSize, packs
 from harness.sweep.spec import Trial
 from harness.sweep.store import BestSoFar, RecordIndex, Store
 from harness.sweep.trial_log import TrialLog, tensorboard_available
@@ -24,19 +31,21 @@ class LeaseLost(Exception):
 
 
 def work(folder, trials: list[Trial], prune: bool, data_dir=None, lease_s: float = DEFAULT_LEASE_S,
-         should_stop: Callable[[], bool] = lambda: False) -> None:
+         should_stop: Callable[[], bool] = lambda: False, pack: int | str = 1) -> None:
     """A worker: run the unfinished trials of `trials` that no live worker
-    holds, until all of them have records (waiting for those held elsewhere:
-    their worker finishes them, or dies and its lease lapses), or until
-    `should_stop()`: then the trial in flight is checkpointed at its next
-    evaluation and left for a later run to resume."""
+    holds, `pack` at a time (an int, or "auto"), until all of them have
+    records (waiting for those held elsewhere: their worker finishes them, or
+    dies and its lease lapses), or until `should_stop()`: then the trials in
+    flight are checkpointed at their next evaluation and left for a later run
+    to resume."""
     store = Store(folder)
     index = RecordIndex(store)
+    size = PackSize(pack, data_dir)
     remaining = [t for t in trials if not store.is_done(t.id)]
     while remaining and not should_stop():
         ordered = promising_first(remaining, index.refresh()) if prune else remaining
-        if not any(not should_stop() and try_trial(store, t, prune, data_dir, lease_s, index, should_stop)
-                   for t in ordered):
+        if not any(not should_stop() and try_pack(store, group, prune, data_dir, lease_s, index, should_stop)
+                   for group in packs(ordered, size)):
             time.sleep(min(lease_s / 8, 1.0))
         remaining = [t for t in remaining if not store.is_done(t.id)]
 
@@ -62,42 +71,56 @@ def _point(trial_id: str) -> str:
     return trial_id.split("-")[1]
 
 
-def try_trial(store: Store, trial: Trial, prune: bool, data_dir=None, lease_s: float = DEFAULT_LEASE_S,
-              index: RecordIndex | None = None, should_stop: Callable[[], bool] | None = None) -> bool:
-    """Claim and run `trial` unless a live worker holds it; whether it was claimed."""
-    lease = store.try_claim(trial.id, worker_id(), lease_s)
-    if lease is None:
+def try_pack(store: Store, trials: list[Trial], prune: bool, data_dir=None, lease_s: float = DEFAULT_LEASE_S,
+             index: RecordIndex | None = None, should_stop: Callable[[], bool] | None = None) -> bool:
+    """Claim the trials of `trials` (one pack) that no live worker holds and
+    run them as one pack; whether any was claimed."""
+    leases = {t.id: lease for t in trials if (lease := store.try_claim(t.id, worker_id(), lease_s)) is not None}
+    if not leases:
         return False
-    with lease:
-        if not store.is_done(trial.id):  # finished by another worker since we looked
-            bound = BestSoFar(index or RecordIndex(store), trial.config.batch_size) if prune else None
-            _run_claimed(store, trial, lease, bound, data_dir, should_stop)
+    with contextlib.ExitStack() as held:
+        for lease in leases.values():
+            held.enter_context(lease)
+        # Finished by another worker since we looked?
+        claimed = [t for t in trials if t.id in leases and not store.is_done(t.id)]
+        if claimed:
+            bound = BestSoFar(index or RecordIndex(store), claimed[0].config.batch_size) if prune else None
+            _run_claimed(store, claimed, leases, bound, data_dir, should_stop)
     return True
 
 
-def _run_claimed(store: Store, trial: Trial, lease, prune_above, data_dir, should_stop) -> None:
+def _run_claimed(store: Store, trials: list[Trial], leases: dict, prune_above, data_dir, should_stop) -> None:
     from harness.engine.environment import run_metadata
-    from harness.engine.train import Stopped, run_trial
+    from harness.engine.train import PackMismatch, Stopped, run_trials
 
-    store.log_attempt(trial.id, lease.worker)
+    for trial in trials:
+        store.log_attempt(trial.id, leases[trial.id].worker)
     store.write_metadata(run_metadata())
-    board = store.tensorboard_dir(trial.id) if tensorboard_available() else None
     try:
-        with TrialLog(trial.config.to_dict(), store.measurements_path(trial.id), board) as log:
-            def on_eval(row):
-                if not lease.held():
-                    raise LeaseLost(trial.id)
-                log(row)
+        with contextlib.ExitStack() as logs:
+            def on_eval(trial):
+                log = logs.enter_context(TrialLog(trial.config.to_dict(), store.measurements_path(trial.id),
+                                                  store.tensorboard_dir(trial.id) if tensorboard_available() else None))
 
-            record = run_trial(trial.config, data_dir=data_dir, checkpoint_dir=str(store.checkpoint_dir(trial.id)),
-                               prune_above=prune_above, on_eval=on_eval, should_stop=should_stop,
-                               snapshot_dir=str(store.snapshot_dir(trial.id)))
+                def logged(row):
+                    if not leases[trial.id].held():
+                        raise LeaseLost(trial.id)
+                    log(row)
+                return logged
+
+            run_trials([t.config for t in trials], data_dir=data_dir, prune_above=prune_above,
+                       checkpoint_dirs=[str(store.checkpoint_dir(t.id)) for t in trials],
+                       on_evals=[on_eval(t) for t in trials], should_stop=should_stop,
+                       snapshot_dirs=[str(store.snapshot_dir(t.id)) for t in trials],
+                       on_record=lambda i, record: store.write_record(trials[i].id, record.to_dict()))
+    except PackMismatch:  # checkpoints of different steps: one at a time
+        for trial in trials:
+            _run_claimed(store, [trial], leases, prune_above, data_dir, should_stop)
     except (LeaseLost, Stopped):
         return
     except Exception:
-        # A worker that stalled past its lease may find its trial's folder
+        # A worker that stalled past its lease may find its trials' folders
         # tidied by the worker that took over (e.g. mid-checkpoint): not an error.
-        if not lease.held():
+        if not all(lease.held() for lease in leases.values()):
             return
         raise
-    store.write_record(trial.id, record.to_dict())
