@@ -334,6 +334,7 @@ class _Trial:
     t0: float
     status: str | None = None
     steps_to_target: int | None = None
+    result: TrialRecord | None = None  # the record, once the trial has stopped
 
     def running(self) -> bool:
         return self.status is None or (self.status == "complete" and not self.config.stop_at_target)
@@ -398,10 +399,16 @@ def run_trials(configs: Sequence[TrialConfig], *, data_dir=None, checkpoint_dirs
     engine = Engine(workload, data, configs)
     state, trials = _start(engine, checkpoint_dirs, snapshot_dirs, on_evals)
     config, at = engine.config, trials[0].rows[-1]["step"]
+
+    def finish(i):
+        trials[i].result = trials[i].record(workload, target, n)
+        if on_record:
+            on_record(i, trials[i].result)
+
     for i, trial in enumerate(trials):
         trial.status, trial.steps_to_target = _status_of(trial.rows, target, workload.direction)
-        if not trial.running() and on_record:
-            on_record(i, trial.record(workload, target, n))
+        if not trial.running():
+            finish(i)
     last_saved = at
     for stop in sorted({*evaluation_steps(config, config.eval_every or workload.eval_every), *config.snapshot_steps}):
         if not any(t.running() for t in trials):
@@ -431,8 +438,7 @@ def run_trials(configs: Sequence[TrialConfig], *, data_dir=None, checkpoint_dirs
                 checkpoint.save(Path(trial.snapshot_dir) / str(stop), stop, _snapshot(engine.trial(state, i)),
                                 {"rows": [row]})
             if not trial.running():
-                if on_record:
-                    on_record(i, trial.record(workload, target, n))
+                finish(i)
             elif trial.checkpoint_dir and config.checkpoint_every and save:
                 checkpoint.save(trial.checkpoint_dir, stop, engine.trial(state, i),
                                 {"rows": trial.rows, "elapsed": time.perf_counter() - trial.t0})
@@ -440,11 +446,10 @@ def run_trials(configs: Sequence[TrialConfig], *, data_dir=None, checkpoint_dirs
             last_saved = stop
         if stopping:
             raise Stopped(stop)
-    records = [t.record(workload, target, n) for t in trials]
-    for i, (trial, record) in enumerate(zip(trials, records)):
-        if trial.running() and on_record:
-            on_record(i, record)
-    return records
+    for i, trial in enumerate(trials):
+        if trial.result is None:
+            finish(i)
+    return [t.result for t in trials]
 
 
 def _start(engine: Engine, checkpoint_dirs, snapshot_dirs, on_evals) -> tuple[TrainState, list[_Trial]]:
