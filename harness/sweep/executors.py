@@ -5,8 +5,9 @@ Local: one process per GPU when `nvidia-smi` lists GPUs (the GPUs of
 one process per CPU core, each pinned to its core with XLA's CPU thread pools
 limited to one thread. Measured on the build machine (benchmarks/RESULTS.md):
 one process per core beats one process using both cores by 1.6x, and
-vmapping trials of a CNN is 3-5x slower, so trials run in processes, not
-vmapped groups. Workers are spawned (not forked) so each sets its
+vmapping trials of a CNN is 3-5x slower, so on CPU trials run in processes,
+one at a time (a spec's `pack` groups them on accelerators: harness.sweep.packing).
+Workers are spawned (not forked) so each sets its
 environment before JAX starts a backend.
 
 Ray: each pack of trials (one trial unless the spec packs them) is a task
