@@ -1,4 +1,5 @@
-"""The study specs of experiments/ (Lin et al. 2020; Goyal et al. 2017) run,
+"""The study specs of experiments/ (Lin et al. 2020; Goyal et al. 2017; Nado
+et al. 2021) run,
 reduced to seconds (a tiny MNIST net, a few steps, one learning rate), as the
 committed spec files, and count what the papers compare: communication rounds
 per algorithm and the scaled learning rates."""
@@ -79,3 +80,26 @@ def test_final_metric_is_the_best_trials_last_evaluation(lin, capsys):
     best = min((r["final"]["val_metric"], r["config"]["batch_size"]) for r in records if r["status"] != "diverged")
     assert [(row["batch_size"], row["step"]) for row in final] == [(best[1], 40)]
     assert final[0]["final_metric"] == pytest.approx(best[0], rel=1e-9)  # JSON keeps 10 digits
+
+
+NADO = ("nesterov", "adam", "lars", "lamb")
+
+
+def test_nado_study_gives_every_optimizer_the_same_protocol():
+    """Nado et al. 2021: the four optimizers get the same batch sizes, budget,
+    schedule and number of trials; only the optimizer and its search differ."""
+    specs = {o: load_spec(EXPERIMENTS / f"nado_cpu_mnist_fc1024_{o}.toml", DATA) for o in NADO}
+    shared = ("batch_sizes", "max_steps", "target", "eval_every", "eval_schedule", "fixed")
+    assert all({k: s.normalized[k] for k in shared} == {k: specs["nesterov"].normalized[k] for k in shared}
+               for s in specs.values())
+    assert {o: len(s.trials()) for o, s in specs.items()} == {o: 24 for o in NADO}
+    assert {o: {t.config.optimizer for t in s.trials()} for o, s in specs.items()} == {o: {o} for o in NADO}
+
+
+@pytest.mark.parametrize("optimizer", ["lars", "lamb"])
+def test_nado_study_runs_reduced(optimizer, tmp_path):
+    run_sweep(EXPERIMENTS / f"nado_cpu_mnist_fc1024_{optimizer}.toml", tmp_path, workers=1, data_dir=DATA,
+              overrides=[*REDUCED, "max_steps=30", "fixed.warmup_steps=5", "search.trials=2", "target=0.5"])
+    trials = load_sweep(tmp_path).trials
+    assert len(trials) == 2 and set(trials["optimizer"]) == {optimizer}
+    assert (trials["status"] == "complete").sum() == 1  # the layer-wise trust ratio trains: 50% error within 30 steps
