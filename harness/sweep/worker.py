@@ -14,10 +14,9 @@ picks P per batch size (harness.sweep.packing).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable
-
-import contextlib
 
 from harness.sweep.leases import DEFAULT_LEASE_S, worker_id
 from harness.sweep.packing import PackSize, packs
