@@ -105,3 +105,26 @@ def test_a_bad_pack_names_the_field_and_the_allowed_values(pack):
     raw = dict(workload="mnist_fc32x1", batch_sizes=[64], max_steps=10, fixed={"learning_rate": 0.1}, pack=pack)
     with pytest.raises(UserError, match=r'pack: .*allowed: integers >= 1, "auto"'):
         parse_spec(raw)
+
+
+def test_a_pack_on_eight_devices_equals_the_trials_alone_on_one(alone):
+    """The batch is sharded over the devices inside the vmapped pack (the
+    accelerator case); XLA_FLAGS forces 8 host devices in a subprocess."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, sys; sys.path.insert(0, 'tests'); import jax; "
+            "from test_packing import CONFIGS, DATA; from harness.engine.train import run_trials; "
+            "records = run_trials(CONFIGS, data_dir=DATA); "
+            "print(json.dumps([jax.device_count(), [r.measurements for r in records]]))")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    devices, measurements = json.loads(out.stdout.strip().splitlines()[-1])
+    assert devices == 8
+    for rows, a in zip(measurements, alone):
+        assert [r["step"] for r in rows] == [r["step"] for r in a.measurements]
+        for r8, r1 in zip(rows[1:], a.measurements[1:]):
+            for key in ("train_loss", "val_loss", "val_metric"):
+                assert r8[key] == pytest.approx(r1[key], rel=1e-3, abs=1e-6, nan_ok=True), key
