@@ -107,6 +107,7 @@ def test_a_bad_pack_names_the_field_and_the_allowed_values(pack):
         parse_spec(raw)
 
 
+@pytest.mark.slow  # ~20 s; test_engine's eight-device test covers the sharded step of a pack of one
 def test_a_pack_on_eight_devices_equals_the_trials_alone_on_one(alone):
     """The batch is sharded over the devices inside the vmapped pack (the
     accelerator case); XLA_FLAGS forces 8 host devices in a subprocess."""

@@ -111,7 +111,7 @@ def test_pruning_is_exact_and_saves_steps(reference, tmp_path):
             assert outcome_of(record) == outcome_of(records(reference)[trial_id])
 
 
-@pytest.mark.parametrize("prune", [False, True])
+@pytest.mark.parametrize("prune", [False, pytest.param(True, marks=pytest.mark.slow)])  # pruned packs: test_packing
 def test_packed_trials_give_the_records_and_the_analysis_of_trials_run_alone(reference, tmp_path, prune):
     """pack = 3: one worker runs the three learning rates of a batch size as one program."""
     spec = write_spec(tmp_path, prune=prune, text=SPEC.replace("prune = {prune}", "prune = {prune}\npack = 3"))
