@@ -8,7 +8,7 @@ learning rates, one shared batch per step), timed by the measurement that
 single-threaded, as a sweep worker runs on CPU. Cells whose P * B examples per
 step would take longer than the run allows are skipped (--max-examples).
 
-    python benchmarks/packing.py [--seconds 1] [--max-examples fc=32768,cnn=2048]
+    python benchmarks/packing.py [--seconds 1] [--max-examples fc=32768,cnn=2048] [--rows fc:1024,cnn:16]
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def main():
     p.add_argument("--max-examples", default="fc=32768,cnn=2048",
                    help="largest P * B measured per model (the CNN runs ~1000 examples/s on one core)")
     p.add_argument("--data-dir")
+    p.add_argument("--rows", help="only these rows, e.g. fc:1024,cnn:16 (default: every model at every B)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -53,20 +54,22 @@ def main():
           "single-threaded; in brackets: vs P=1)")
     print("|---|---:|" + "---:|" * len(PACKS))
     env = {**os.environ, "XLA_FLAGS": SINGLE_THREAD}
-    for key, workload in WORKLOADS.items():
-        for b in BATCH_SIZES:
-            cells, base = [], None
-            for pack in PACKS:
-                if pack * b > cap[key]:
-                    cells.append("—")
-                    continue
-                cmd = ["taskset", "-c", "0", sys.executable, __file__, "--one", f"{workload}:{b}:{pack}",
-                       "--seconds", str(args.seconds)] + (["--data-dir", args.data_dir] if args.data_dir else [])
-                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-                rate = json.loads(out.stdout.strip().splitlines()[-1])
-                base = base or rate
-                cells.append(f"{rate:,.1f} ({rate / base:.2f}x)")
-            print(f"| {workload} | {b} | " + " | ".join(cells) + " |", flush=True)
+    rows = [(k, b) for k in WORKLOADS for b in BATCH_SIZES]
+    if args.rows:
+        rows = [(k, int(b)) for k, b in (row.split(":") for row in args.rows.split(","))]
+    for key, b in rows:
+        workload, cells, base = WORKLOADS[key], [], None
+        for pack in PACKS:
+            if pack * b > cap[key]:
+                cells.append("—")
+                continue
+            cmd = ["taskset", "-c", "0", sys.executable, __file__, "--one", f"{workload}:{b}:{pack}",
+                   "--seconds", str(args.seconds)] + (["--data-dir", args.data_dir] if args.data_dir else [])
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+            rate = json.loads(out.stdout.strip().splitlines()[-1])
+            base = base or rate
+            cells.append(f"{rate:,.1f} ({rate / base:.2f}x)")
+        print(f"| {workload} | {b} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
