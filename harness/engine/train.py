@@ -467,8 +467,9 @@ def _start(engine: Engine, checkpoint_dirs, snapshot_dirs, on_evals) -> tuple[Tr
         trials.append(_Trial(config, checkpoint_dirs[i], snapshot_dirs[i], on_evals[i],
                              rows=saved["rows"] if saved else [],
                              t0=time.perf_counter() - (saved["elapsed"] if saved else 0.0)))
-    if len({t.rows[-1]["step"] if t.rows else t.config.init_step for t in trials}) > 1:
-        raise PackMismatch([t.rows[-1]["step"] if t.rows else t.config.init_step for t in trials])
+    starts = [t.rows[-1]["step"] if t.rows else t.config.init_step for t in trials]
+    if len(set(starts)) > 1:
+        raise PackMismatch(starts)
     state = engine.packed(states)
     evaluations = engine.evaluate(state) if any(not t.rows for t in trials) else None
     for i, trial in enumerate(trials):

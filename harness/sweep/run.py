@@ -55,7 +55,7 @@ def run_sweep(spec, out=None, *, overrides=(), workers: int | None = None, execu
     store.remove_stale_checkpoints(t.id for t in trials)
     pending = [t for t in trials if not store.is_done(t.id)]
     watcher = Progress(store.folder, [t.id for t in trials], progress) if progress else None
-    kwargs = dict(folder=str(store.folder), trials=pending, prune=spec.prune, pack=spec.normalized.get("pack", 1),
+    kwargs = dict(folder=str(store.folder), trials=pending, prune=spec.prune, pack=spec.pack,
                   data_dir=data_dir, lease_s=lease_s, progress=watcher)
     if pending:
         if executor == "ray":
