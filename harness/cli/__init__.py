@@ -22,6 +22,7 @@ COMMANDS = {
     "gns": ("harness.cli.gns", "gradient noise scale over training and the critical batch size it predicts"),
     "sweep": ("harness.cli.sweep", "run, resume or extend a batch-size sweep from a spec file"),
     "analyze": ("harness.cli.analyze", "steps-to-result table and critical batch size fits of a sweep"),
+    "compare": ("harness.cli.compare", "several sweeps side by side: steps, perfect scaling, B_crit per study"),
     "plot": ("harness.cli.plot", "every figure of one or more sweeps (PNG and PDF)"),
     "report": ("harness.cli.report", "one self-contained HTML report of a sweep"),
     "export": ("harness.cli.export", "write a sweep in another layout (Shallue et al.'s batch_science)"),

@@ -25,6 +25,17 @@ def budgets(args) -> dict:
     return dict(step_budget=args.max_steps, example_budget=args.max_examples)
 
 
+def parse_batch_sizes(text: str, option: str) -> list[int]:
+    """'1,4,16' -> [1, 4, 16]; UserError naming `option` otherwise."""
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise UserError(f"{option} must be comma-separated positive integers, got {text!r}")
+    return sizes
+
+
 def add_arguments(parser):
     parser.add_argument("folder", help="a sweep folder (written by `cbs sweep`)")
     parser.add_argument("--target", type=float,

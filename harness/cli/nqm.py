@@ -4,6 +4,7 @@ import json
 import math
 
 from analysis.nqm import DIMS, OPTIMIZERS, TARGET, nqm_steps
+from harness.cli.analyze import parse_batch_sizes
 from harness.errors import UserError
 
 
@@ -18,20 +19,10 @@ def add_arguments(parser):
     parser.add_argument("--json", action="store_true", help="print a JSON list of objects")
 
 
-def parse_batch_sizes(text):
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--batch-sizes must be comma-separated positive integers, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise UserError(f"--batch-sizes must be comma-separated positive integers, got {text!r}")
-    return sizes
-
-
 def run(args) -> int:
     if args.dims < 1:
         raise UserError(f"--dims must be >= 1, got {args.dims}")
-    rows = nqm_steps(parse_batch_sizes(args.batch_sizes), args.optimizer, args.precondition,
+    rows = nqm_steps(parse_batch_sizes(args.batch_sizes, "--batch-sizes"), args.optimizer, args.precondition,
                      args.target, args.dims)
     for r in rows:
         if math.isinf(r["steps"]):

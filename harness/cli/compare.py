@@ -1,0 +1,24 @@
+"""`cbs compare FOLDER...`: several sweeps side by side, one row per study
+(analysis.compare): steps to result at shared batch sizes, where perfect
+scaling ends, the maximal useful batch size and B_crit with its interval."""
+from __future__ import annotations
+
+from harness.cli.analyze import parse_batch_sizes
+
+
+def add_arguments(parser):
+    parser.add_argument("folders", nargs="+", help="sweep folders (written by `cbs sweep`)")
+    parser.add_argument("--at", help="comma-separated batch sizes for the steps@B columns (default: the batch "
+                        "sizes every study reached)")
+    parser.add_argument("--csv", action="store_true", help="print CSV instead of a text table")
+
+
+def run(args) -> int:
+    from analysis import load_sweep
+    from analysis.compare import comparison_table
+
+    at = None if args.at is None else parse_batch_sizes(args.at, "--at")
+    table = comparison_table([load_sweep(folder) for folder in args.folders], at)
+    print(table.to_csv(index=False) if args.csv else table.to_string(index=False, float_format=lambda v: f"{v:.4g}"),
+          end="" if args.csv else "\n")
+    return 0
