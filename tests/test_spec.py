@@ -177,13 +177,15 @@ def test_the_experiments_are_valid_specs(name):
     trials = spec.trials()
     assert len({t.id for t in trials}) == len(trials) >= len(spec.batch_sizes)
     if name.startswith("shallue"):
-        assert spec.search["kind"] == "quasi_random" and spec.search["trials"] >= 16
+        # the CPU Simple CNN affords 6 trials per batch size in an hour of 2 cores (its spec says so)
+        fewest = 6 if name == "shallue_cpu_mnist_simple_cnn_nesterov" else 16
+        assert spec.search["kind"] == "quasi_random" and spec.search["trials"] >= fewest
         assert spec.search["space"]["learning_rate"]["scale"] == "log"
         assert all(t.config.schedule == "linear_decay" and 1 <= t.config.decay_steps <= t.config.max_steps
                    for t in trials)
     if "simple_cnn" in name:
         assert spec.optimizer == "nesterov" and spec.search["space"]["momentum"]["scale"] == "log1m"
-        assert spec.target == (0.01 if name == "shallue_mnist_simple_cnn" else 0.1)
+        assert spec.target == (0.1 if "fashion_mnist" in name else 0.01)
 
 
 def test_overrides_set_toml_values_at_dotted_keys_and_the_text_records_them(tmp_path):
