@@ -96,7 +96,8 @@ def test_nado_study_gives_every_optimizer_the_same_protocol():
     assert {o: {t.config.optimizer for t in s.trials()} for o, s in specs.items()} == {o: {o} for o in NADO}
 
 
-@pytest.mark.parametrize("optimizer", ["lars", "lamb"])
+# ~29 s for LARS: with -m slow; its update rule is checked against the formula in test_engine by default
+@pytest.mark.parametrize("optimizer", [pytest.param("lars", marks=pytest.mark.slow), "lamb"])
 def test_nado_study_runs_reduced(optimizer, tmp_path):
     run_sweep(EXPERIMENTS / f"nado_cpu_mnist_fc1024_{optimizer}.toml", tmp_path, workers=1, data_dir=DATA,
               overrides=[*REDUCED, "max_steps=30", "fixed.warmup_steps=5", "search.trials=2", "target=0.5"])
