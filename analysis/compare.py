@@ -1,6 +1,5 @@
 """Several sweeps side by side: one row per study with what Shallue et al.
-(2019, Sec. 4 and Fig. 1) and McCandlish et al. (2018, Sec. 2.2) compare
-workloads by: steps to result at chosen batch sizes, where perfect scaling
+(2019) and McCandlish et al. (2018) compare workloads by: steps to result at chosen batch sizes, where perfect scaling
 ends, the maximal useful batch size, and the critical batch size
 B_crit = E_min / S_min (McCandlish et al. 2018, Eq. 2.11) with its interval.
 """
