@@ -40,3 +40,10 @@ def test_cpu_workers_are_pinned_to_the_cores_in_turn(tmp_path):
     cores = [placement("cpu", [5, 9], i, 3, tmp_path)["core"] for i in range(3)]
     assert cores == [5, 9, 5]
     assert "CUDA_VISIBLE_DEVICES" not in placement("cpu", [5, 9], 0, 3, tmp_path)["env"]
+
+
+def test_workers_compile_into_the_users_cache_else_the_sweep_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    assert placement("cpu", [0], 0, 1, tmp_path)["env"]["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / ".jax_cache")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    assert placement("gpu", ["0"], 0, 1, tmp_path)["env"]["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "mine")

@@ -71,11 +71,13 @@ CACHE_OPTIONS = {"JAX_COMPILATION_CACHE_DIR": str, "JAX_PERSISTENT_CACHE_MIN_COM
 
 
 def compilation_cache(folder) -> dict:
-    """Environment that makes JAX keep compiled programs in the sweep folder,
-    so a trial whose program another worker already compiled (same batch size
-    and shapes) skips compilation, which dominates short trials on CPU."""
-    return {"JAX_COMPILATION_CACHE_DIR": str(Path(folder).absolute() / ".jax_cache"),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1"}
+    """Environment that makes JAX keep compiled programs, so a trial whose
+    program another worker already compiled (same batch size and shapes)
+    skips compilation, which dominates short trials on CPU: in the user's
+    $JAX_COMPILATION_CACHE_DIR when set (shared by every sweep), else in the
+    sweep folder."""
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or Path(folder).absolute() / ".jax_cache"
+    return {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1"}
 
 
 def _apply_cache_options() -> None:
