@@ -121,14 +121,25 @@ def final_metrics(sweep) -> pd.DataFrame | None:
         .reset_index(drop=True)
 
 
+def _searched_numeric(sweep, columns) -> list[str]:
+    return [n for n in search_space(sweep) if n in columns and n in sweep.trials
+            and pd.api.types.is_numeric_dtype(sweep.trials[n])]
+
+
+def _on_an_edge(values: pd.Series) -> pd.Series:
+    """Which values are the largest or the smallest tried (none if all are equal)."""
+    if values.nunique() < 2:
+        return pd.Series(False, index=values.index)
+    return (values == values.max()) | (values == values.min())
+
+
 def edge_hits(sweep, curve: Curve) -> list[tuple[int, str, str]]:
     """(batch size, metaparameter, 'largest' | 'smallest') where the best
     trial's value of a searched numeric metaparameter is the largest or the
     smallest value tried at that batch size: the optimum may lie outside the
     search space, which must then be widened (Shallue et al. 2019, Sec. 4.5
     and App. D: the best trial should sit strictly inside it)."""
-    names = [n for n in search_space(sweep) if n in curve.table and n in sweep.trials
-             and pd.api.types.is_numeric_dtype(sweep.trials[n])]
+    names = _searched_numeric(sweep, curve.table)
     hits = []
     for row in curve.table.itertuples():
         tried = sweep.trials[sweep.trials["batch_size"] == row.batch_size]
@@ -143,12 +154,29 @@ def edge_hits(sweep, curve: Curve) -> list[tuple[int, str, str]]:
     return hits
 
 
-def edge_text(hits) -> str:
-    """One warning line naming the edge hits, '' if none."""
+def edge_points(sweep, batch_size: int) -> tuple[int, int]:
+    """(k, n): k of the n points tried at `batch_size` sit on an edge of some
+    searched numeric metaparameter. A best trial that lands on a point at
+    random is on an edge with probability k / n, so an edge hit tells little
+    where few points search several metaparameters (with n points, each
+    metaparameter puts 2 of them on an edge)."""
+    tried = sweep.trials[sweep.trials["batch_size"] == batch_size]
+    edge = pd.Series(False, index=tried.index)
+    for name in _searched_numeric(sweep, tried):
+        edge |= _on_an_edge(tried[name])
+    return int(edge.sum()), len(tried)
+
+
+def edge_text(sweep, hits) -> str:
+    """One warning line naming the edge hits and, per batch size, how often
+    chance alone would put the best trial on an edge; '' if none."""
     if not hits:
         return ""
     named = "; ".join(f"B = {b}: {name} at the {edge} value tried" for b, name, edge in hits)
-    return f"warning: the best trial sits on an edge of the search ({named}): the optimum may lie beyond; widen the range"
+    chance = "; ".join(f"B = {b}: {k} of {n}" for b in sorted({h[0] for h in hits})
+                       for k, n in [edge_points(sweep, b)])
+    return (f"warning: the best trial sits on an edge of the search ({named}): the optimum may lie beyond; "
+            f"widen the range (points tried that sit on some edge, the odds of an edge hit by chance alone: {chance})")
 
 
 def unreached(sweep, curve: Curve) -> str:
@@ -192,7 +220,7 @@ def summary_text(sweep, curve: Curve) -> str:
     lines.append(steps_table(sweep, curve).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if missing := unreached(sweep, curve):
         lines.append(missing)
-    if edges := edge_text(edge_hits(sweep, curve)):
+    if edges := edge_text(sweep, edge_hits(sweep, curve)):
         lines.append(edges)
     if (final := final_metrics(sweep)) is not None and len(final):
         lines += [f"best {spec['metric']} at the end of training (trials trained to their budget, diverged ones "

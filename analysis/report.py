@@ -106,7 +106,7 @@ def render_report(sweep) -> str:
         parts.append(_table_html(steps_table(sweep, curve), "steps-table"))
     if missing := unreached(sweep, curve):
         parts.append(f"<p>{esc(missing)}</p>")
-    if edges := edge_text(edge_hits(sweep, curve)):
+    if edges := edge_text(sweep, edge_hits(sweep, curve)):
         parts.append(f"<div class='warning' id='edge-hits'>{esc(edges)}</div>")
     parts.append("</section>")
     gns = noise_scale_table(sweep, curve)

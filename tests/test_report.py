@@ -100,7 +100,7 @@ def test_report_as_rendered_by_chromium(report, sweep_folder, tmp_path):
     assert names == ["steps", "steps_normalised", "metaparameters", "feasibility", "budgets", "pareto",
                      "noise_scale"]
     assert all(complete and width > 400 and height > 300 for _, complete, width, height in seen["images"])
-    edges = edge_text(edge_hits(sweep, analyze(sweep)))
+    edges = edge_text(sweep, edge_hits(sweep, analyze(sweep)))
     assert "B = 4: learning_rate at the smallest value tried" in edges  # the designed best is the first point
     assert seen["warnings"] == [f"warning: {w}" for w in fit.warnings] + [edges]
 

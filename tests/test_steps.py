@@ -144,6 +144,23 @@ def test_edge_hits_name_the_best_trials_on_an_edge_of_the_search():
     hits = edge_hits(sweep, Curve(0.1, best, None))
     # B = 8: lr inside, momentum the largest tried; B = 64: lr the largest; B = 512: one value, no edge
     assert hits == [(8, "momentum", "largest"), (64, "learning_rate", "largest"), (64, "momentum", "smallest")]
-    assert edge_text(hits).startswith("warning: the best trial sits on an edge of the search (B = 8: momentum at "
-                                      "the largest value tried;")
-    assert edge_text([]) == ""
+    assert edge_text(sweep, hits).startswith("warning: the best trial sits on an edge of the search (B = 8: "
+                                             "momentum at the largest value tried;")
+    # every point tried at B = 8 and 64 is the largest or smallest of lr or momentum: chance alone gives the hit
+    assert edge_text(sweep, hits).endswith("the odds of an edge hit by chance alone: B = 8: 3 of 3; B = 64: 3 of 3)")
+    assert edge_text(sweep, []) == ""
+
+
+def test_edge_points_count_the_points_tried_on_some_edge():
+    """Five points over two metaparameters: lr's extremes are points 0 and 4,
+    momentum's points 0 and 2, point 1 and 3 sit inside both: 3 of 5."""
+    from types import SimpleNamespace
+
+    from analysis.curves import edge_points
+
+    space = {"learning_rate": {"min": 0.01, "max": 1.0, "scale": "log"}, "momentum": {"min": 0.8, "max": 0.999}}
+    trials = pd.DataFrame({"batch_size": [16] * 5 + [32], "learning_rate": [0.1, 0.2, 0.3, 0.4, 0.5, 0.1],
+                           "momentum": [0.9, 0.95, 0.99, 0.95, 0.93, 0.9]})
+    sweep = SimpleNamespace(spec={"search": {"space": space}}, trials=trials)
+    assert edge_points(sweep, 16) == (3, 5)
+    assert edge_points(sweep, 32) == (0, 1)  # one point: nothing to be an edge of
