@@ -238,7 +238,6 @@ def test_cbs_gns_rejects_a_sample_count_before_training(capsys):
     assert "num_samples must be a multiple of 16" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # ~10 s on 2 cores: training, offline estimate and 55,000 per-example gradients
 def test_cbs_gns_on_mnist_matches_b_simple_from_every_per_example_gradient(capsys, tmp_path, data_dir):
     """On real data: the offline B_simple of a trained MLP against the exact
     B_simple of the 55,000-example training set, from all per-example gradients."""

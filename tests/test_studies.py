@@ -41,7 +41,6 @@ def test_lin_study_counts_rounds_as_lin_et_al(lin):
                       "post_local_sgd": [0, 10, 20, 21, 23]}
 
 
-@pytest.mark.slow
 def test_lin_study_compares_on_one_rounds_axis(lin, tmp_path):
     assert main(["plot", *(str(lin / a) for a in ("minibatch", "local_sgd", "post_local_sgd")), "--axis", "rounds",
                  "--out", str(tmp_path)]) == 0
@@ -96,8 +95,7 @@ def test_nado_study_gives_every_optimizer_the_same_protocol():
     assert {o: {t.config.optimizer for t in s.trials()} for o, s in specs.items()} == {o: {o} for o in NADO}
 
 
-# ~29 s for LARS: with -m slow; its update rule is checked against the formula in test_engine by default
-@pytest.mark.parametrize("optimizer", [pytest.param("lars", marks=pytest.mark.slow), "lamb"])
+@pytest.mark.parametrize("optimizer", ["lars", "lamb"])
 def test_nado_study_runs_reduced(optimizer, tmp_path):
     run_sweep(EXPERIMENTS / f"nado_cpu_mnist_fc1024_{optimizer}.toml", tmp_path, workers=1, data_dir=DATA,
               overrides=[*REDUCED, "max_steps=30", "fixed.warmup_steps=5", "search.trials=2", "target=0.5"])

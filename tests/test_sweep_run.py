@@ -184,7 +184,6 @@ def test_three_workers_share_one_folder_and_run_each_trial_once(reference, tmp_p
     assert all(outcome_of(done[t]) == outcome_of(records(reference)[t]) for t in ids)
 
 
-@pytest.mark.slow  # leases' takeover is also checked without training in tests/test_sweep_store.py
 def test_a_stalled_workers_trial_is_taken_over(reference, tmp_path):
     spec_path = write_spec(tmp_path)
     out = tmp_path / "sweep"
