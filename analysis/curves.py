@@ -179,11 +179,29 @@ def edge_text(sweep, hits) -> str:
             f"widen the range (points tried that sit on some edge, the odds of an edge hit by chance alone: {chance})")
 
 
+def evaluated_up_to(sweep, curve: Curve, batch_size: int) -> int | None:
+    """The last step at which a non-diverged trial at `batch_size` was
+    evaluated within the curve's budgets: where none reached the target,
+    steps to result there exceed it (None: no evaluation yet)."""
+    ran = sweep.trials.loc[(sweep.trials["batch_size"] == batch_size) & (sweep.trials["status"] != "diverged"),
+                           "trial_id"]
+    steps = sweep.measurements.loc[sweep.measurements["trial_id"].isin(ran), "step"]
+    if curve.step_budget is not None:
+        steps = steps[steps <= curve.step_budget]
+    if curve.example_budget is not None:
+        steps = steps[steps * batch_size <= curve.example_budget]
+    return int(steps.max()) if len(steps) else None
+
+
 def unreached(sweep, curve: Curve) -> str:
     """The sentences naming the spec's batch sizes where no trial reached the
-    target, and those where the answer is unknown ('' if none)."""
+    target, each with how far its trials were evaluated, and those where the
+    answer is unknown ('' if none)."""
     missing = sorted(set(sweep.spec["batch_sizes"]) - set(curve.table["batch_size"]) - set(curve.unknown))
-    lines = [f"no trial reached the target at batch size(s) {', '.join(map(str, missing))}"] if missing else []
+    reach = {b: evaluated_up_to(sweep, curve, b) for b in missing}
+    named = ", ".join(f"{b} ({'not evaluated yet' if n is None else f'evaluated up to step {n}'})"
+                      for b, n in reach.items())
+    lines = [f"no trial reached the target at batch size(s) {named}"] if missing else []
     if curve.unknown:
         lines.append(f"warning: steps to result unknown at batch size(s) {', '.join(map(str, curve.unknown))}: "
                      "trials there stopped at the sweep's own target, which this target is stricter than "

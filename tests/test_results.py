@@ -90,3 +90,20 @@ def test_a_committed_local_cbs_study_analyses_to_its_committed_table(folder):
     now = load_local_cbs(folder).table
     assert list(now.columns) == list(committed.columns)
     pd.testing.assert_frame_equal(now.reset_index(drop=True), committed, check_dtype=False, rtol=1e-6)
+
+
+def test_a_batch_size_that_never_reached_the_target_says_how_far_it_was_evaluated():
+    """The CPU Simple CNN at B = 512: no trial reached 1% error within the
+    150,000-example budget, i.e. ceil(150000 / 512) = 293 steps; within a
+    100,000-example budget the last evaluation is the last one at or below
+    100000 / 512 = 195 steps."""
+    from analysis import load_sweep
+    from analysis.curves import analyze, unreached
+
+    sweep = load_sweep(RESULTS / "shallue_cpu_mnist_simple_cnn_nesterov")
+    assert unreached(sweep, analyze(sweep)) == \
+        "no trial reached the target at batch size(s) 512 (evaluated up to step 293)"
+    at_512 = sweep.measurements[sweep.measurements["batch_size"] == 512]["step"]
+    last = max(s for s in at_512 if s <= 100_000 // 512)
+    assert unreached(sweep, analyze(sweep, example_budget=100_000)) == \
+        f"no trial reached the target at batch size(s) 512 (evaluated up to step {last})"
