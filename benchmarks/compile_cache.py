@@ -21,7 +21,7 @@ from pathlib import Path
 
 import jax
 
-from sweep import ROOT, engine_run
+from sweep import ROOT, engine_run, report
 
 
 def timed(spec, folder, workers, data_dir, cache):
@@ -62,11 +62,7 @@ def main():
              f"{', '.join(f'{w:.1f}' for w, _ in runs['shared'])} |",
              "", f"Speed-up (a)/(b): **{own / shared:.2f}x**. Same steps-to-result in every run: "
              f"{'yes' if same else 'NO'} ({runs['own'][0][1]}).", ""]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_record:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write("\n" + text + "\n")
+    report(lines, record=not args.no_record)
 
 
 if __name__ == "__main__":

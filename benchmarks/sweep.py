@@ -61,6 +61,15 @@ def one_at_a_time(spec, data_dir):
     return time.perf_counter() - t0, steps, best
 
 
+def report(lines, record: bool) -> None:
+    """Print a result section and, with `record`, append it to benchmarks/RESULTS.md."""
+    text = "\n".join(lines)
+    print(text)
+    if record:
+        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
+            f.write("\n" + text + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default=str(ROOT / "experiments" / "quickstart.toml"))
@@ -87,11 +96,7 @@ def main():
     lines += ["", f"Speed-up (b)/(a): **{wall_b / wall_a:.2f}x** wall time, {steps_b / steps_a:.2f}x fewer steps. "
               f"Same steps-to-result per batch size in both: {'yes' if same else 'NO'} "
               f"({dict(sorted((int(k), int(v)) for k, v in curve_a.items()))}).", ""]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_record:
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write("\n" + text + "\n")
+    report(lines, record=not args.no_record)
 
 
 if __name__ == "__main__":
