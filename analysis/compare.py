@@ -1,6 +1,7 @@
 """Several sweeps side by side: one row per study with what Shallue et al.
-(2019) and McCandlish et al. (2018) compare workloads by: steps to result at chosen batch sizes, where perfect scaling
-ends, the maximal useful batch size, and the critical batch size
+(2019) and McCandlish et al. (2018) compare workloads by: steps to result at
+chosen batch sizes, where perfect scaling ends, the maximal useful batch
+size, and the critical batch size
 B_crit = E_min / S_min (McCandlish et al. 2018, Eq. 2.11) with its interval.
 """
 from __future__ import annotations

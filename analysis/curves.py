@@ -126,11 +126,12 @@ def _searched_numeric(sweep, columns) -> list[str]:
             and pd.api.types.is_numeric_dtype(sweep.trials[n])]
 
 
-def _on_an_edge(values: pd.Series) -> pd.Series:
-    """Which values are the largest or the smallest tried (none if all are equal)."""
+def _edge(value, values: pd.Series) -> str | None:
+    """'largest' or 'smallest' when `value` is that of the values tried, None
+    when it lies between them or all of them are equal."""
     if values.nunique() < 2:
-        return pd.Series(False, index=values.index)
-    return (values == values.max()) | (values == values.min())
+        return None
+    return "largest" if value == values.max() else "smallest" if value == values.min() else None
 
 
 def edge_hits(sweep, curve: Curve) -> list[tuple[int, str, str]]:
@@ -144,13 +145,8 @@ def edge_hits(sweep, curve: Curve) -> list[tuple[int, str, str]]:
     for row in curve.table.itertuples():
         tried = sweep.trials[sweep.trials["batch_size"] == row.batch_size]
         for name in names:
-            best, values = getattr(row, name), tried[name].dropna()
-            if values.nunique() < 2:
-                continue
-            if best == values.max():
-                hits.append((int(row.batch_size), name, "largest"))
-            elif best == values.min():
-                hits.append((int(row.batch_size), name, "smallest"))
+            if edge := _edge(getattr(row, name), tried[name]):
+                hits.append((int(row.batch_size), name, edge))
     return hits
 
 
@@ -161,10 +157,9 @@ def edge_points(sweep, batch_size: int) -> tuple[int, int]:
     where few points search several metaparameters (with n points, each
     metaparameter puts 2 of them on an edge)."""
     tried = sweep.trials[sweep.trials["batch_size"] == batch_size]
-    edge = pd.Series(False, index=tried.index)
-    for name in _searched_numeric(sweep, tried):
-        edge |= _on_an_edge(tried[name])
-    return int(edge.sum()), len(tried)
+    names = _searched_numeric(sweep, tried)
+    on_an_edge = sum(any(_edge(point[name], tried[name]) for name in names) for _, point in tried.iterrows())
+    return on_an_edge, len(tried)
 
 
 def edge_text(sweep, hits) -> str:
