@@ -13,7 +13,7 @@ from analysis.compare import bound_text
 from analysis.fit import fit_steps
 from harness.cli import main
 
-RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
+RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "shallue2019" / "results"
 STUDIES = [RESULTS / name for name in ("shallue_cpu_mnist_fc1024_sgd", "shallue_cpu_mnist_fc1024_nesterov",
                                        "shallue_cpu_mnist_fc1024x3_nesterov")]
 

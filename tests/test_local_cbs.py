@@ -224,7 +224,7 @@ def test_kill_9_then_resume_equals_uninterrupted(study, tmp_path):
     assert pd.read_csv(out / "local_cbs.csv").equals(pd.read_csv(expected / "local_cbs.csv"))
 
 
-@pytest.mark.parametrize("path", [p for p in sorted(Path(__file__).parent.parent.glob("experiments/*.toml"))
+@pytest.mark.parametrize("path", [p for p in sorted(Path(__file__).parent.parent.glob("experiments/*/*.toml"))
                                   if "[local_cbs]" in p.read_text()], ids=lambda p: p.name)
 def test_every_committed_local_cbs_spec_validates(path, tmp_path):
     spec = load_local_cbs_spec(path, tmp_path, DATA)

@@ -325,7 +325,7 @@ def test_noise_scale_figure_draws_a_cbs_gns_run_beside_the_swept_b_crit():
 
     from analysis import load_sweep
 
-    folder = Path(__file__).resolve().parent.parent / "experiments/results/shallue_cpu_mnist_fc1024_sgd"
+    folder = Path(__file__).resolve().parent.parent / "experiments/shallue2019/results/shallue_cpu_mnist_fc1024_sgd"
     measured = json.loads((folder / "gns/gns.json").read_text())
     figures = {name: fig for name, _, fig in plots.sweep_figures(load_sweep(folder), targets=[])}
     ax = figures["noise_scale"].axes[0]

@@ -1,4 +1,4 @@
-"""The committed study results (experiments/results/<study>/: spec, metadata
+"""The committed study results (experiments/<family>/results/<study>/: spec, metadata
 and one record.json per trial, no checkpoints) still analyse to the committed
 numbers (analysis.json, written by `cbs analyze FOLDER --json` when the study
 was committed). No training: this guards the analysis against drift. Their
@@ -16,8 +16,8 @@ from analysis.curves import num
 from harness.cli import main
 from test_report import _chromium
 
-RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "results"
-STUDIES = sorted(p.parent for p in RESULTS.glob("*/analysis.json"))
+RESULTS = Path(__file__).resolve().parent.parent / "experiments"
+STUDIES = sorted(p.parent for p in RESULTS.glob("*/results/*/analysis.json"))
 
 
 def test_there_are_committed_sweep_studies():
@@ -53,7 +53,7 @@ window.addEventListener("load", () => {
   document.body.appendChild(out);
 });
 </script>"""
-REPORTS = sorted(RESULTS.glob("*/report.html"))
+REPORTS = sorted(RESULTS.glob("*/results/*/report.html"))
 
 
 def test_every_study_has_a_committed_report():
@@ -78,7 +78,7 @@ def test_a_committed_report_shows_the_committed_numbers_in_chromium(report, tmp_
         assert [float(r[header.index("local_cbs")]) for r in rows] == pytest.approx(table["local_cbs"], rel=1e-3)
 
 
-LOCAL_CBS = sorted(p.parent for p in RESULTS.glob("*/local_cbs.csv"))
+LOCAL_CBS = sorted(p.parent for p in RESULTS.glob("*/results/*/local_cbs.csv"))
 
 
 @pytest.mark.parametrize("folder", LOCAL_CBS, ids=lambda p: p.name)
@@ -100,7 +100,7 @@ def test_a_batch_size_that_never_reached_the_target_says_how_far_it_was_evaluate
     from analysis import load_sweep
     from analysis.curves import analyze, unreached
 
-    sweep = load_sweep(RESULTS / "shallue_cpu_mnist_simple_cnn_nesterov")
+    sweep = load_sweep(RESULTS / "shallue2019/results/shallue_cpu_mnist_simple_cnn_nesterov")
     assert unreached(sweep, analyze(sweep)) == \
         "no trial reached the target at batch size(s) 512 (evaluated up to step 293)"
     at_512 = sweep.measurements[sweep.measurements["batch_size"] == 512]["step"]

@@ -170,10 +170,10 @@ def test_default_search_space_comes_from_the_workload(tmp_path):
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in EXPERIMENTS.glob("*.toml")
+@pytest.mark.parametrize("name", sorted(p.stem for p in (*EXPERIMENTS.glob("*.toml"), *EXPERIMENTS.glob("*/*.toml"))
                                         if "[local_cbs]" not in p.read_text()))  # local-cbs specs: test_local_cbs
 def test_the_experiments_are_valid_specs(name):
-    spec = load_spec(EXPERIMENTS / f"{name}.toml", DATA)
+    spec = load_spec(next(EXPERIMENTS.glob(f"*/{name}.toml"), EXPERIMENTS / f"{name}.toml"), DATA)
     trials = spec.trials()
     assert len({t.id for t in trials}) == len(trials) >= len(spec.batch_sizes)
     if name.startswith("shallue"):

@@ -22,7 +22,7 @@ REDUCED = ["workload=mnist_fc32x1", "eval_every=10", "batch_sizes=[64]"]
 def lin(tmp_path_factory):
     root = tmp_path_factory.mktemp("lin")
     for algorithm in ("minibatch", "local_sgd", "post_local_sgd"):
-        run_sweep(EXPERIMENTS / f"lin_cpu_mnist_fc1024_{algorithm}.toml", root / algorithm, workers=1,
+        run_sweep(EXPERIMENTS / f"lin2020/lin_cpu_mnist_fc1024_{algorithm}.toml", root / algorithm, workers=1,
                   data_dir=DATA, overrides=[*REDUCED, "max_steps=40", "target=0.5", "fixed.boundaries=[20, 30]",
                                             "search.space.learning_rate=[0.05]"])
     return root
@@ -52,7 +52,7 @@ def test_goyal_study_scales_the_learning_rate_and_warms_up():
     none, linear, sqrt (Goyal et al. 2017, Sec. 2.1), each with the three
     warmups."""
     for scaling, f in (("none", lambda k: 1.0), ("linear", lambda k: k), ("sqrt", lambda k: k ** 0.5)):
-        trials = load_spec(EXPERIMENTS / f"goyal_cpu_mnist_fc1024_{scaling}.toml", DATA).trials()
+        trials = load_spec(EXPERIMENTS / f"goyal2017/goyal_cpu_mnist_fc1024_{scaling}.toml", DATA).trials()
         assert sorted((t.config.batch_size, t.config.warmup) for t in trials) == sorted(
             (b, w) for b in (256, 4096) for w in ("none", "constant", "linear"))
         for t in trials:
@@ -62,7 +62,7 @@ def test_goyal_study_scales_the_learning_rate_and_warms_up():
 @pytest.mark.slow
 def test_goyal_study_runs_reduced(tmp_path):
     """Every warmup trains the whole budget: 2560 examples at B = 64 and 256."""
-    run_sweep(EXPERIMENTS / "goyal_cpu_mnist_fc1024_linear.toml", tmp_path, workers=1, data_dir=DATA,
+    run_sweep(EXPERIMENTS / "goyal2017/goyal_cpu_mnist_fc1024_linear.toml", tmp_path, workers=1, data_dir=DATA,
               overrides=["workload=mnist_fc32x1", "batch_sizes=[64, 256]", "max_examples=2560", "eval_every=5",
                          "fixed.warmup_steps=3"])
     trials = load_sweep(tmp_path).trials
@@ -87,7 +87,7 @@ NADO = ("nesterov", "adam", "lars", "lamb")
 def test_nado_study_gives_every_optimizer_the_same_protocol():
     """Nado et al. 2021: the four optimizers get the same batch sizes, budget,
     schedule and number of trials; only the optimizer and its search differ."""
-    specs = {o: load_spec(EXPERIMENTS / f"nado_cpu_mnist_fc1024_{o}.toml", DATA) for o in NADO}
+    specs = {o: load_spec(EXPERIMENTS / f"nado2021/nado_cpu_mnist_fc1024_{o}.toml", DATA) for o in NADO}
     shared = ("batch_sizes", "max_steps", "target", "eval_every", "eval_schedule", "fixed")
     assert all({k: s.normalized[k] for k in shared} == {k: specs["nesterov"].normalized[k] for k in shared}
                for s in specs.values())
@@ -97,7 +97,7 @@ def test_nado_study_gives_every_optimizer_the_same_protocol():
 
 @pytest.mark.parametrize("optimizer", ["lars", "lamb"])
 def test_nado_study_runs_reduced(optimizer, tmp_path):
-    run_sweep(EXPERIMENTS / f"nado_cpu_mnist_fc1024_{optimizer}.toml", tmp_path, workers=1, data_dir=DATA,
+    run_sweep(EXPERIMENTS / f"nado2021/nado_cpu_mnist_fc1024_{optimizer}.toml", tmp_path, workers=1, data_dir=DATA,
               overrides=[*REDUCED, "max_steps=30", "fixed.warmup_steps=5", "search.trials=2", "target=0.5"])
     trials = load_sweep(tmp_path).trials
     assert len(trials) == 2 and set(trials["optimizer"]) == {optimizer}
