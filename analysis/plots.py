@@ -299,7 +299,7 @@ def noise_scale_plot(measurements: pd.DataFrame, b_crit: float | None = None,
     step, beside the critical batch size measured from the sweep (horizontal
     line, its confidence interval as a band): B_simple is the cheap prediction of
     B_crit. `measurements` has columns batch_size, step, gns_b_simple (or none
-    of them). `measured`: a `cbs gns` result (harness.engine.gns), drawn too:
+    of them). `measured`: a `cbs gns` result (harness.engine.noise_scale_study), drawn too:
     its run's online B_simple, and its offline B_simple and B_noise (Eq. 2.6,
     App. A) at each step of its window with the windowed estimates and their
     intervals at the window's end."""

@@ -43,7 +43,7 @@ def matmul_peak(n=2048, repeats=5, rounds=5) -> float:
 
 
 def _engine(workload, batch_size, data_dir):
-    from harness.engine.train import Engine
+    from harness.engine.step import Engine
     from harness.engine.trial import TrialConfig
     from harness.engine.workloads import get_workload
 

@@ -2,7 +2,7 @@
 Trial-steps per second of P model copies stepped as one vmapped program vs P,
 for the FC-1024 and the Simple CNN at B = 16, 128, 1024.
 
-The P copies are P packed trials (harness.engine.train: one program, P
+The P copies are P packed trials (harness.engine.step: one program, P
 learning rates, one shared batch per step), timed by the measurement that
 `pack = "auto"` uses (harness.sweep.packing.measure_packs). Each measurement runs in a subprocess pinned to one core with XLA
 single-threaded, as a sweep worker runs on CPU. Cells whose P * B examples per

@@ -29,7 +29,7 @@ from harness.sweep.run import run_sweep
 ROOT = Path(__file__).resolve().parent.parent
 ONE_TRIAL = """
 import json, sys
-from harness.engine.train import run_trial
+from harness.engine.loop import run_trial
 from harness.engine.trial import TrialConfig
 record = run_trial(TrialConfig.from_dict(json.loads(sys.argv[1])), data_dir=sys.argv[2] or None)
 print(json.dumps({"steps_run": record.steps_run, "steps_to_target": record.steps_to_target,

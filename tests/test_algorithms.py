@@ -7,7 +7,8 @@ import pytest
 
 from harness.cli import main
 from harness.engine import algorithms
-from harness.engine.train import Engine, run_trial
+from harness.engine.loop import run_trial
+from harness.engine.step import Engine
 from harness.engine.trial import TrialConfig
 from harness.engine.workloads import get_workload
 

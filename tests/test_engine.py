@@ -15,7 +15,7 @@ import pytest
 from harness.engine import optimizers, trial
 from harness.cli import main
 from harness.engine.evaluation import evaluation_steps
-from harness.engine.train import run_trial
+from harness.engine.loop import Hooks, run_trial
 from harness.engine.trial import TrialConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_budget_spent_is_incomplete():
 
 def test_pruning_stops_at_the_best_known_steps():
     record = run_trial(TrialConfig(workload="linear_regression", batch_size=8, learning_rate=1e-4,
-                                   optimizer="sgd", max_steps=100, eval_every=10), prune_above=lambda: 40)
+                                   optimizer="sgd", max_steps=100, eval_every=10), Hooks(prune_above=lambda: 40))
     assert record.status == "pruned" and record.steps_run == 40
 
 
@@ -157,7 +157,7 @@ def test_schedules_match_their_formulas():
 # --- data parallel ----------------------------------------------------------------
 _DP_SCRIPT = """
 import json, sys
-from harness.engine.train import run_trial
+from harness.engine.loop import run_trial
 from harness.engine.trial import TrialConfig
 import jax
 r = run_trial(TrialConfig(workload="mnist_fc128x1", batch_size=64, learning_rate=0.05, max_steps=30,

@@ -16,7 +16,7 @@ from analysis.report import render_report
 from analysis.steps import steps_to_result
 from conftest import DATA_DIR as DATA
 from harness.cli import main
-from harness.engine.train import run_trial
+from harness.engine.loop import TrialRun, run_trial
 from harness.engine.trial import TrialConfig
 from harness.sweep.run import run_sweep
 from harness.sweep.trial_log import TrialLog
@@ -76,10 +76,10 @@ def test_the_log_is_live_and_a_resumed_trial_repeats_no_row(tmp_path):
         return on_eval
 
     with TrialLog(config.to_dict(), path) as log, pytest.raises(Crash):
-        run_trial(config, data_dir=DATA, checkpoint_dir=str(tmp_path / "ckpt"), on_eval=crash_at_60(log))
+        run_trial(TrialRun(config, str(tmp_path / "ckpt"), on_eval=crash_at_60(log)), data_dir=DATA)
     assert list(pd.read_csv(path)["step"]) == [0, 20, 40, 60]  # on disk as it happened
     with TrialLog(config.to_dict(), path) as log:  # resumes from the checkpoint at step 40
-        record = run_trial(config, data_dir=DATA, checkpoint_dir=str(tmp_path / "ckpt"), on_eval=log)
+        record = run_trial(TrialRun(config, str(tmp_path / "ckpt"), on_eval=log), data_dir=DATA)
     log = pd.read_csv(path)
     assert list(log["step"]) == [0, 20, 40, 60, 80, 100]
     pd.testing.assert_frame_equal(log[ROW_KEYS], pd.DataFrame(record.measurements)[ROW_KEYS], check_dtype=False)

@@ -23,8 +23,8 @@ import pytest
 from analysis.local_cbs import k_star, load_local_cbs
 from conftest import DATA_DIR as DATA
 from harness.cli import main
-from harness.engine.gns import windowed_noise_scale
-from harness.engine.train import run_trial
+from harness.engine.noise_scale_study import windowed_noise_scale
+from harness.engine.loop import TrialRun, run_trial
 from harness.engine.trial import TrialConfig
 from harness.engine.workloads import get_workload
 from harness.errors import UserError
@@ -57,7 +57,7 @@ def test_k_star_takes_the_largest_k_within_epsilon_of_every_smaller_one():
 def test_branch_at_k1_reproduces_the_reference_continuation(tmp_path):
     reference = TrialConfig(**{**REFERENCE, "max_steps": 40}, stop_at_target=False, snapshot_steps=(20,),
                             gns=True, microbatches=2)
-    ref = run_trial(reference, snapshot_dir=tmp_path)
+    ref = run_trial(TrialRun(reference, snapshot_dir=tmp_path))
     branch = dataclasses.replace(reference, snapshot_steps=(), gns=False, init_from=str(tmp_path / "20"),
                                  init_step=20)
     rows = run_trial(branch).measurements

@@ -197,7 +197,7 @@ def _exact_noise_scales(w):
 
 def test_cbs_gns_offline_estimates_match_the_exact_values_at_the_final_weights(capsys, tmp_path):
     from harness.engine import checkpoint
-    from harness.engine.train import Engine
+    from harness.engine.step import Engine
     from harness.engine.trial import TrialConfig
     from harness.engine.workloads import get_workload
 
@@ -243,7 +243,7 @@ def test_cbs_gns_on_mnist_matches_b_simple_from_every_per_example_gradient(capsy
     B_simple of the 55,000-example training set, from all per-example gradients."""
     from harness.engine import checkpoint
     from harness.cli import main
-    from harness.engine.train import Engine
+    from harness.engine.step import Engine
     from harness.engine.trial import TrialConfig
     from harness.engine.workloads import get_workload
 
@@ -308,8 +308,8 @@ def test_windowed_noise_scale_matches_the_exact_window_on_linear_regression(lear
     independently with Engine.advance). At a learning rate of 0.02 the window
     spans a trend (|G|^2 grows 15x) and the interval is wide; at 1e-9 the
     weights stay put and the interval must be narrow."""
-    from harness.engine.gns import windowed_noise_scale
-    from harness.engine.train import Engine
+    from harness.engine.noise_scale_study import windowed_noise_scale
+    from harness.engine.step import Engine
     from harness.engine.trial import TrialConfig
     from harness.engine.workloads import get_workload
 
@@ -348,7 +348,7 @@ def test_cbs_gns_prediction_does_not_swing_with_the_stopping_step_under_momentum
     """Under Nesterov momentum the one-step offline B_noise of this workload
     spans 23..739 over stopping steps 98..120; the windowed prediction at
     100, 110 and 120 steps lies inside each other's 90% intervals."""
-    from harness.engine.gns import measure_noise_scale
+    from harness.engine.noise_scale_study import measure_noise_scale
     from harness.engine.trial import TrialConfig
 
     results = [measure_noise_scale(TrialConfig(workload="mnist_fc128x1", optimizer="nesterov", momentum=0.9,

@@ -1,4 +1,4 @@
-"""Packed trials (harness.engine.train.run_trials): P trials that share one
+"""Packed trials (harness.engine.loop.run_trials): P trials that share one
 program, stepped as one, give every trial the record it gets alone; a copy
 that diverges or is pruned stops counting while the others go on; a stopped
 pack resumes. Real MNIST, a small FC net."""
@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import DATA_DIR as DATA
-from harness.engine.train import Engine, PackMismatch, Stopped, run_trial, run_trials
+from harness.engine.loop import Hooks, Stopped, TrialRun, run_trial, run_trials
+from harness.engine.resume import PackMismatch
+from harness.engine.step import Engine
 from harness.engine.trial import TrialConfig
 from harness.sweep.packing import PackSize, fastest, measure_packs, packs
 from harness.sweep.spec import Trial, parse_spec
@@ -22,6 +24,7 @@ POINTS = [dict(learning_rate=0.1, momentum=0.9, decay_steps=120, end_lr_factor=0
           dict(learning_rate=0.005, momentum=0.95, decay_steps=100, end_lr_factor=0.001),
           dict(learning_rate=30.0, momentum=0.99, decay_steps=120, end_lr_factor=0.1)]
 CONFIGS = [TrialConfig(**BASE, **p) for p in POINTS]
+RUNS = [TrialRun(c) for c in CONFIGS]
 COMPARED = ("step", "examples", "rounds", "train_loss", "val_loss", "val_metric")
 
 
@@ -40,7 +43,7 @@ def alone():
 def test_packed_trials_equal_the_trials_run_alone_and_a_diverged_copy_stops_counting(alone):
     assert [r.status for r in alone] == ["complete", "complete", "incomplete", "diverged"]
     seen = {}
-    packed = run_trials(CONFIGS, data_dir=DATA, on_record=lambda i, r: seen.setdefault(i, r.steps_run))
+    packed = run_trials(RUNS, Hooks(on_record=lambda i, r: seen.setdefault(i, r.steps_run)), data_dir=DATA)
     for p, a in zip(packed, alone):
         assert_same_record(p, a)
     # Each record was final when its trial stopped, while the others went on.
@@ -50,7 +53,7 @@ def test_packed_trials_equal_the_trials_run_alone_and_a_diverged_copy_stops_coun
 
 def test_pruning_stays_per_trial_and_uses_the_packs_own_crossings(alone):
     best = min(r.steps_to_target for r in alone if r.status == "complete")
-    packed = run_trials(CONFIGS, data_dir=DATA, prune_above=lambda: None)
+    packed = run_trials(RUNS, Hooks(prune_above=lambda: None), data_dir=DATA)
     assert min(r.steps_to_target for r in packed if r.status == "complete") == best
     for p, a in zip(packed, alone):
         if p.status == "pruned":  # stopped at the first evaluation at or after the pack's best crossing
@@ -67,20 +70,21 @@ def test_a_stopped_pack_resumes_to_the_uninterrupted_records(alone, tmp_path):
     dirs = [str(tmp_path / str(i)) for i in range(len(CONFIGS))]
     evaluations, finished = [], {}
     with pytest.raises(Stopped):
-        run_trials(CONFIGS, data_dir=DATA, checkpoint_dirs=dirs, on_record=finished.__setitem__,
-                   should_stop=lambda: evaluations.append(1) or len(evaluations) >= 3)
+        run_trials([TrialRun(c, d) for c, d in zip(CONFIGS, dirs)],
+                   Hooks(should_stop=lambda: evaluations.append(1) or len(evaluations) >= 3,
+                         on_record=finished.__setitem__), data_dir=DATA)
     assert sorted(finished) == [0, 3]  # crossed at step 20, diverged at 20; the others checkpointed at 60
     rest = [i for i in range(len(CONFIGS)) if i not in finished]
-    resumed = run_trials([CONFIGS[i] for i in rest], data_dir=DATA, checkpoint_dirs=[dirs[i] for i in rest])
+    resumed = run_trials([TrialRun(CONFIGS[i], dirs[i]) for i in rest], data_dir=DATA)
     for i, record in [*finished.items(), *zip(rest, resumed)]:
         assert_same_record(record, alone[i])
 
 
 def test_checkpoints_at_different_steps_do_not_pack(tmp_path):
     with pytest.raises(Stopped):
-        run_trial(CONFIGS[1], data_dir=DATA, checkpoint_dir=str(tmp_path / "a"), should_stop=lambda: True)
+        run_trial(TrialRun(CONFIGS[1], str(tmp_path / "a")), Hooks(should_stop=lambda: True), data_dir=DATA)
     with pytest.raises(PackMismatch):
-        run_trials(CONFIGS[1:3], data_dir=DATA, checkpoint_dirs=[str(tmp_path / "a"), str(tmp_path / "b")])
+        run_trials([TrialRun(CONFIGS[1], str(tmp_path / "a")), TrialRun(CONFIGS[2], str(tmp_path / "b"))], data_dir=DATA)
 
 
 def test_only_trials_of_one_program_pack():
@@ -117,8 +121,8 @@ def test_a_pack_on_eight_devices_equals_the_trials_alone_on_one(alone):
     import sys
 
     code = ("import json, sys; sys.path.insert(0, 'tests'); import jax; "
-            "from test_packing import CONFIGS, DATA; from harness.engine.train import run_trials; "
-            "records = run_trials(CONFIGS, data_dir=DATA); "
+            "from test_packing import RUNS, DATA; from harness.engine.loop import run_trials; "
+            "records = run_trials(RUNS, data_dir=DATA); "
             "print(json.dumps([jax.device_count(), [r.measurements for r in records]]))")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

@@ -1,5 +1,5 @@
 """`cbs gns`: the gradient noise scale of a workload over training, and the
-critical batch size it predicts (harness.engine.gns). Each batch is split
+critical batch size it predicts (harness.engine.noise_scale_study). Each batch is split
 into `--microbatches` micro-batches for the online two-batch estimate; the
 offline estimate uses `--num-samples` independent gradients at every step of
 the last `--window` steps, combined over the window.
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from harness.cli import train as train_command
-from harness.engine.gns import NUM_SAMPLES, WINDOW
+from harness.engine.noise_scale_study import NUM_SAMPLES, WINDOW
 from harness.engine.trial import TrialConfig
 
 
@@ -44,7 +44,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from harness.engine.gns import measure_noise_scale
+    from harness.engine.noise_scale_study import measure_noise_scale
 
     result = measure_noise_scale(_config(args), data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir,
                                  window=args.window, num_samples=args.num_samples,

@@ -127,7 +127,7 @@ def _initialize_distributed(args):
 def run(args) -> int:
     from contextlib import nullcontext
 
-    from harness.engine.train import run_trial
+    from harness.engine.loop import TrialRun, run_trial
     from harness.engine.workloads import get_workload
     from harness.sweep.trial_log import TrialLog, tensorboard_available
 
@@ -143,7 +143,7 @@ def run(args) -> int:
             if not args.json and writer:
                 print(_eval_line(row, metric), flush=True)
 
-        record = run_trial(config, data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir, on_eval=on_eval)
+        record = run_trial(TrialRun(config, args.checkpoint_dir, on_eval=on_eval), data_dir=args.data_dir)
     summary = record.to_dict()  # the measurements inline, or the file they are in with --out
     if out:
         (out / "record.json").write_text(json.dumps(record.to_dict(), indent=1))

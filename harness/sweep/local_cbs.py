@@ -49,7 +49,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.engine.gns import NUM_SAMPLES, windows_noise_scale
+from harness.engine.noise_scale_study import NUM_SAMPLES, windows_noise_scale
 from harness.engine.noise_scale import check_num_samples
 from harness.engine.optimizers import LR_SCALINGS
 from harness.engine.targets import check_batch_size
@@ -134,7 +134,7 @@ class LocalCbsSpec:
     def offline_noise(self, data_dir=None) -> list[dict]:
         """B_simple and B_noise offline (McCandlish et al. 2018, App. A) over
         the `noise_window` steps of the reference run that end at each
-        checkpoint step, from one replay of it (harness.engine.gns)."""
+        checkpoint step, from one replay of it (harness.engine.noise_scale_study)."""
         lcbs = self.normalized["local_cbs"]
         steps = lcbs["checkpoint_steps"]
         windows = [(max(1, t - lcbs["noise_window"] + 1), t) for t in steps]

@@ -1,7 +1,7 @@
 """How many trials a sweep worker packs into one program (the spec's `pack`).
 
 `pack = P` runs up to P trials that share one program (one
-harness.engine.train.pack_key: batch size, seed, schedule shape, budget) as
+harness.engine.step.pack_key: batch size, seed, schedule shape, budget) as
 one pack. `auto` chooses P per program on the worker's device: 1 on CPU,
 where packing was measured slower (benchmarks/RESULTS.md: vmapped FC-1024 and
 Simple CNN trials ran at 0.2-0.7x of one after another on one core), else the
@@ -31,7 +31,7 @@ class PackSize:
             return self.pack
         import jax
 
-        from harness.engine.train import pack_key
+        from harness.engine.step import pack_key
 
         key = pack_key(group[0].config)
         if key not in self._chosen:
@@ -44,7 +44,7 @@ class PackSize:
 def packs(trials: list[Trial], size) -> list[list[Trial]]:
     """`trials` cut into packs: trials with one pack_key, in their order, at
     most `size(group)` at a time; packs ordered by their first trial."""
-    from harness.engine.train import pack_key
+    from harness.engine.step import pack_key
 
     groups: dict[str, list[Trial]] = {}
     for trial in trials:
@@ -65,7 +65,7 @@ def fastest(rates: dict[int, float]) -> int:
 def measure_packs(configs: list[TrialConfig], sizes, data_dir=None, steps: int = MEASURED_STEPS) -> dict[int, float]:
     """Trial-steps per second of packs of each size in `sizes`, made of the
     first configs of `configs` (one pack_key), after compiling each."""
-    from harness.engine.train import Engine
+    from harness.engine.step import Engine
     from harness.engine.workloads import get_workload
 
     workload = get_workload(configs[0].workload)

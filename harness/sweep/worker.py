@@ -9,7 +9,7 @@ Sec. 3.1), so a trial that has not crossed the target by step t >= the best
 crossing already found at B can no longer change it, and stops.
 
 With the spec's `pack = P`, a worker claims up to P trials that share one
-program (harness.engine.train.pack_key) and runs them as one pack; `auto`
+program (harness.engine.step.pack_key) and runs them as one pack; `auto`
 picks P per batch size (harness.sweep.packing).
 """
 from __future__ import annotations
@@ -90,7 +90,8 @@ def try_pack(store: Store, trials: list[Trial], prune: bool, data_dir=None, leas
 
 def _run_claimed(store: Store, trials: list[Trial], leases: dict, prune_above, data_dir, should_stop) -> None:
     from harness.engine.environment import run_metadata
-    from harness.engine.train import PackMismatch, Stopped, run_trials
+    from harness.engine.loop import Hooks, Stopped, TrialRun, run_trials
+    from harness.engine.resume import PackMismatch
 
     for trial in trials:
         store.log_attempt(trial.id, leases[trial.id].worker)
@@ -107,11 +108,11 @@ def _run_claimed(store: Store, trials: list[Trial], leases: dict, prune_above, d
                     log(row)
                 return logged
 
-            run_trials([t.config for t in trials], data_dir=data_dir, prune_above=prune_above,
-                       checkpoint_dirs=[str(store.checkpoint_dir(t.id)) for t in trials],
-                       on_evals=[on_eval(t) for t in trials], should_stop=should_stop,
-                       snapshot_dirs=[str(store.snapshot_dir(t.id)) for t in trials],
-                       on_record=lambda i, record: store.write_record(trials[i].id, record.to_dict()))
+            runs = [TrialRun(t.config, str(store.checkpoint_dir(t.id)), str(store.snapshot_dir(t.id)), on_eval(t))
+                    for t in trials]
+            hooks = Hooks(prune_above, should_stop,
+                          on_record=lambda i, record: store.write_record(trials[i].id, record.to_dict()))
+            run_trials(runs, hooks, data_dir=data_dir)
     except PackMismatch:  # checkpoints of different steps: one at a time
         for trial in trials:
             _run_claimed(store, [trial], leases, prune_above, data_dir, should_stop)

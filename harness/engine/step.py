@@ -1,4 +1,5 @@
-"""The training engine: one trial, from a TrialConfig to a TrialRecord.
+"""The compiled step of a pack of trials: jit, vmap over trials and model
+copies, sharding over devices, and the device-resident data.
 
 The dataset lives on the device(s); every step draws its batch there from a
 per-epoch permutation that depends only on (seed, epoch), so a trial is
@@ -22,13 +23,9 @@ leaves an accelerator idle (benchmarks/packing.py).
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
-import math
-import time
-from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,21 +33,13 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from harness.engine import algorithms, checkpoint, environment, noise_scale
-from harness.engine.evaluation import evaluation_steps
+from harness.engine import algorithms, noise_scale
 from harness.engine.losses import LOSSES, METRIC_FUNCTIONS
 from harness.engine.optimizers import TRACED, hyperparameters, make_optimizer
-from harness.engine.targets import check_batch_size, check_target, crossed
-from harness.engine.trial import TrialConfig, TrialRecord
-from harness.engine.workloads import Workload, get_workload
-from harness.errors import UserError
+from harness.engine.trial import TrialConfig
+from harness.engine.workloads import Workload
 
 EVAL_BATCH = 1024
-
-
-class Stopped(Exception):
-    """run_trial stopped at an evaluation because `should_stop()` said so,
-    after checkpointing there (when it has a checkpoint folder)."""
 
 
 class TrainState(NamedTuple):
@@ -287,235 +276,3 @@ def _eval_chunks(x, y, n_devices, sharding):
 
     w = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)])
     return jax.device_put((chunked(x), chunked(y), w.reshape(n, size)), sharding)
-
-
-def check_trial(config: TrialConfig, workload: Workload, train_size: int) -> float:
-    """Validate what depends on the workload, its data and the devices
-    (TrialConfig.validate checks the rest); returns the target."""
-    target = workload.target if config.target is None else config.target
-    check_target(workload.metric, target)
-    check_batch_size(config.batch_size, train_size)
-    if config.gns and config.microbatches < 2 and jax.device_count() < 2:
-        raise UserError("gns needs two gradient estimates at the same parameters: microbatches >= 2, "
-                        "or several devices (per-device vs all-reduced gradients)")
-    per_device = config.batch_size // config.replicas // config.microbatches
-    if per_device % jax.device_count():
-        split = f"replicas {config.replicas} / " if config.replicas > 1 else ""
-        raise UserError(f"batch_size {config.batch_size} / {split}microbatches {config.microbatches} = {per_device} "
-                        f"is not divisible by the device count {jax.device_count()}; allowed: multiples of "
-                        f"{jax.device_count() * config.replicas * config.microbatches}")
-    return target
-
-
-class PackMismatch(Exception):
-    """The trials of a pack resume from different steps (their checkpoints
-    were not all written at one evaluation): run them one at a time."""
-
-
-def run_trial(config: TrialConfig, *, data_dir=None, checkpoint_dir=None,
-              prune_above: Callable[[], int | None] | None = None,
-              on_eval: Callable[[dict], None] | None = None,
-              should_stop: Callable[[], bool] | None = None, snapshot_dir=None) -> TrialRecord:
-    """Train one trial until the target, the budget, divergence or pruning
-    (`run_trials` with a pack of one)."""
-    return run_trials([config], data_dir=data_dir, checkpoint_dirs=[checkpoint_dir], prune_above=prune_above,
-                      on_evals=[on_eval], should_stop=should_stop, snapshot_dirs=[snapshot_dir])[0]
-
-
-@dataclasses.dataclass
-class _Trial:
-    """One trial of a pack as its record grows."""
-
-    config: TrialConfig
-    checkpoint_dir: str | None
-    snapshot_dir: str | None
-    on_eval: Callable[[dict], None] | None
-    rows: list
-    t0: float
-    status: str | None = None
-    steps_to_target: int | None = None
-    result: TrialRecord | None = None  # the record, once the trial has stopped
-
-    def running(self) -> bool:
-        return self.status is None or (self.status == "complete" and not self.config.stop_at_target)
-
-    def observe(self, row: dict, bad_step: int | None, target, direction) -> None:
-        """Append an evaluation row: has the trial diverged, or crossed the target?"""
-        self.rows.append(row)
-        if bad_step is not None or not row["train_loss"] < self.config.divergence_factor * self.rows[0]["val_loss"]:
-            row["diverged_at"] = bad_step or row["step"]
-            self.status = "diverged"
-        elif self.steps_to_target is None and crossed(row["val_metric"], target, direction):
-            self.status, self.steps_to_target = "complete", row["step"]
-
-    def prune(self, best: int | None) -> None:
-        """Pruned when it has not crossed by step `best`, a steps-to-target already found."""
-        if self.status is None and best is not None and self.rows[-1]["step"] >= best:
-            self.status = "pruned"
-
-    def record(self, workload: Workload, target, pack: int) -> TrialRecord:
-        """The record; `run` also says how many trials shared its program."""
-        final = self.rows[-1]
-        return TrialRecord(config=self.config.to_dict(), status=self.status or "incomplete",
-                           steps_to_target=self.steps_to_target, metric=workload.metric,
-                           direction=workload.direction, target=target, measurements=self.rows, final=final,
-                           steps_run=final["step"], wall_time=time.perf_counter() - self.t0,
-                           run={**environment.run_metadata(), "pack": pack})
-
-
-def run_trials(configs: Sequence[TrialConfig], *, data_dir=None, checkpoint_dirs=None,
-               prune_above: Callable[[], int | None] | None = None, on_evals=None,
-               should_stop: Callable[[], bool] | None = None, snapshot_dirs=None,
-               on_record: Callable[[int, TrialRecord], None] | None = None) -> list[TrialRecord]:
-    """Train a pack of trials (one `pack_key`) as one program, each until its
-    target, the budget, divergence or pruning; their records, in order.
-
-    Status (Shallue et al. 2019, App. B): `complete` when the validation metric
-    crossed the target, `diverged` when the train loss became non-finite or
-    exceeded `divergence_factor` times its initial value, `incomplete` when the
-    budget ran out, `pruned` when `prune_above()` says a better steps-to-target
-    exists at this batch size already. A trial that stops stops counting: its
-    record is final (`on_record(i, record)` sees it at once), while the others
-    go on. When `should_stop()` is true at an evaluation, the running trials
-    checkpoint there and Stopped is raised.
-
-    Per trial i (lists of `checkpoint_dirs`, `on_evals`, `snapshot_dirs`):
-    `on_evals[i](row)` sees every row of the record once per call, in order:
-    first the rows restored from its checkpoint (or the first evaluation),
-    then each evaluation as it happens, with its final keys. With
-    `snapshot_steps`, the state after each of those steps is kept in
-    `snapshot_dirs[i]`/<step> (it outlives the trial, unlike its checkpoints):
-    the starting points of branches (`init_from`). Raises PackMismatch when
-    the trials' checkpoints resume at different steps."""
-    n = len(configs)
-    checkpoint_dirs, on_evals, snapshot_dirs = (v or [None] * n for v in (checkpoint_dirs, on_evals, snapshot_dirs))
-    workload = get_workload(configs[0].workload)
-    for config, snapshot_dir in zip(configs, snapshot_dirs):
-        config.validate()
-        if config.snapshot_steps and snapshot_dir is None:
-            raise UserError("snapshot_steps needs a snapshot folder to keep the snapshots in")
-    data = workload.load_data(data_dir)
-    target = check_trial(configs[0], workload, len(data.train_x))
-    engine = Engine(workload, data, configs)
-    state, trials = _start(engine, checkpoint_dirs, snapshot_dirs, on_evals)
-    config, at = engine.config, trials[0].rows[-1]["step"]
-
-    def finish(i):
-        trials[i].result = trials[i].record(workload, target, n)
-        if on_record:
-            on_record(i, trials[i].result)
-
-    for i, trial in enumerate(trials):
-        trial.status, trial.steps_to_target = _status_of(trial.rows, target, workload.direction)
-        if not trial.running():
-            finish(i)
-    last_saved = at
-    for stop in sorted({*evaluation_steps(config, config.eval_every or workload.eval_every), *config.snapshot_steps}):
-        if not any(t.running() for t in trials):
-            break
-        if stop <= at:
-            continue
-        state, losses, bad_steps = engine.advance(state, at, stop)
-        at, evaluations = stop, engine.evaluate(state)
-        stopping = should_stop is not None and should_stop()
-        save = stopping or stop - last_saved >= (config.checkpoint_every or math.inf)
-        running = [i for i, t in enumerate(trials) if t.running()]
-        for i in running:
-            (val_loss, metric), trial = evaluations[i], trials[i]
-            trial.observe(dict(step=stop, examples=stop * config.batch_size,
-                               rounds=algorithms.communication_rounds(config, stop), train_loss=float(losses[i]),
-                               val_loss=val_loss, val_metric=metric, wall_time=time.perf_counter() - trial.t0,
-                               **_gns_row(state.gns, i)), bad_steps[i], target, workload.direction)
-        # The bound: finished trials at this batch size, and this pack's own crossings.
-        bounds = [prune_above(), *(t.steps_to_target for t in trials)] if prune_above else []
-        best = min((b for b in bounds if b is not None), default=None)
-        for i in running:
-            trial, row = trials[i], trials[i].rows[-1]
-            trial.prune(best)
-            if trial.on_eval:
-                trial.on_eval(row)
-            if stop in config.snapshot_steps and not checkpoint.exists(Path(trial.snapshot_dir) / str(stop)):
-                checkpoint.save(Path(trial.snapshot_dir) / str(stop), stop, _snapshot(engine.trial(state, i)),
-                                {"rows": [row]})
-            if not trial.running():
-                finish(i)
-            elif trial.checkpoint_dir and config.checkpoint_every and save:
-                checkpoint.save(trial.checkpoint_dir, stop, engine.trial(state, i),
-                                {"rows": trial.rows, "elapsed": time.perf_counter() - trial.t0})
-        if save:
-            last_saved = stop
-        if stopping:
-            raise Stopped(stop)
-    for i, trial in enumerate(trials):
-        if trial.result is None:
-            finish(i)
-    return [t.result for t in trials]
-
-
-def _start(engine: Engine, checkpoint_dirs, snapshot_dirs, on_evals) -> tuple[TrainState, list[_Trial]]:
-    """The pack's state and its trials, each resumed from its checkpoint, else
-    started from its snapshot (`init_from`), else from scratch; a trial with
-    no rows yet gets its first evaluation."""
-    fresh, states, trials = engine.init(), [], []
-    for i, config in enumerate(engine.configs):
-        state, saved = engine.trial(fresh, i), None
-        if checkpoint_dirs[i] and config.checkpoint_every:
-            state, saved = checkpoint.restore(checkpoint_dirs[i], state)
-        if saved is None and config.init_from:
-            state = _start_from_snapshot(config, state)
-        states.append(state)
-        trials.append(_Trial(config, checkpoint_dirs[i], snapshot_dirs[i], on_evals[i],
-                             rows=saved["rows"] if saved else [],
-                             t0=time.perf_counter() - (saved["elapsed"] if saved else 0.0)))
-    starts = [t.rows[-1]["step"] if t.rows else t.config.init_step for t in trials]
-    if len(set(starts)) > 1:
-        raise PackMismatch(starts)
-    state = engine.packed(states)
-    evaluations = engine.evaluate(state) if any(not t.rows for t in trials) else None
-    for i, trial in enumerate(trials):
-        if not trial.rows:
-            (val_loss, metric), step = evaluations[i], trial.config.init_step
-            trial.rows.append(dict(step=step, examples=step * trial.config.batch_size,
-                                   rounds=algorithms.communication_rounds(trial.config, step), train_loss=None,
-                                   val_loss=val_loss, val_metric=metric, wall_time=time.perf_counter() - trial.t0))
-        if trial.on_eval:
-            for row in trial.rows:
-                trial.on_eval(row)
-    return state, trials
-
-
-def _snapshot(state: TrainState) -> TrainState:
-    """What a branch starts from: parameters, model and optimizer state (the
-    noise-scale state and the metaparameters are the branch's own)."""
-    return state._replace(gns=None, hparams={})
-
-
-def _start_from_snapshot(config: TrialConfig, state: TrainState) -> TrainState:
-    """`state` with the snapshot at `config.init_from` restored into it (it
-    continues at step `config.init_step`); optimizer state shapes do not
-    depend on the batch size, so a branch at another one restores it."""
-    restored, meta = checkpoint.restore(config.init_from, _snapshot(state))
-    if meta is None:
-        raise UserError(f"init_from: no snapshot in {config.init_from}")
-    return state._replace(params=restored.params, model_state=restored.model_state, opt_state=restored.opt_state,
-                          step=restored.step)
-
-
-def _status_of(rows, target, direction):
-    """Status and steps-to-target implied by rows restored from a checkpoint."""
-    for row in rows:
-        if "diverged_at" in row:
-            return "diverged", None
-        if crossed(row["val_metric"], target, direction):
-            return "complete", row["step"]
-    return None, None
-
-
-def _gns_row(gns: noise_scale.GnsState | None, i: int) -> dict:
-    """Trial i's online noise-scale estimates (the noise scale runs with one
-    model copy: TrialConfig.validate)."""
-    if gns is None:
-        return {}
-    gns = jax.tree.map(lambda a: a[i, 0], gns)
-    g2, trace = (float(v) for v in noise_scale.gns_estimates(gns))
-    return dict(gns_g2=g2, gns_trace=trace, gns_b_simple=float(noise_scale.b_simple(gns)))

@@ -18,7 +18,8 @@ import jax
 from jax.tree_util import Partial
 
 from harness.engine import noise_scale
-from harness.engine.train import Engine, run_trial
+from harness.engine.loop import TrialRun, run_trial
+from harness.engine.step import Engine
 from harness.engine.trial import TrialConfig
 from harness.engine.workloads import get_workload
 from harness.errors import UserError
@@ -37,7 +38,7 @@ def measure_noise_scale(config: TrialConfig, *, data_dir=None, checkpoint_dir=No
     predicted B_crit with its interval, as strict-JSON-ready data."""
     sample_batch_size = sample_batch_size or config.batch_size // config.microbatches
     _check(window, num_samples, sample_batch_size)
-    record = run_trial(config, data_dir=data_dir, checkpoint_dir=checkpoint_dir)
+    record = run_trial(TrialRun(config, checkpoint_dir), data_dir=data_dir)
     offline = windowed_noise_scale(config, max(1, record.steps_run - window + 1), record.steps_run,
                                    data_dir=data_dir, num_samples=num_samples, sample_batch_size=sample_batch_size,
                                    hessian=hessian) if num_samples else None
