@@ -13,7 +13,7 @@ from harness.engine.resume import PackMismatch
 from harness.engine.step import Engine
 from harness.engine.trial import TrialConfig
 from harness.sweep.packing import PackSize, fastest, measure_packs, packs
-from harness.sweep.spec import Trial, parse_spec
+from harness.sweep.spec import PlannedTrial, parse_spec
 from harness.errors import UserError
 
 BASE = dict(workload="mnist_fc32x1", batch_size=64, optimizer="nesterov", schedule="linear_decay", target=0.2,
@@ -90,14 +90,14 @@ def test_checkpoints_at_different_steps_do_not_pack(tmp_path):
 def test_only_trials_of_one_program_pack():
     with pytest.raises(ValueError, match="cannot be packed"):
         Engine(None, None, [CONFIGS[0], TrialConfig(**{**BASE, "batch_size": 32}, **POINTS[0])])
-    trials = [Trial(f"t{i}", TrialConfig(**{**BASE, "batch_size": b}, **POINTS[i % 4]))
+    trials = [PlannedTrial(f"t{i}", TrialConfig(**{**BASE, "batch_size": b}, **POINTS[i % 4]))
               for i, b in enumerate([64, 32, 64, 64, 32, 64, 64])]
     grouped = packs(trials, lambda group: 2)
     assert [[t.id for t in p] for p in grouped] == [["t0", "t2"], ["t1", "t4"], ["t3", "t5"], ["t6"]]
 
 
 def test_auto_packs_one_on_cpu_and_measures_elsewhere():
-    trials = [Trial(f"t{i}", c) for i, c in enumerate(CONFIGS)]
+    trials = [PlannedTrial(f"t{i}", c) for i, c in enumerate(CONFIGS)]
     assert PackSize("auto")(trials) == 1 and PackSize(3)(trials) == 3
     rates = measure_packs(CONFIGS, (1, 2), DATA, steps=5)
     assert set(rates) == {1, 2} and all(r > 0 and math.isfinite(r) for r in rates.values())

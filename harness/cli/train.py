@@ -1,95 +1,52 @@
 """`cbs train`: one trial from the command line. Every TrialConfig field is an
-option (`--batch-size`, `--learning-rate`, ...), generated from the dataclass
-so the CLI and the config never drift apart."""
+option (`--batch-size`, `--learning-rate`, ...), generated from its schema
+(harness.engine.trial.OPTIONS: type, default, choices, range, help) so the CLI
+and the config never drift apart."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import sys
+import typing
 from pathlib import Path
 
-from harness.engine.algorithms import ALGORITHMS
-from harness.engine.evaluation import EVAL_SCHEDULES
-from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
-from harness.engine.trial import TrialConfig
+from harness.engine.trial import OPTIONS, Option, TrialConfig
 
-_REQUIRED = ("workload", "batch_size", "learning_rate")
-_PARSERS = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
 # Fields that are no option: snapshots need the snapshot folder a sweep worker gives (harness.sweep.local_cbs).
 SWEEP_ONLY = ("snapshot_steps",)
-# The allowed values of the string fields: the engine's own tables.
-CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "warmup": WARMUPS, "lr_scaling": tuple(LR_SCALINGS),
-           "eval_schedule": tuple(EVAL_SCHEDULES), "algorithm": ALGORITHMS}
-# One line per TrialConfig field (harness.engine.trial); the default is appended.
-HELP = {
-    "workload": "a workload of `cbs workloads`, <mnist|fashion_mnist>_fc<width>x<depth>, or path/to/file.py:name",
-    "batch_size": "examples per training step",
-    "learning_rate": "initial learning rate eta0 (at --reference-batch-size when --lr-scaling is set)",
-    "optimizer": "the optax optimizer",
-    "momentum": "momentum of momentum, nesterov and lars",
-    "schedule": "learning-rate schedule after the warmup",
-    "decay_steps": "steps over which linear_decay and cosine decay the learning rate",
-    "end_lr_factor": "final learning rate of linear_decay and cosine, as a fraction of eta0",
-    "boundaries": "comma-separated steps at which the step schedule multiplies the learning rate by --decay-factor",
-    "decay_factor": "the step schedule's factor at each boundary",
-    "warmup": "learning-rate warmup before the schedule: linear from --warmup-factor * eta0, or constant there",
-    "warmup_steps": "steps of warmup",
-    "warmup_factor": "learning rate at the start of (or during a constant) warmup, as a fraction of eta0",
-    "lr_scaling": "rescale --learning-rate from --reference-batch-size to --batch-size (Goyal et al. 2017)",
-    "reference_batch_size": "the batch size --learning-rate is given for (with --lr-scaling)",
-    "weight_decay": "weight decay: built into adamw, lars and lamb, added to the gradient otherwise",
-    "label_smoothing": "label smoothing of classification losses, in [0, 1)",
-    "b1": "first-moment decay of adam, adamw and lamb",
-    "b2": "second-moment decay of adam, adamw and lamb",
-    "eps": "denominator epsilon of adam, adamw and lamb",
-    "trust_coefficient": "trust coefficient of lars",
-    "seed": "random seed of initialisation and data order",
-    "target": "metric value to reach (default: the workload's target)",
-    "max_steps": "step budget",
-    "eval_every": "steps between evaluations (default: the workload's cadence)",
-    "eval_schedule": "evaluation steps: every --eval-every, or geometric (dense early, then every --eval-every)",
-    "stop_at_target": "train the whole budget instead of stopping once the target is reached",
-    "microbatches": "split each batch into this many micro-batches (a divisor of --batch-size)",
-    "gns": "track the online gradient noise scale B_simple (McCandlish et al. 2018, App. A.1)",
-    "gns_ema": "decay of the moving averages of the noise scale's |G|^2 and tr(Sigma) estimates",
-    "divergence_factor": "diverged when the training loss exceeds this multiple of its initial value",
-    "checkpoint_every": "steps between checkpoints (with --checkpoint-dir; default: none)",
-    "algorithm": "how the --replicas model copies are coupled: mini-batch SGD, local SGD, post-local SGD "
-                 "(Lin et al. 2020) or Crossbow SMA (Koliousis et al. 2019)",
-    "replicas": "model copies K of local_sgd, post_local_sgd and sma, each on --batch-size / K examples per step",
-    "local_steps": "local SGD's H: steps between parameter averages",
-    "switch_step": "post-local SGD's switch from H = 1 to --local-steps (default: the first boundary of the step "
-                   "schedule)",
-    "sma_alpha": "SMA's alpha, the pull of each replica towards the central model, in (0, 1] (default: 1 / K)",
-    "sma_momentum": "SMA's momentum mu of the central model",
-    "init_from": "start from the snapshot in this folder (parameters, model and optimizer state; Merrill et al. 2025)",
-    "init_step": "the step --init-from's snapshot was taken at, where this trial continues in the data order",
-}
 
 
 def _option(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def help_text(option: Option) -> str:
+    """An option's one-line help: the schema's, its paper, its range and its default."""
+    text = option.help + (f" ({option.cite})" if option.cite else "")
+    extras = [option.interval and f"allowed: {option.interval}",
+              option.default not in (None, (), {}) and f"default: {option.default}"]
+    return text + "".join(f"; {e}" for e in extras if e)
+
+
 def add_config_arguments(parser, exclude=()):
     """One option per TrialConfig field but `exclude`, SWEEP_ONLY and the
-    dict workload_options, generated from the dataclass; a flag for a boolean
+    dict workload_options, generated from the schema; a flag for a boolean
     field turns its default around (--gns, --no-stop-at-target). Options not
     given stay None, so config_from_args can tell them apart."""
-    for field in dataclasses.fields(TrialConfig):
-        name = field.name
-        if name in (*exclude, *SWEEP_ONLY) or field.type not in (*_PARSERS, "bool", "tuple[int, ...]"):
+    for name, option in OPTIONS.items():
+        kind = next(t for t in (typing.get_args(option.type) or (option.type,)) if t is not type(None))
+        if name in (*exclude, *SWEEP_ONLY) or kind is dict:
             continue
-        default = "" if field.default in (None, dataclasses.MISSING) else f" (default: {field.default})"
-        kwargs = dict(dest=name, help=HELP[name] + default)
-        if field.type == "bool":
-            flag = "--no-" + _option(name)[2:] if field.default else _option(name)
-            parser.add_argument(flag, action="store_const", const=not field.default, dest=name, help=HELP[name])
-        elif field.type == "tuple[int, ...]":
-            parser.add_argument(_option(name), type=lambda s: tuple(int(v) for v in s.split(",") if v), **kwargs)
+        if kind is bool:
+            flag = "--no-" + _option(name)[2:] if option.default else _option(name)
+            parser.add_argument(flag, action="store_const", const=not option.default, dest=name,
+                                help=help_text(dataclasses.replace(option, default=None)))
+        elif typing.get_origin(kind) is tuple:
+            parser.add_argument(_option(name), dest=name, help=help_text(option),
+                                type=lambda s: tuple(int(v) for v in s.split(",") if v))
         else:
-            parser.add_argument(_option(name), type=_PARSERS[field.type], required=name in _REQUIRED,
-                                choices=CHOICES.get(name), **kwargs)
+            parser.add_argument(_option(name), dest=name, help=help_text(option), type=kind,
+                                required=option.required, choices=option.choices)
 
 
 def add_arguments(parser):

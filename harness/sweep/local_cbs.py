@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,30 +52,36 @@ from harness.engine.noise_scale_study import NUM_SAMPLES, windows_noise_scale
 from harness.engine.noise_scale import check_num_samples
 from harness.engine.optimizers import LR_SCALINGS
 from harness.engine.targets import check_batch_size
-from harness.engine.trial import TrialConfig
+from harness.engine.trial import OPTIONS, Option, TrialConfig
 from harness.engine.workloads import get_workload
 from harness.errors import UserError
 from harness.finite import finite_or_none
 from harness.sweep.leases import DEFAULT_LEASE_S, atomic_write
-from harness.sweep.spec import INT, LIST, NUMBER, STR, TABLE, Trial, _Checker, spec_hash
+from harness.sweep.schema import INT, LIST, STR, TABLE, Checker, read_toml, spec_name, with_defaults
+from harness.sweep.spec import PlannedTrial, spec_hash
 from harness.sweep.store import Store
 
+MERRILL = "Merrill et al. 2025, Sec. 3"
 TOP_LEVEL = {"name": ((STR,), None), "description": ((STR,), None), "local_cbs": ((TABLE,), None)}
+# The [local_cbs] section; lr_scaling's default depends on the reference's optimizer (default_lr_scaling).
 SECTION = {
     "checkpoint_steps": ((LIST, TABLE), None),
     "multipliers": ((LIST,), None),
-    "delta_examples": ((INT,), None),
-    "lr_scaling": ((STR,), tuple(LR_SCALINGS)),
-    "ema": ((NUMBER,), None),
-    "epsilon": ((NUMBER,), None),
-    "loss": ((STR,), ("train", "val")),
-    "evals_per_branch": ((INT,), None),
-    "noise_window": ((INT,), None),
-    "noise_samples": ((INT,), None),
+    "delta_examples": Option("examples each branch trains on", ge=1, type=int, required=True),
+    "lr_scaling": Option("f(k), the branch learning rate's scaling", choices=LR_SCALINGS, type=str, cite=MERRILL),
+    "ema": Option("the smoothing of the branch losses", ge=0, lt=1, type=float, default=0.5, cite=MERRILL),
+    "epsilon": Option("loss tolerance of the k* rule", ge=0, type=float, default=0.01, cite=MERRILL),
+    "loss": Option("the loss the rule compares", choices=("train", "val"), type=str, default="train"),
+    "evals_per_branch": Option("evaluations (loss points) of each branch", ge=1, type=int, default=8),
+    "noise_window": Option("steps of the offline noise scale up to each checkpoint; 0 skips it", ge=0, type=int,
+                           default=8, cite="McCandlish et al. 2018, App. A"),
+    "noise_samples": Option("gradients per step of the offline noise scale", type=int, default=NUM_SAMPLES),
     "reference": ((TABLE,), None),
 }
 GEOMETRIC = {"min": ((INT,), None), "max": ((INT,), None), "count": ((INT,), None)}
 REQUIRED = ("checkpoint_steps", "multipliers", "delta_examples", "reference")
+SET_BY_LOCAL_CBS = ("snapshot_steps", "init_from", "init_step")
+REFERENCE = {name: option for name, option in OPTIONS.items() if name not in SET_BY_LOCAL_CBS}
 SQRT_OPTIMIZERS = ("adam", "adamw", "lamb")  # Adam-family: f(k) = sqrt(k) (Merrill et al. 2025)
 REFERENCE_ID = "reference"
 NOISE_FILE = "offline_noise.json"
@@ -103,9 +108,9 @@ class LocalCbsSpec:
     def hash(self) -> str:
         return spec_hash(self.normalized)
 
-    def reference(self) -> Trial:
+    def reference(self) -> PlannedTrial:
         """The reference trial as it runs: its whole budget, keeping the snapshots."""
-        return Trial(REFERENCE_ID, TrialConfig.from_dict(self.normalized["reference"]))
+        return PlannedTrial(REFERENCE_ID, TrialConfig.from_dict(self.normalized["reference"]))
 
     def branch_config(self, step: int, k: float) -> TrialConfig:
         """The branch from the snapshot at `step`: batch k*B, learning rate f(k)*eta,
@@ -123,12 +128,12 @@ class LocalCbsSpec:
             init_step=start, max_steps=start + steps, eval_every=max(1, steps // lcbs["evals_per_branch"]),
             eval_schedule="linear", checkpoint_every=None)
 
-    def branches(self) -> list[Trial]:
+    def branches(self) -> list[PlannedTrial]:
         lcbs = self.normalized["local_cbs"]
-        return [Trial(branch_id(t, k), self.branch_config(t, k))
+        return [PlannedTrial(branch_id(t, k), self.branch_config(t, k))
                 for t in lcbs["checkpoint_steps"] for k in lcbs["multipliers"]]
 
-    def trials(self) -> list[Trial]:
+    def trials(self) -> list[PlannedTrial]:
         return [self.reference(), *self.branches()]
 
     def offline_noise(self, data_dir=None) -> list[dict]:
@@ -148,13 +153,7 @@ def load_local_cbs_spec(path, folder, data_dir=None) -> LocalCbsSpec:
     the file and field, before any training), checking the largest branch
     batch size against the training set."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: spec file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML: {e}") from None
-    spec = parse_local_cbs_spec(raw, folder, path)
+    spec = parse_local_cbs_spec(read_toml(path)[1], folder, path)
     ref = spec.reference().config
     train_size = len(get_workload(ref.workload).load_data(data_dir).train_x)
     largest = round(max(spec.normalized["local_cbs"]["multipliers"]) * ref.batch_size)
@@ -164,77 +163,49 @@ def load_local_cbs_spec(path, folder, data_dir=None) -> LocalCbsSpec:
 
 def parse_local_cbs_spec(raw: dict, folder, path="spec") -> LocalCbsSpec:
     """Validate a spec (the content of a spec file) and expand it; reads no data."""
-    check = _Checker(path)
+    check = Checker(path)
     check.table(raw, TOP_LEVEL)
-    if "local_cbs" not in raw:
-        check.fail("local_cbs", "missing (required)", "a [local_cbs] section")
-    section = raw["local_cbs"]
-    check.table(section, SECTION, "local_cbs.")
-    for key in REQUIRED:
-        if key not in section:
-            check.fail(f"local_cbs.{key}", "missing (required)", "see harness/sweep/local_cbs.py")
+    check.required(raw, ("local_cbs",), "", "a [local_cbs] section")
+    check.table(raw["local_cbs"], SECTION, "local_cbs.")
+    check.required(raw["local_cbs"], REQUIRED, "local_cbs.", "see harness/sweep/local_cbs.py")
+    section = with_defaults(raw["local_cbs"], SECTION)
     reference = _reference(check, section["reference"])
     steps = _checkpoint_steps(check, section["checkpoint_steps"], reference.max_steps)
-    multipliers = section["multipliers"]
-    if not multipliers:
-        check.fail("local_cbs.multipliers", "empty list", "a non-empty list of positive numbers")
-    if any(not (isinstance(k, (int, float)) and not isinstance(k, bool) and k > 0) for k in multipliers) \
-            or len(set(multipliers)) != len(multipliers):
-        check.fail("local_cbs.multipliers", f"expected distinct positive numbers, got {multipliers!r}",
-                   "distinct numbers > 0")
-    for k in multipliers:
-        if not math.isclose(k * reference.batch_size, round(k * reference.batch_size)) \
-                or round(k * reference.batch_size) < 1:
-            check.fail("local_cbs.multipliers", f"k = {k:g} gives batch size {k * reference.batch_size:g}",
-                       f"k such that k * {reference.batch_size} is a positive integer")
+    multipliers = _multipliers(check, section["multipliers"], reference.batch_size)
     delta = section["delta_examples"]
     for k in multipliers:
         batch = round(k * reference.batch_size)
-        if delta < batch or delta % batch:
+        if delta % batch:
             check.fail("local_cbs.delta_examples", f"{delta} is not a positive multiple of the batch size "
                        f"{batch} of k = {k:g}", "multiples of every k * B")
-    ema, epsilon = section.get("ema", 0.5), section.get("epsilon", 0.01)
-    if not 0 <= ema < 1:
-        check.fail("local_cbs.ema", f"must be in [0, 1), got {ema!r}", "0 <= ema < 1 (paper: 0.5)")
-    if epsilon < 0:
-        check.fail("local_cbs.epsilon", f"must be >= 0, got {epsilon!r}", "epsilon >= 0 (paper: 0.01)")
-    evals = section.get("evals_per_branch", 8)
-    if evals < 1:
-        check.fail("local_cbs.evals_per_branch", f"must be >= 1, got {evals}", "integers >= 1")
-    window, samples = section.get("noise_window", 8), section.get("noise_samples", NUM_SAMPLES)
-    if window < 0:
-        check.fail("local_cbs.noise_window", f"must be >= 0, got {window}", "steps >= 1, or 0 to skip")
-    if window:
+    if section["noise_window"]:
         try:
-            check_num_samples(samples)
+            check_num_samples(section["noise_samples"])
         except UserError as e:
             check.fail("local_cbs.noise_samples", str(e), "multiples of 16, >= 32")
+    lcbs = {key: section[key] for key in SECTION if key != "reference"}
     normalized = dict(
-        name=raw.get("name", path.stem if isinstance(path, Path) else str(path)),
-        description=raw.get("description", ""),
-        local_cbs=dict(checkpoint_steps=steps, multipliers=sorted(multipliers), delta_examples=delta,
-                       lr_scaling=section.get("lr_scaling", default_lr_scaling(reference.optimizer)),
-                       ema=ema, epsilon=epsilon, loss=section.get("loss", "train"), evals_per_branch=evals,
-                       noise_window=window, noise_samples=samples),
+        name=spec_name(raw, path), description=raw.get("description", ""),
+        local_cbs={**lcbs, "checkpoint_steps": steps, "multipliers": sorted(multipliers),
+                   "lr_scaling": section["lr_scaling"] or default_lr_scaling(reference.optimizer)},
         reference=dataclasses.replace(reference, stop_at_target=False, snapshot_steps=tuple(steps)).to_dict())
     spec = LocalCbsSpec(str(path), json.loads(json.dumps(normalized)), Path(folder))  # as stored: tuples as lists
-    for trial in spec.branches():
-        try:
-            trial.config.validate()
-        except UserError as e:
-            raise UserError(f"{path}: local_cbs: branch {trial.id}: {e}") from None
+    check.trials(spec.branches(), "local_cbs: branch")
     return spec
 
 
-def _reference(check: _Checker, table: dict) -> TrialConfig:
-    for key in ("snapshot_steps", "init_from", "init_step"):
+def _reference(check: Checker, table: dict) -> TrialConfig:
+    prefix = "local_cbs.reference."
+    for key in SET_BY_LOCAL_CBS:
         if key in table:
-            check.fail(f"local_cbs.reference.{key}", "set by local_cbs", "TrialConfig fields except "
-                       "snapshot_steps, init_from, init_step")
+            check.fail(prefix + key, "set by local_cbs", f"TrialConfig fields except {', '.join(SET_BY_LOCAL_CBS)}")
+    check.table(table, REFERENCE, prefix)
+    check.required(table, [name for name, option in REFERENCE.items() if option.required], prefix,
+                   "see docs/spec.md")
+    config = TrialConfig.from_dict(table)
     try:
-        config = TrialConfig.from_dict(table)
         config.validate()
-    except (UserError, TypeError) as e:
+    except UserError as e:
         raise UserError(f"{check.path}: local_cbs.reference: {e}") from None
     if config.schedule != "constant":
         check.fail("local_cbs.reference.schedule", f"{config.schedule!r}: branches scale one learning rate",
@@ -242,7 +213,21 @@ def _reference(check: _Checker, table: dict) -> TrialConfig:
     return config
 
 
-def _checkpoint_steps(check: _Checker, value, max_steps: int) -> list[int]:
+def _multipliers(check: Checker, multipliers: list, batch_size: int) -> list:
+    field = "local_cbs.multipliers"
+    if not multipliers:
+        check.fail(field, "empty list", "a non-empty list of positive numbers")
+    if any(not (isinstance(k, (int, float)) and not isinstance(k, bool) and k > 0) for k in multipliers) \
+            or len(set(multipliers)) != len(multipliers):
+        check.fail(field, f"expected distinct positive numbers, got {multipliers!r}", "distinct numbers > 0")
+    for k in multipliers:
+        if not math.isclose(k * batch_size, round(k * batch_size)) or round(k * batch_size) < 1:
+            check.fail(field, f"k = {k:g} gives batch size {k * batch_size:g}",
+                       f"k such that k * {batch_size} is a positive integer")
+    return multipliers
+
+
+def _checkpoint_steps(check: Checker, value, max_steps: int) -> list[int]:
     field = "local_cbs.checkpoint_steps"
     if isinstance(value, dict):
         check.table(value, GEOMETRIC, field + ".")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from harness.engine.trial import TrialConfig
-from harness.sweep.spec import Trial
+from harness.sweep.spec import PlannedTrial
 
 AUTO_SIZES = (1, 2, 4, 8, 16, 32)
 MEASURED_STEPS = 20
@@ -26,7 +26,7 @@ class PackSize:
     def __init__(self, pack: int | str, data_dir=None):
         self.pack, self.data_dir, self._chosen = pack, data_dir, {}
 
-    def __call__(self, group: list[Trial]) -> int:
+    def __call__(self, group: list[PlannedTrial]) -> int:
         if self.pack != "auto":
             return self.pack
         import jax
@@ -41,12 +41,12 @@ class PackSize:
         return self._chosen[key]
 
 
-def packs(trials: list[Trial], size) -> list[list[Trial]]:
+def packs(trials: list[PlannedTrial], size) -> list[list[PlannedTrial]]:
     """`trials` cut into packs: trials with one pack_key, in their order, at
     most `size(group)` at a time; packs ordered by their first trial."""
     from harness.engine.step import pack_key
 
-    groups: dict[str, list[Trial]] = {}
+    groups: dict[str, list[PlannedTrial]] = {}
     for trial in trials:
         groups.setdefault(pack_key(trial.config), []).append(trial)
     position = {t.id: i for i, t in enumerate(trials)}

@@ -58,43 +58,42 @@ import itertools
 import json
 import math
 import tomllib
-import types
-import typing
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from harness.engine.algorithms import ALGORITHMS
-from harness.engine.evaluation import EVAL_SCHEDULES
-from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
 from harness.engine.targets import check_batch_size, check_target
-from harness.engine.trial import TrialConfig
+from harness.engine.trial import OPTIONS, Option, TrialConfig
 from harness.engine.workloads import get_workload
 from harness.errors import UserError
+from harness.sweep.schema import (BOOL, INT, LIST, NUMBER, STR, TABLE, Checker, is_a, numeric, read_toml,
+                                  spec_name, type_name)
 
-INT, NUMBER, STR, BOOL, LIST, TABLE = "integer", "number", "string", "boolean", "list", "table"
+MAX_EXAMPLES = Option("example budget per trial: steps = ceil(max_examples / B)", ge=1, name="max_examples",
+                      type=int, cite="Shallue et al. 2019, Sec. 4.1")
+DECAY_FRACTION = Option("decay_steps as a fraction of the trial's step budget", gt=0, name="decay_fraction", type=float)
 
-# key -> (accepted types, allowed values or None): the schema of a spec file, as data.
+# key -> (accepted types, allowed values or None), or the Option of a TrialConfig field: the schema of a spec file.
 TOP_LEVEL = {
     "name": ((STR,), None),
     "description": ((STR,), None),
-    "workload": ((STR,), None),
-    "workload_options": ((TABLE,), None),
-    "optimizer": ((STR,), OPTIMIZERS),
+    "workload": OPTIONS["workload"],
+    "workload_options": OPTIONS["workload_options"],
+    "optimizer": OPTIONS["optimizer"],
     "batch_sizes": ((LIST, TABLE), None),
-    "target": ((NUMBER,), None),
-    "max_steps": ((INT,), None),
-    "max_examples": ((INT,), None),
-    "eval_every": ((INT,), None),
-    "eval_schedule": ((STR,), EVAL_SCHEDULES),
+    "target": OPTIONS["target"],
+    "max_steps": OPTIONS["max_steps"],
+    "max_examples": MAX_EXAMPLES,
+    "eval_every": OPTIONS["eval_every"],
+    "eval_schedule": OPTIONS["eval_schedule"],
     "seeds": ((INT, LIST), None),
     "prune": ((BOOL,), None),
     "pack": ((NUMBER, STR), None),  # an integer or "auto": checked in parse_spec
-    "checkpoint_every": ((INT,), None),
-    "lr_scaling": ((STR,), LR_SCALINGS),
-    "reference_batch_size": ((INT,), None),
+    "checkpoint_every": OPTIONS["checkpoint_every"],
+    "lr_scaling": OPTIONS["lr_scaling"],
+    "reference_batch_size": OPTIONS["reference_batch_size"],
     "fixed": ((TABLE,), None),
     "search": ((TABLE,), None),
 }
@@ -117,85 +116,22 @@ REQUIRED = ("workload", "batch_sizes")
 # TrialConfig fields the spec's top level sets for every trial; the rest are metaparameters.
 MANAGED = ("workload", "workload_options", "batch_size", "optimizer", "seed", "target", "max_steps", "eval_every",
            "eval_schedule", "checkpoint_every", "lr_scaling", "reference_batch_size")
-# String metaparameters with a closed set of values.
-CHOICES = {"schedule": SCHEDULES, "warmup": WARMUPS, "algorithm": ALGORITHMS}
-_HINTS = typing.get_type_hints(TrialConfig)
-METAPARAMETERS = {f.name: _HINTS[f.name] for f in fields(TrialConfig) if f.name not in MANAGED}
-METAPARAMETERS["decay_fraction"] = float
+METAPARAMETERS = {name: option for name, option in OPTIONS.items() if name not in MANAGED}
+METAPARAMETERS["decay_fraction"] = DECAY_FRACTION
 # Free text, and how trials are run (packed or not: the same results): may change without changing the sweep.
 NOT_COMPARED = ("name", "description", "pack")
 CHECKPOINTS_PER_EVAL = 10
 
 
-def _type_name(value) -> str:
-    if isinstance(value, bool):
-        return BOOL
-    if isinstance(value, int):
-        return INT
-    if isinstance(value, float):
-        return NUMBER
-    return {str: STR, list: LIST, dict: TABLE}.get(type(value), type(value).__name__)
-
-
-def _is(value, kind: str) -> bool:
-    name = _type_name(value)
-    return name == kind or (kind == NUMBER and name == INT)
-
-
-class _Checker:
-    """Raises UserError as `file: field: problem; allowed: ...`."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def fail(self, field: str, problem: str, allowed: str):
-        raise UserError(f"{self.path}: {field}: {problem}; allowed: {allowed}")
-
-    def table(self, table: dict, schema: dict, prefix: str = ""):
-        for key, value in table.items():
-            if key not in schema:
-                self.fail(prefix + key, "unknown key", ", ".join(schema))
-            kinds, allowed = schema[key]
-            if not any(_is(value, k) for k in kinds):
-                self.fail(prefix + key, f"expected {' or '.join(kinds)}, got {_type_name(value)} {value!r}",
-                          " or ".join(kinds))
-            if allowed is not None and value not in allowed:
-                self.fail(prefix + key, f"unknown value {value!r}", ", ".join(allowed))
-
-    def metaparameter(self, field: str, name: str, value):
-        if name not in METAPARAMETERS:
-            self.fail(field, "unknown metaparameter", ", ".join(sorted(METAPARAMETERS)))
-        hint = METAPARAMETERS[name]
-        if not _fits(value, hint):
-            self.fail(field, f"expected {_hint_name(hint)}, got {_type_name(value)} {value!r}", _hint_name(hint))
-        if name in CHOICES and value not in CHOICES[name]:
-            self.fail(field, f"unknown value {value!r}", ", ".join(CHOICES[name]))
-
-
-def _fits(value, hint) -> bool:
-    """Whether a TOML value fits a TrialConfig field's type annotation."""
-    if isinstance(hint, types.UnionType):
-        return any(_fits(value, h) for h in typing.get_args(hint) if h is not type(None))
-    if typing.get_origin(hint) is tuple:
-        return isinstance(value, list) and all(_fits(v, typing.get_args(hint)[0]) for v in value)
-    return _is(value, {int: INT, float: NUMBER, str: STR, bool: BOOL, dict: TABLE}[hint])
-
-
-def _hint_name(hint) -> str:
-    if isinstance(hint, types.UnionType):
-        return " or ".join(_hint_name(h) for h in typing.get_args(hint) if h is not type(None))
-    if typing.get_origin(hint) is tuple:
-        return f"list of {_hint_name(typing.get_args(hint)[0])}s"
-    return {int: INT, float: NUMBER, str: STR, bool: BOOL, dict: TABLE}[hint]
-
-
-def _numeric(hint) -> bool:
-    return any(h in (int, float) for h in (typing.get_args(hint) or (hint,)))
+def _metaparameter(check: Checker, field: str, name: str, value):
+    if name not in METAPARAMETERS:
+        check.fail(field, "unknown metaparameter", ", ".join(sorted(METAPARAMETERS)))
+    check.option(field, METAPARAMETERS[name], value)
 
 
 @dataclass(frozen=True)
-class Trial:
-    """One trial of a sweep: a stable id and its configuration."""
+class PlannedTrial:
+    """One trial of a sweep, before it runs: a stable id and its configuration."""
 
     id: str
     config: TrialConfig
@@ -243,14 +179,15 @@ class SweepSpec:
             samples = [_from_unit(space, u) for u in _unit_points(search, len(space))]
         return [{**s, **self.fixed} for s in samples]
 
-    def trials(self) -> list[Trial]:
+    def trials(self) -> list[PlannedTrial]:
         """Every trial, ordered by batch size, point, seed."""
         out = []
         for batch_size in self.batch_sizes:
             for point in self.points():
                 digest = spec_hash(point)[:8]
                 for seed in self.seeds:
-                    out.append(Trial(f"b{batch_size:06d}-{digest}-s{seed}", self._config(batch_size, point, seed)))
+                    config = self._config(batch_size, point, seed)
+                    out.append(PlannedTrial(f"b{batch_size:06d}-{digest}-s{seed}", config))
         return out
 
     def _config(self, batch_size: int, point: dict, seed: int) -> TrialConfig:
@@ -342,13 +279,7 @@ def load_spec(source, data_dir=None, overrides=()) -> SweepSpec:
         path, raw, text = "spec", source, None
     else:
         path = Path(source)
-        try:
-            text = path.read_text()
-            raw = tomllib.loads(text)
-        except FileNotFoundError:
-            raise UserError(f"{path}: spec file not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"{path}: not valid TOML: {e}") from None
+        text, raw = read_toml(path)
     raw = apply_overrides(raw, overrides)
     spec = parse_spec(raw, path)
     if text is None or overrides:
@@ -363,11 +294,9 @@ def load_spec(source, data_dir=None, overrides=()) -> SweepSpec:
 def parse_spec(raw: dict, path="spec") -> SweepSpec:
     """Validate a spec (the content of a spec file) and expand it into trials;
     reads no data."""
-    check = _Checker(path)
+    check = Checker(path)
     check.table(raw, TOP_LEVEL)
-    for key in REQUIRED:
-        if key not in raw:
-            check.fail(key, "missing (required)", f"see {TOP_LEVEL[key][0]} in harness/sweep/spec.py")
+    check.required(raw, REQUIRED, "", "see docs/spec.md")
     try:
         workload = get_workload(raw["workload"])
     except UserError as e:
@@ -378,18 +307,15 @@ def parse_spec(raw: dict, path="spec") -> SweepSpec:
     check_target(workload.metric, target, f"{path}: target:")
     if "max_steps" not in raw and "max_examples" not in raw:
         check.fail("max_steps", "missing: a trial needs a budget", "max_steps and/or max_examples")
-    for key in ("max_steps", "max_examples", "eval_every", "checkpoint_every", "reference_batch_size"):
-        if key in raw and raw[key] < 1:
-            check.fail(key, f"must be positive, got {raw[key]}", "integers >= 1")
     seeds = raw.get("seeds", 1)
     if isinstance(seeds, int):
         if seeds < 1:
             check.fail("seeds", f"must be positive, got {seeds}", "a count >= 1 or a list of integers")
         seeds = list(range(seeds))
-    if not seeds or not all(_is(s, INT) for s in seeds) or len(set(seeds)) != len(seeds):
+    if not seeds or not all(is_a(s, INT) for s in seeds) or len(set(seeds)) != len(seeds):
         check.fail("seeds", f"expected distinct integers, got {seeds!r}", "a count >= 1 or a list of integers")
     pack = raw.get("pack", 1)
-    if pack != "auto" and not (_is(pack, INT) and pack >= 1):
+    if pack != "auto" and not (is_a(pack, INT) and pack >= 1):
         check.fail("pack", f"expected an integer >= 1 or \"auto\", got {pack!r}", 'integers >= 1, "auto"')
     lr_scaling = raw.get("lr_scaling", "none")
     if lr_scaling != "none" and "reference_batch_size" not in raw:
@@ -397,7 +323,7 @@ def parse_spec(raw: dict, path="spec") -> SweepSpec:
 
     fixed = raw.get("fixed", {})
     for key, value in fixed.items():
-        check.metaparameter(f"fixed.{key}", key, value)
+        _metaparameter(check, f"fixed.{key}", key, value)
     search = _search(check, raw.get("search"), workload, fixed)
     searched = search["space"] if search else {}
     if "learning_rate" not in fixed and "learning_rate" not in searched:
@@ -408,7 +334,7 @@ def parse_spec(raw: dict, path="spec") -> SweepSpec:
 
     eval_every = raw.get("eval_every", workload.eval_every)
     normalized = dict(
-        name=raw.get("name", path.stem if isinstance(path, Path) else str(path)),
+        name=spec_name(raw, path),
         description=raw.get("description", ""),
         workload=raw["workload"], workload_options=raw.get("workload_options", {}),
         metric=workload.metric, direction=workload.direction, target=target,
@@ -424,15 +350,11 @@ def parse_spec(raw: dict, path="spec") -> SweepSpec:
     ids = [t.id for t in trials]
     if len(set(ids)) != len(ids):
         check.fail("search.space", "the search gives the same point twice", "distinct values")
-    for trial in trials:
-        try:
-            trial.config.validate()
-        except UserError as e:
-            raise UserError(f"{path}: trial {trial.id}: {e}") from None
+    check.trials(trials)
     return spec
 
 
-def _batch_sizes(check: _Checker, value) -> list[int]:
+def _batch_sizes(check: Checker, value) -> list[int]:
     if isinstance(value, dict):
         check.table(value, BATCH_RANGE, "batch_sizes.")
         if set(value) != {"min", "max"}:
@@ -447,14 +369,14 @@ def _batch_sizes(check: _Checker, value) -> list[int]:
     if not value:
         check.fail("batch_sizes", "empty list", "a non-empty list of positive integers")
     for b in value:
-        if not _is(b, INT) or b < 1:
+        if not is_a(b, INT) or b < 1:
             check.fail("batch_sizes", f"{b!r} is not a positive integer", "integers >= 1")
     if len(set(value)) != len(value):
         check.fail("batch_sizes", "repeated batch size", "distinct integers")
     return sorted(value)
 
 
-def _search(check: _Checker, search: dict | None, workload, fixed: dict) -> dict | None:
+def _search(check: Checker, search: dict | None, workload, fixed: dict) -> dict | None:
     if search is None:
         return None
     check.table(search, SEARCH, "search.")
@@ -481,12 +403,12 @@ def _search(check: _Checker, search: dict | None, workload, fixed: dict) -> dict
             if not dist:
                 check.fail(field, "empty grid", "a non-empty list of values")
             for v in dist:
-                check.metaparameter(field, name, v)
+                _metaparameter(check, field, name, v)
             normalized[name] = dist
         elif isinstance(dist, dict):
             normalized[name] = _range(check, field, name, dist, kind)
         else:
-            check.fail(field, f"expected list or table, got {_type_name(dist)} {dist!r}",
+            check.fail(field, f"expected list or table, got {type_name(dist)} {dist!r}",
                        "[values] or {min, max, scale}")
     out = {"kind": kind, "space": normalized}
     if kind == "quasi_random":
@@ -494,16 +416,14 @@ def _search(check: _Checker, search: dict | None, workload, fixed: dict) -> dict
     return out
 
 
-def _range(check: _Checker, field: str, name: str, dist: dict, kind: str) -> dict:
+def _range(check: Checker, field: str, name: str, dist: dict, kind: str) -> dict:
     check.table(dist, RANGE, field + ".")
     if kind == "grid":
         check.fail(field, "a range needs kind = quasi_random", "a list of values for a grid")
-    if not _numeric(METAPARAMETERS[name]):
+    if not numeric(METAPARAMETERS[name].type):
         check.fail(field, "a range of a non-numeric metaparameter", "a list of values")
     if "min" not in dist or "max" not in dist:
         check.fail(field, "a range needs min and max", "{min, max, scale}")
-    for key in ("min", "max"):
-        check.metaparameter(f"{field}.{key}", name, dist[key])
     lo, hi, scale = dist["min"], dist["max"], dist.get("scale", "linear")
     if not lo < hi:
         check.fail(field, f"min {lo} >= max {hi}", "min < max")
@@ -511,5 +431,7 @@ def _range(check: _Checker, field: str, name: str, dist: dict, kind: str) -> dic
         check.fail(field, f"log scale needs min > 0, got {lo}", "0 < min < max")
     if scale == "log1m" and hi >= 1:
         check.fail(field, f"log1m scale (log(1 - x)) needs max < 1, got {hi}", "min < max < 1")
-    integer = dist.get("integer", int in (typing.get_args(METAPARAMETERS[name]) or (METAPARAMETERS[name],)))
+    for key in ("min", "max"):
+        _metaparameter(check, f"{field}.{key}", name, dist[key])
+    integer = dist.get("integer", METAPARAMETERS[name].integer)
     return {"min": lo, "max": hi, "scale": scale, "integer": integer}

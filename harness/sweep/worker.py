@@ -20,7 +20,7 @@ from typing import Callable
 
 from harness.sweep.leases import DEFAULT_LEASE_S, worker_id
 from harness.sweep.packing import PackSize, packs
-from harness.sweep.spec import Trial
+from harness.sweep.spec import PlannedTrial
 from harness.sweep.store import BestSoFar, RecordIndex, Store
 from harness.sweep.trial_log import TrialLog, tensorboard_available
 
@@ -29,7 +29,7 @@ class LeaseLost(Exception):
     """Another worker took this trial over (this one stalled past its lease)."""
 
 
-def work(folder, trials: list[Trial], prune: bool, data_dir=None, lease_s: float = DEFAULT_LEASE_S,
+def work(folder, trials: list[PlannedTrial], prune: bool, data_dir=None, lease_s: float = DEFAULT_LEASE_S,
          should_stop: Callable[[], bool] = lambda: False, pack: int | str = 1) -> None:
     """A worker: run the unfinished trials of `trials` that no live worker
     holds, `pack` at a time (an int, or "auto"), until all of them have
@@ -49,7 +49,7 @@ def work(folder, trials: list[Trial], prune: bool, data_dir=None, lease_s: float
         remaining = [t for t in remaining if not store.is_done(t.id)]
 
 
-def promising_first(trials: list[Trial], index: RecordIndex) -> list[Trial]:
+def promising_first(trials: list[PlannedTrial], index: RecordIndex) -> list[PlannedTrial]:
     """Trials by batch size; at each one, first the metaparameters that were
     best at the nearest smaller batch size already measured (the best
     metaparameters drift smoothly with B: Shallue et al. 2019, Sec. 4.6), so
@@ -70,8 +70,9 @@ def _point(trial_id: str) -> str:
     return trial_id.split("-")[1]
 
 
-def try_pack(store: Store, trials: list[Trial], prune: bool, data_dir=None, lease_s: float = DEFAULT_LEASE_S,
-             index: RecordIndex | None = None, should_stop: Callable[[], bool] | None = None) -> bool:
+def try_pack(store: Store, trials: list[PlannedTrial], prune: bool, data_dir=None,
+             lease_s: float = DEFAULT_LEASE_S, index: RecordIndex | None = None,
+             should_stop: Callable[[], bool] | None = None) -> bool:
     """Claim the trials of `trials` (one pack) that no live worker holds and
     run them as one pack; whether any was claimed."""
     leases = {t.id: lease for t in trials if (lease := store.try_claim(t.id, worker_id(), lease_s)) is not None}
@@ -88,7 +89,8 @@ def try_pack(store: Store, trials: list[Trial], prune: bool, data_dir=None, leas
     return True
 
 
-def _run_claimed(store: Store, trials: list[Trial], leases: dict, prune_above, data_dir, should_stop) -> None:
+def _run_claimed(store: Store, trials: list[PlannedTrial], leases: dict, prune_above, data_dir,
+                 should_stop) -> None:
     from harness.engine.environment import run_metadata
     from harness.engine.loop import Hooks, Stopped, TrialRun, run_trials
     from harness.engine.resume import PackMismatch
