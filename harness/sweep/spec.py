@@ -7,23 +7,22 @@ Format (every key is optional unless marked required)::
     description = "..."                  # free text
     workload = "mnist_fc1024"            # required: a name of harness.engine.workloads, or path/to/file.py:name
     workload_options = {}                # passed to the workload's make_model
-    optimizer = "nesterov"               # sgd | momentum | nesterov | adam | adamw | lars | lamb
+    optimizer = "nesterov"               # a trial option: its allowed values in the table of trial options
     batch_sizes = [8, 16, 32]            # required: a list, or {min = 8, max = 1024}: the powers of two between
     target = 0.05                        # default: the workload's target; within the metric's range
     max_steps = 10000                    # step budget per trial ...
     max_examples = 5_000_000             # ... and/or an example budget: steps = ceil(max_examples / B)
     eval_every = 100                     # default: the workload's cadence (the resolution of steps-to-result)
-    eval_schedule = "linear"             # linear | geometric (dense early: harness.engine.evaluation)
+    eval_schedule = "linear"             # every eval_every, or geometric (dense early: harness.engine.evaluation)
     seeds = 1                            # repeats of every trial: a count (seeds 0..n-1) or a list of seeds
     prune = true                         # stop trials that can no longer beat the best steps-to-target at B
     pack = 1                             # trials a worker runs as one program, or "auto" (harness.sweep.packing)
     checkpoint_every = 1000              # steps between checkpoints (resume after a crash); default eval_every * 10
-    lr_scaling = "linear"                # none | linear | sqrt: scale learning_rate from reference_batch_size
+    lr_scaling = "linear"                # scale learning_rate from reference_batch_size (Goyal et al. 2017)
     reference_batch_size = 64            # (with lr_scaling) instead of searching the learning rate
 
-    [fixed]                              # metaparameters shared by all trials: any TrialConfig field
-    algorithm = "local_sgd"              # (e.g. minibatch | local_sgd | post_local_sgd | sma, replicas, local_steps)
-    schedule = "linear_decay"            # (harness.engine.trial) except the ones set above, plus
+    [fixed]                              # metaparameters shared by all trials: any trial option
+    algorithm = "local_sgd"              # but the ones set above (the table of trial options), plus
     decay_fraction = 1.0                 # decay_steps as a fraction of the trial's step budget
 
     [search]                             # optional: without it, one trial per batch size and seed
@@ -49,6 +48,10 @@ grid axis keeps the existing trials.
 
 A trial id is `b{B:06d}-{8 hex digits of the metaparameters' hash}-s{seed}`: re-expanding a spec
 gives the same ids. Errors name the file and field: `file: field: problem; allowed: ...`.
+
+The trial options (the fields of harness.engine.trial.TrialConfig, from their
+schema OPTIONS), with their types, defaults and allowed values: docs/spec.md,
+which is this text and the table of `spec_markdown()`.
 """
 from __future__ import annotations
 
@@ -68,8 +71,8 @@ from harness.engine.targets import check_batch_size, check_target
 from harness.engine.trial import OPTIONS, Option, TrialConfig
 from harness.engine.workloads import get_workload
 from harness.errors import UserError
-from harness.sweep.schema import (BOOL, INT, LIST, NUMBER, STR, TABLE, Checker, is_a, numeric, read_toml,
-                                  spec_name, type_name)
+from harness.sweep.schema import (BOOL, INT, LIST, NUMBER, STR, TABLE, Checker, hint_name, is_a, numeric,
+                                  read_toml, spec_name, type_name)
 
 MAX_EXAMPLES = Option("example budget per trial: steps = ceil(max_examples / B)", ge=1, name="max_examples",
                       type=int, cite="Shallue et al. 2019, Sec. 4.1")
@@ -202,6 +205,23 @@ class SweepSpec:
                            eval_every=self.eval_every, eval_schedule=self.eval_schedule,
                            checkpoint_every=self.checkpoint_every, lr_scaling=self.lr_scaling,
                            reference_batch_size=self.reference_batch_size, **values)
+
+
+def spec_markdown() -> str:
+    """docs/spec.md: the spec format (this module's docstring) and a table of
+    the trial options, from their schema (harness.engine.trial.OPTIONS)."""
+    where = {**{name: "top level" for name in MANAGED}, "batch_size": "batch_sizes", "seed": "seeds"}
+    rows = [(option, where.get(name, "[fixed], [search.space]")) for name, option in OPTIONS.items()]
+    rows.append((DECAY_FRACTION, "[fixed], [search.space]"))
+    lines = ["| option | in a spec | type | default | allowed | description |", "|---|---|---|---|---|---|"]
+    for option, place in rows:
+        default = "required" if option.required else "none" if option.default is None else json.dumps(option.default)
+        allowed = ", ".join(option.choices) if option.choices is not None else option.interval
+        cite = f" ({option.cite})" if option.cite else ""
+        lines.append(f"| `{option.name}` | {place} | {hint_name(option.type)} | `{default}` | {allowed} | "
+                     f"{option.help.replace('|', '&#124;')}{cite} |")
+    title, _, body = __doc__.partition("\n")
+    return "\n".join([f"# {title}", body, "## Trial options", "", *lines, ""])
 
 
 def spec_hash(d: dict) -> str:
