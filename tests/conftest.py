@@ -25,7 +25,9 @@ def pytest_configure(config):
     """One JAX compilation cache for the whole run (harness.sweep.executors
     keeps a $JAX_COMPILATION_CACHE_DIR that is set): the many small sweeps of
     the suite compile the same programs in fresh worker processes. The
-    controller makes it before the xdist workers start, which inherit it."""
+    controller makes it before the xdist workers start, which inherit it.
+    The `cbs` subprocesses that tests start read DATA_DIR too."""
+    os.environ.setdefault("CBS_DATA_DIR", DATA_DIR)
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="cbs-tests-jax-cache-")
         config.stash[CACHE_MADE] = os.environ["JAX_COMPILATION_CACHE_DIR"]

@@ -189,6 +189,18 @@ def test_missing_file_without_network_says_where_files_go(tmp_path, mirror):
     assert not (tmp_path / "tiny_shakespeare" / "input.txt").exists()
 
 
+def test_mnist_ships_with_the_package_and_loads_offline(data_dir, tmp_path, mirror):
+    """An empty data folder and no network: MNIST comes from the shipped
+    official files (the quickstart's data), identical to the official ones."""
+    ds = load_dataset("mnist", tmp_path)
+    official = load_dataset("mnist", data_dir)
+    np.testing.assert_array_equal(ds.train_x, official.train_x)
+    np.testing.assert_array_equal(ds.val_y, official.val_y)
+    assert not mirror and not any(tmp_path.iterdir())  # nothing downloaded, nothing written
+    for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        assert (data.SHIPPED / "mnist" / f).read_bytes() == (data_dir / "mnist" / f).read_bytes()
+
+
 def test_missing_files_are_downloaded_once_and_verified(data_dir, tmp_path, mirror):
     for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
         url, _ = data.FILES[f"fashion_mnist/{f}"]

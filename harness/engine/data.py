@@ -5,10 +5,11 @@
 `cifar10` (official binary archive) and `tfds:<name>` (any image+label
 tensorflow-datasets dataset). The data folder is `data_dir`, else the
 environment variable `CBS_DATA_DIR`, else a per-user cache folder; it holds
-`mnist/`, `fashion_mnist/`, `tiny_shakespeare/` and `cifar10/` as in
-`../shared/data`. Each file is checked against its official checksum on first
-use in a process; a missing file is downloaded once with pooch from the
-official mirror, checksum-verified.
+`mnist/`, `fashion_mnist/`, `tiny_shakespeare/` and `cifar10/`. Each file is
+checked against its official checksum on first use in a process. A file
+missing there is taken from the copies shipped with the package (the MNIST
+training files, so that the quickstart runs offline), else downloaded once
+with pooch from the official mirror, checksum-verified.
 """
 from __future__ import annotations
 
@@ -59,6 +60,9 @@ FILES = {
         "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
         "md5:c32a1d4ab5d03f1284b67883e8d87530"),
 }
+
+# The official files shipped with the package (harness/engine/datasets/<relpath>).
+SHIPPED = Path(__file__).parent / "datasets"
 
 # (path, size, mtime) of files whose checksum matched in this process.
 _verified: set[tuple[str, int, int]] = set()
@@ -113,10 +117,12 @@ def _load(loader, name: str, data_dir: Path, options: tuple) -> Dataset:
 
 
 def fetch(relpath: str, data_dir: Path) -> Path:
-    """The verified local copy of `relpath` (a key of FILES) in `data_dir`,
-    downloaded from the official mirror when it is not there."""
+    """The verified local copy of `relpath` (a key of FILES) in `data_dir`, else
+    the one shipped with the package, else downloaded from the official mirror."""
     url, known_hash = FILES[relpath]
     path = data_dir / relpath
+    if not path.exists() and (SHIPPED / relpath).exists():
+        path = SHIPPED / relpath
     where = (f"the data folder is {data_dir} (choose it with --data-dir or the "
              f"CBS_DATA_DIR environment variable)")
     alg, expected = known_hash.split(":")
