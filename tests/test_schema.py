@@ -79,8 +79,9 @@ def test_a_value_outside_the_range_is_refused_by_validate_and_spec_files(name):
     if name != "batch_size":  # a spec gives it as batch_sizes
         field = name if name in MANAGED else f"fixed.{name}"
         kinds = "integers" if option.integer else "numbers"
+        default = "" if option.default is None else f" (default: {option.default!r})"
         assert _spec_error(name, bad) == (f"s.toml: {field}: must be {option.interval}, got {bad!r}; "
-                                          f"allowed: {kinds} {option.interval}")
+                                          f"allowed: {kinds} {option.interval}{default}")
 
 
 def test_the_messages_of_today():

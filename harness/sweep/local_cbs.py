@@ -30,8 +30,8 @@ Spec file (TOML)::
     noise_samples = 64                   # 2018, App. A) over the `noise_window` steps ending at each
                                          # checkpoint, from `noise_samples` gradients per step; 0 skips it
 
-    [local_cbs.reference]                # required: the reference run, TrialConfig fields
-    workload = "mnist_fc128x1"           # (harness.engine.trial); gns = true with microbatches = 2
+    [local_cbs.reference]                # required: the reference run, trial options
+    workload = "mnist_fc128x1"           # (docs/spec.md); gns = true with microbatches = 2
     batch_size = 64                      # gives the online noise scale B_simple over training
     learning_rate = 0.1
     max_steps = 2000

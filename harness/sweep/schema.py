@@ -117,7 +117,8 @@ class Checker:
         if option.choices is not None and value not in option.choices:
             self.fail(field, f"unknown value {value!r}", ", ".join(option.choices))
         if not option.in_range(value):
-            self.fail(field, f"must be {option.interval}, got {value!r}", f"{kind}s {option.interval}")
+            default = "" if option.default is None else f" (default: {option.default!r})"
+            self.fail(field, f"must be {option.interval}, got {value!r}", f"{kind}s {option.interval}{default}")
 
     def trials(self, trials, what: str = "trial"):
         """Validate the config of every (id, TrialConfig) trial, an error naming the trial."""
