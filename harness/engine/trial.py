@@ -75,8 +75,10 @@ class Option:
             return None
         if self.choices is not None and value not in self.choices:
             return f"unknown {self.name} {value!r}; allowed: {', '.join(self.choices)}"
+        if self.interval and self.integer and (not isinstance(value, int) or isinstance(value, bool)):
+            return f"{self.name} must be an integer {self.interval}, got {value!r}"
         if not self.in_range(value):
-            return f"{self.name} must be {'an integer ' if self.integer else ''}{self.interval}, got {value!r}"
+            return f"{self.name} must be {self.interval}, got {value!r}"
         return None
 
 
