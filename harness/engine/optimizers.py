@@ -67,6 +67,8 @@ LR_SCALINGS = {"none": lambda k: 1.0, "linear": lambda k: k, "sqrt": math.sqrt}
 OPTIMIZERS = tuple(_OPTIMIZERS)
 SCHEDULES = tuple(_SCHEDULES)
 WARMUPS = ("none", *_WARMUPS)
+# The optimizers with a `momentum` metaparameter (heavy-ball, Nesterov, and LARS: You et al. 2017).
+MOMENTUM_OPTIMIZERS = ("momentum", "nesterov", "lars")
 
 
 def hyperparameters(config: TrialConfig) -> dict:
