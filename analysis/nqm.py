@@ -51,9 +51,10 @@ def _abs2(z):
     return z.real * z.real + z.imag * z.imag
 
 
-class _Dynamics:
+class Dynamics:
     """Closed-form expected loss for configurations (learning rate a, momentum
-    beta), vectorised as arrays of shape (configurations, coordinates)."""
+    beta), vectorised as arrays of shape (configurations, coordinates): the
+    second-moment map of Zhang et al. 2019, Eq. 6, solved at any t (module docstring)."""
 
     def __init__(self, lr, beta, h, precondition):
         lr, beta = np.asarray(lr, float)[:, None], np.asarray(beta, float)[:, None]
@@ -82,7 +83,7 @@ class _Dynamics:
 
     def take(self, rows):
         """The same dynamics restricted to configurations `rows`."""
-        sub = object.__new__(_Dynamics)
+        sub = object.__new__(Dynamics)
         sub.__dict__ = {k: v if k == "w" else v[rows] for k, v in vars(self).items()}
         return sub
 
@@ -105,6 +106,11 @@ class _Dynamics:
             a = self._deterministic(p1, p2, np.empty_like(p1), np.empty_like(p1))
             return a, self._noise(p1 * p1, p2 * p2, self.beta ** t)
 
+    def loss(self, t, batch_size):
+        """The expected loss A(t) + N(t) / B at integer steps t, one per configuration."""
+        a, n = self.at(t)
+        return a + n / batch_size
+
     def octaves(self, stop):
         """Yield (j, A, N) at t = 2^j for j = 0, 1, ... by repeated squaring,
         while stop(j) is false."""
@@ -118,20 +124,6 @@ class _Dynamics:
                 np.square(p1, out=p1)
                 np.square(p2, out=p2)
                 yield j, a, self._noise(p1, p2, self.beta ** 2.0 ** j)
-
-
-def expected_loss(steps, batch_size, learning_rate, momentum=0.0, precondition=0.0, dims=DIMS):
-    """Closed-form expected NQM loss after each of `steps` (array of ints)."""
-    steps = np.atleast_1d(np.asarray(steps))
-    dyn = _Dynamics(np.full(steps.shape, learning_rate), np.full(steps.shape, momentum),
-                    curvatures(dims), precondition)
-    a, n = dyn.at(steps)
-    return a + n / batch_size
-
-
-def steps_lower_bound(batch_sizes, target=TARGET, dims=DIMS):
-    """The reference line K / (2 C B) of Zhang et al. 2019, Sec. 3."""
-    return dims / (2 * target * np.asarray(batch_sizes, float))
 
 
 def nqm_steps(batch_sizes, optimizer="sgd", precondition=0.0, target=TARGET, dims=DIMS,
@@ -181,7 +173,7 @@ def _search(lr, beta, h, precondition, sizes, target):
     chunk = max(1, CHUNK // len(h))
     for start in range(0, n_cfg, chunk):
         part = slice(start, start + chunk)
-        dyn = _Dynamics(lr[part], beta[part], h, precondition)
+        dyn = Dynamics(lr[part], beta[part], h, precondition)
         open_ = dyn.noise_floor[:, None] / sizes[None] < target    # reaches it eventually
         for j, a, n in dyn.octaves(lambda j: not open_.any() or 2.0 ** (j - 1) >= best_hi.max()):
             crossed = open_ & (a[:, None] + n[:, None] / sizes[None] < target)
@@ -197,7 +189,7 @@ def _bisect(lr, beta, h, precondition, size, target, hi):
     lo = np.where(hi > 1, hi / 2, 0)
     idx = np.flatnonzero(lo < hi.min())
     lo, hi = lo[idx], hi[idx]
-    dyn = _Dynamics(lr[idx], beta[idx], h, precondition)
+    dyn = Dynamics(lr[idx], beta[idx], h, precondition)
     keep = np.ones(len(idx), bool)
     while True:
         keep &= lo < hi.min()
@@ -205,8 +197,7 @@ def _bisect(lr, beta, h, precondition, size, target, hi):
         if not active.size:
             break
         mid = np.floor((lo[active] + hi[active]) / 2)
-        a, n = dyn.take(active).at(mid)
-        below = a + n / size < target
+        below = dyn.take(active).loss(mid, size) < target
         hi[active[below]] = mid[below]
         lo[active[~below]] = mid[~below]
     k = np.flatnonzero(keep & (hi == hi[keep].min()))[0]

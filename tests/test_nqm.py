@@ -7,11 +7,18 @@ import numpy as np
 import pytest
 
 from analysis.fit import fit_steps
-from analysis.nqm import curvatures, expected_loss, nqm_steps
+from analysis.nqm import DIMS, Dynamics, curvatures, nqm_steps
 from harness.cli import main
 
 CASES = [  # (learning rate, momentum, preconditioning power)
     (0.3, 0.0, 0.0), (0.05, 0.9, 0.0), (0.1, 0.5, 0.5), (1.5, 0.0, 0.0), (0.02, 0.99, 0.3)]
+
+
+def expected_loss(steps, batch_size, lr, beta=0.0, gamma=0.0, dims=DIMS):
+    """The closed form the steps search evaluates (analysis.nqm.Dynamics.loss), at each of `steps`."""
+    steps = np.atleast_1d(np.asarray(steps))
+    dynamics = Dynamics(np.full(steps.shape, lr), np.full(steps.shape, beta), curvatures(dims), gamma)
+    return dynamics.loss(steps, batch_size)
 
 
 def recursion_loss(steps, batch_size, lr, beta, gamma, dims):
