@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.curves import analyze, edge_hits
+from analysis.curves import analyze
+from analysis.edges import edge_hits
 
 
 def common_batch_sizes(curves) -> list[int]:

@@ -1,10 +1,11 @@
 """A sweep at one target: steps to result joined with the critical batch size
-fit, and the text that reports them (what `cbs analyze`, `cbs sweep` and
-`cbs report` print).
+fit (what `cbs analyze`, `cbs sweep`, `cbs plot` and `cbs report` compute),
+and the curves at further targets that a sweep's figures draw.
 
 Steps to result per batch size follow Shallue et al. (2019, Sec. 3.1)
 (analysis.steps); the fit is McCandlish et al.'s (2018, Eq. 2.11)
-S(B) = S_min (1 + B_crit / B) (analysis.fit).
+S(B) = S_min (1 + B_crit / B) (analysis.fit). The text that reports them is
+analysis.text; edge hits of the search are analysis.edges.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from analysis.fit import FitResult, fit_steps
-from analysis.steps import steps_to_result, unknown_batch_sizes
+from analysis.steps import best_metric_within_budgets, steps_to_result, unknown_batch_sizes
+from analysis.tables import read_noise_scale_study
 from harness.engine.targets import check_target
 from harness.errors import UserError
 
@@ -25,7 +27,7 @@ LOOSER_TARGETS = (0.1, 0.3)  # extra targets for the Pareto plot: fractions of t
 @dataclass
 class Curve:
     """Steps to result of a sweep at one target (analysis.steps.steps_to_result)
-    and its McCandlish fit (analysis.fit.fit_sweep)."""
+    and its McCandlish fit (analysis.fit.fit_steps)."""
 
     target: float
     table: pd.DataFrame
@@ -33,10 +35,6 @@ class Curve:
     unknown: list = field(default_factory=list)  # batch sizes left out: unknowable at a stricter target
     step_budget: int | None = None
     example_budget: int | None = None
-
-
-def target_label(spec: dict, target: float) -> str:
-    return f"{spec['metric']} {'<' if spec['direction'] == 'min' else '>'} {target:g}"
 
 
 def analyze(sweep, target: float | None = None, *, step_budget: int | None = None,
@@ -63,13 +61,6 @@ def analyze(sweep, target: float | None = None, *, step_budget: int | None = Non
     return Curve(target, table, fit, unknown, **budgets)
 
 
-def budget_label(curve: Curve) -> str:
-    """'within 500 steps and 64,000 examples', or '' without budgets."""
-    parts = [f"{n:,} {unit}" for n, unit in ((curve.step_budget, "steps"), (curve.example_budget, "examples"))
-             if n is not None]
-    return f"within {' and '.join(parts)}" if parts else ""
-
-
 def looser_targets(sweep, fractions=LOOSER_TARGETS) -> list[float]:
     """Targets between the spec's and the median metric at the trials' first
     evaluation, geometrically interpolated and rounded to two digits: the
@@ -83,95 +74,31 @@ def looser_targets(sweep, fractions=LOOSER_TARGETS) -> list[float]:
     return [float(f"{target * (start / target) ** f:.2g}") for f in fractions]
 
 
-def num(x, digits=4) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+@dataclass
+class SweepAnalysis:
+    """What a sweep's figures draw (analysis.sweep_figures), computed once."""
+
+    main: Curve                      # at the spec's target
+    others: list[Curve]              # at the further targets, in order
+    within_budgets: pd.DataFrame     # analysis.steps.best_metric_within_budgets
+    noise_scale_study: dict | None   # the folder's `cbs gns` result (analysis.tables.read_noise_scale_study)
+
+
+def analyze_sweep(sweep, targets=None, main: Curve | None = None, **budgets) -> SweepAnalysis:
+    """`analyze` at the spec's target (`main`, when already computed) and at
+    `targets` (default: `looser_targets`; the spec's own is not repeated), with
+    `analyze`'s step_budget and example_budget; the best metric within step and
+    example budgets (Shallue et al. 2019, Fig. 11); the `cbs gns` run in the folder."""
+    main = analyze(sweep, **budgets) if main is None else main
+    others = [analyze(sweep, t, **budgets) for t in (looser_targets(sweep) if targets is None else targets)
+              if t != main.target]
+    within = best_metric_within_budgets(sweep.trials, sweep.measurements, sweep.spec["direction"])
+    return SweepAnalysis(main, others, within, read_noise_scale_study(sweep.folder))
 
 
 def search_space(sweep) -> dict:
     """The searched metaparameters of the sweep's spec ({} without a search)."""
     return (sweep.spec.get("search") or {}).get("space") or {}
-
-
-def steps_table(sweep, curve: Curve) -> pd.DataFrame:
-    """The steps-to-result columns a reader needs: batch size, steps, examples,
-    communication rounds, the resolution (evaluation cadence at the crossing),
-    the searched metaparameters of the best trial and its id."""
-    searched = [c for c in search_space(sweep) if c in curve.table]
-    return curve.table[["batch_size", "steps", "examples", "rounds", "resolution", *searched, "trial_id"]]
-
-
-def final_metrics(sweep) -> pd.DataFrame | None:
-    """Per batch size, the best validation metric at the end of training over
-    the trials that trained their whole budget (stop_at_target = false), as
-    the papers that compare final quality report it (Goyal et al. 2017, Table
-    2; Lin et al. 2020, Table 1): columns batch_size, final_metric, step,
-    the searched metaparameters of that trial and trial_id. Diverged trials
-    count as failed, not as a value. None when every trial stopped at the target."""
-    trials = sweep.trials
-    if "stop_at_target" not in trials or trials["stop_at_target"].astype(bool).all():
-        return None
-    ran = trials[~trials["stop_at_target"].astype(bool) & (trials["status"] != "diverged")]
-    last = sweep.measurements.sort_values("step").drop_duplicates("trial_id", keep="last")
-    rows = ran.merge(last[["trial_id", "step", "val_metric"]], on="trial_id").rename(
-        columns={"val_metric": "final_metric"})
-    rows = rows.sort_values(["batch_size", "final_metric", "trial_id"],
-                            ascending=[True, sweep.spec["direction"] == "min", True])
-    searched = [c for c in search_space(sweep) if c in rows]
-    return rows.drop_duplicates("batch_size")[["batch_size", "final_metric", "step", *searched, "trial_id"]] \
-        .reset_index(drop=True)
-
-
-def _searched_numeric(sweep, columns) -> list[str]:
-    return [n for n in search_space(sweep) if n in columns and n in sweep.trials
-            and pd.api.types.is_numeric_dtype(sweep.trials[n])]
-
-
-def _edge(value, values: pd.Series) -> str | None:
-    """'largest' or 'smallest' when `value` is that of the values tried, None
-    when it lies between them or all of them are equal."""
-    if values.nunique() < 2:
-        return None
-    return "largest" if value == values.max() else "smallest" if value == values.min() else None
-
-
-def edge_hits(sweep, curve: Curve) -> list[tuple[int, str, str]]:
-    """(batch size, metaparameter, 'largest' | 'smallest') where the best
-    trial's value of a searched numeric metaparameter is the largest or the
-    smallest value tried at that batch size: the optimum may lie outside the
-    search space, which must then be widened (Shallue et al. 2019, Sec. 4.5
-    and App. D: the best trial should sit strictly inside it)."""
-    names = _searched_numeric(sweep, curve.table)
-    hits = []
-    for row in curve.table.itertuples():
-        tried = sweep.trials[sweep.trials["batch_size"] == row.batch_size]
-        for name in names:
-            if edge := _edge(getattr(row, name), tried[name]):
-                hits.append((int(row.batch_size), name, edge))
-    return hits
-
-
-def edge_points(sweep, batch_size: int) -> tuple[int, int]:
-    """(k, n): k of the n points tried at `batch_size` sit on an edge of some
-    searched numeric metaparameter. A best trial that lands on a point at
-    random is on an edge with probability k / n, so an edge hit tells little
-    where few points search several metaparameters (with n points, each
-    metaparameter puts 2 of them on an edge)."""
-    tried = sweep.trials[sweep.trials["batch_size"] == batch_size]
-    names = _searched_numeric(sweep, tried)
-    on_an_edge = sum(any(_edge(point[name], tried[name]) for name in names) for _, point in tried.iterrows())
-    return on_an_edge, len(tried)
-
-
-def edge_text(sweep, hits) -> str:
-    """One warning line naming the edge hits and, per batch size, how often
-    chance alone would put the best trial on an edge; '' if none."""
-    if not hits:
-        return ""
-    named = "; ".join(f"B = {b}: {name} at the {edge} value tried" for b, name, edge in hits)
-    chance = "; ".join(f"B = {b}: {k} of {n}" for b in sorted({h[0] for h in hits})
-                       for k, n in [edge_points(sweep, b)])
-    return (f"warning: the best trial sits on an edge of the search ({named}): the optimum may lie beyond; "
-            f"widen the range (points tried that sit on some edge, the odds of an edge hit by chance alone: {chance})")
 
 
 def evaluated_up_to(sweep, curve: Curve, batch_size: int) -> int | None:
@@ -186,56 +113,3 @@ def evaluated_up_to(sweep, curve: Curve, batch_size: int) -> int | None:
     if curve.example_budget is not None:
         steps = steps[steps * batch_size <= curve.example_budget]
     return int(steps.max()) if len(steps) else None
-
-
-def unreached(sweep, curve: Curve) -> str:
-    """The sentences naming the spec's batch sizes where no trial reached the
-    target, each with how far its trials were evaluated, and those where the
-    answer is unknown ('' if none)."""
-    missing = sorted(set(sweep.spec["batch_sizes"]) - set(curve.table["batch_size"]) - set(curve.unknown))
-    reach = {b: evaluated_up_to(sweep, curve, b) for b in missing}
-    named = ", ".join(f"{b} ({'not evaluated yet' if n is None else f'evaluated up to step {n}'})"
-                      for b, n in reach.items())
-    lines = [f"no trial reached the target at batch size(s) {named}"] if missing else []
-    if curve.unknown:
-        lines.append(f"warning: steps to result unknown at batch size(s) {', '.join(map(str, curve.unknown))}: "
-                     "trials there stopped at the sweep's own target, which this target is stricter than "
-                     "(re-run with prune = false and stop_at_target = false to measure it); left out of the fit")
-    return "\n".join(lines)
-
-
-def fit_summary(curve: Curve) -> list[str]:
-    """The fit in sentences: both definitions of the critical batch size, the
-    regimes of Shallue et al. (2019) and the fit's warnings (prefixed 'warning:')."""
-    fit = curve.fit
-    olo, ohi = fit.b_crit_overhead_ci
-    return [
-        f"critical batch size B_crit = E_min / S_min (McCandlish et al. 2018): {fit.b_crit_text()} "
-        f"({fit.bootstrap} bootstrap on log steps, {fit.n_bootstrap} replicates, fixed seed)",
-        f"S_min = {num(fit.s_min)} steps, E_min = {num(fit.e_min)} examples",
-        f"critical batch size at {fit.overhead_percent:g}% step overhead (Zhang et al. 2024; reference: "
-        f"{fit.overhead_reference}): {num(fit.b_crit_overhead)} ({num(olo)} .. {num(ohi)}); "
-        f"with the smallest measured batch size as reference: {num(fit.b_crit_overhead_empirical)}",
-        f"perfect scaling up to B = {num(fit.perfect_scaling_end)}; maximal useful batch size "
-        f"(Shallue et al. 2019): {num(fit.max_useful_batch_size)}",
-        *(f"warning: {w}" for w in fit.warnings),
-    ]
-
-
-def summary_text(sweep, curve: Curve) -> str:
-    """The steps-to-result table and the fits, as `cbs analyze` and `cbs sweep` print them."""
-    spec = sweep.spec
-    budget = budget_label(curve)
-    lines = [f"steps to result ({target_label(spec, curve.target)}{' ' + budget if budget else ''}, "
-             f"{spec['workload']}, {spec['optimizer']}; {len(sweep.trials)} trials):"]
-    if curve.table.empty:
-        return "\n".join(lines + ["  no batch size reached the target"])
-    lines.append(steps_table(sweep, curve).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    if missing := unreached(sweep, curve):
-        lines.append(missing)
-    if edges := edge_text(sweep, edge_hits(sweep, curve)):
-        lines.append(edges)
-    if (final := final_metrics(sweep)) is not None and len(final):
-        lines += [f"best {spec['metric']} at the end of training (trials trained to their budget, diverged ones "
-                  "left out):", final.to_string(index=False, float_format=lambda v: f"{v:.4g}")]
-    return "\n".join(lines + fit_summary(curve))

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import elementwise
 
-from analysis.steps import steps_to_result
 from harness.finite import finite_or_none
 
 SEARCH_FACTOR = 1e4   # B_crit searched in [min B / 1e4, max B * 1e4]
@@ -232,23 +231,6 @@ def fit_steps(batch_sizes, steps, *, overhead=20.0, confidence=0.9, n_bootstrap=
                                         n_bootstrap, seed)
     return _result(b, s, np.exp(theta[0]), intervals, resid, reached, overhead, confidence,
                    tolerance, noise, n_bootstrap)
-
-
-def fit_sweep(trials, measurements, target, direction="min", *, step_budget=None,
-              example_budget=None, metric="val_metric", overhead=20.0, confidence=0.9,
-              n_bootstrap=2000, tolerance=0.2, noise=None, seed=0, spec_target=None) -> FitResult:
-    """Fit a sweep's steps to result per batch size (Shallue et al. 2019,
-    Sec. 3.1; analysis.steps.steps_to_result, which `spec_target` is passed to)
-    with `fit_steps`: the fit and its residual bootstrap interval depend on that
-    table only. Exact pruning makes the table, the fewest steps to the target at
-    each batch size, independent of worker timing, but not the set of trials
-    that ran to completion; a bootstrap over trials would change from run to run
-    of the same sweep, this one does not."""
-    table = steps_to_result(trials, measurements, target, direction, step_budget,
-                            example_budget, metric, spec_target=spec_target)
-    return fit_steps(table["batch_size"].to_numpy(float), table["steps"].to_numpy(float),
-                     overhead=overhead, confidence=confidence, n_bootstrap=n_bootstrap,
-                     tolerance=tolerance, noise=noise, seed=seed)
 
 
 def one_sided_bound(batch_sizes, b_crit, *, noise=MIN_NOISE, tolerance=0.2,

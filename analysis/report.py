@@ -16,10 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import load_sweep
-from analysis.curves import (Curve, analyze, edge_hits, edge_text, fit_summary, num, steps_table, summary_text,
-                             target_label, unreached)
+from analysis.curves import Curve, analyze, analyze_sweep
+from analysis.edges import edge_hits
 from analysis.local_cbs import heading, load_local_cbs, local_cbs_plot, swept_b_crit
-from analysis.plots import save, steps_plot, sweep_figures
+from analysis.sweep_figures import sweep_figures
+from analysis.text import edge_text, fit_summary, num, steps_table, target_label, unreached
 from harness.sweep.store import Store
 
 STYLE = """
@@ -60,7 +61,8 @@ def run_tables(sweep) -> list[tuple[str, str, pd.DataFrame]]:
     tables = []
     if sweep.metadata:
         flat = {**sweep.metadata.get("packages", {}), **{k: v for k, v in sweep.metadata.items() if k != "packages"}}
-        tables.append(("run-folder", "sweep folder (latest worker)", pd.DataFrame({"": list(flat), "value": list(flat.values())})))
+        tables.append(("run-folder", "sweep folder (latest worker)",
+                       pd.DataFrame({"": list(flat), "value": list(flat.values())})))
     if len(sweep.runs) and len(sweep.runs.columns) > 1:
         combos = sweep.runs.drop(columns="trial_id").astype(str).value_counts().reset_index(name="trials")
         tables.append(("run-records", "trials' records", combos))
@@ -119,7 +121,7 @@ def render_report(sweep) -> str:
                   f"<b>{num(curve.fit.b_crit)}</b>.</p>",
                   _table_html(gns, "noise-scale-table"), "</section>"]
     parts.append("<section id='figures'><h2>Figures</h2>")
-    for name, caption, fig in sweep_figures(sweep, main=curve):
+    for name, caption, fig in sweep_figures(sweep, analyze_sweep(sweep, main=curve)):
         parts.append(f"<figure id='figure-{name}'><img alt='{esc(name)}' src='data:image/png;base64,{_png(fig)}'>"
                      f"<figcaption>{esc(caption)}</figcaption></figure>")
     parts.append("</section>")
@@ -202,14 +204,3 @@ def write_report(folder, out_path, sweep_folder=None) -> Path:
     out.write_text(page, encoding="utf-8")
     return out
 
-
-def sweep_results(folder) -> str:
-    """The steps-to-result table, the critical batch size and the plot's path."""
-    sweep = load_sweep(folder)
-    curve = analyze(sweep)
-    text = summary_text(sweep, curve)
-    if curve.table.empty:
-        return text
-    name = sweep.spec.get("name") or sweep.spec["workload"]
-    paths = save(steps_plot({name: curve.table}, {name: curve.fit}), sweep.folder / "steps_to_result")
-    return f"{text}\nplot: {paths[0]}"

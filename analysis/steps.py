@@ -27,6 +27,8 @@ per metaparameter; steps_run and max_steps for `unknown_batch_sizes`);
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -150,3 +152,29 @@ def best_metric(trials, measurements, direction="min", step_budget=None,
                             ascending=[True, direction == "min", True, True])
     best = rows.drop_duplicates("batch_size").rename(columns={metric: "value"})
     return best[["batch_size", "value", "step", "trial_id"]].reset_index(drop=True)
+
+
+def _pow2_budgets(largest: float, count: int = 3, spacing: int = 2) -> list[int]:
+    """Powers of two at or below `largest`, `spacing` octaves apart."""
+    if not largest >= 1:
+        return []
+    top = int(math.floor(math.log2(largest)))
+    return [2 ** k for k in range(top, max(top - spacing * count, -1), -spacing)][::-1]
+
+
+def best_metric_within_budgets(trials, measurements, direction="min") -> pd.DataFrame:
+    """`best_metric` under three step budgets and three example budgets, powers
+    of two up to the most steps (examples) a complete trial ran (Shallue et al.
+    2019, Fig. 11): columns batch_size, best_metric, step, trial_id,
+    budget_kind ('steps' or 'examples') and budget."""
+    rows = measurements.merge(trials.loc[trials["status"] == "complete", ["trial_id"]], on="trial_id")
+    if rows.empty:
+        return pd.DataFrame(columns=["budget_kind", "budget", "batch_size", "best_metric"])
+    parts = []
+    for kind, largest in (("steps", rows["step"].max()),
+                          ("examples", (rows["batch_size"] * rows["step"]).max())):
+        for budget in _pow2_budgets(largest):
+            limit = {"step_budget" if kind == "steps" else "example_budget": budget}
+            best = best_metric(trials, measurements, direction, **limit)
+            parts.append(best.rename(columns={"value": "best_metric"}).assign(budget_kind=kind, budget=budget))
+    return pd.concat(parts, ignore_index=True)

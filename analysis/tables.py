@@ -18,10 +18,12 @@ A corrupt record is skipped with a warning: the loader never fails on one.
 A folder in Shallue et al.'s batch_science layout (analysis.batch_science)
 loads the same way.
 
-`read_steps_table(path)` reads a user's own steps-vs-batch-size CSV (`cbs fit`).
+`read_steps_table(path)` reads a user's own steps-vs-batch-size CSV (`cbs fit`);
+`read_noise_scale_study(folder)` the `cbs gns` run kept in a sweep folder.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,7 @@ from analysis.batch_science import is_batch_science, read_batch_science
 from harness.errors import UserError
 from harness.sweep.store import CorruptRecord, Store, parse_record
 
+GNS_RESULT = "gns/gns.json"  # a `cbs gns --out SWEEP/gns` run of the sweep's workload
 STEPS_COLUMNS = ("batch_size", "steps")  # of a user's steps-vs-batch-size table (`cbs fit`)
 FIRST_COLUMNS = ["trial_id", "batch_size", "status", "steps_to_target", "seed", "steps_run", "wall_time"]
 
@@ -120,3 +123,9 @@ def read_steps_table(path) -> pd.DataFrame:
         raise UserError(f"batch_size {twice['batch_size'].iloc[0]:g} appears twice{where} in "
                         f"{path}: give one row per batch size (its steps to result)")
     return table
+
+
+def read_noise_scale_study(folder) -> dict | None:
+    """The `cbs gns` result (harness.engine.noise_scale_study) at FOLDER/gns/gns.json, or None."""
+    path = Path(folder) / GNS_RESULT
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,14 +1,16 @@
 """The McCandlish fit, its intervals, the overhead definition, Shallue's regimes
 and `cbs fit`."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy.optimize import brentq, least_squares
 
-from analysis.fit import (empirical_overhead, fit_steps, fit_sweep, max_useful_batch_size,
-                          perfect_scaling_end)
+from analysis.curves import analyze
+from analysis.fit import empirical_overhead, fit_steps, max_useful_batch_size, perfect_scaling_end
+from analysis.tables import SweepTables
 from harness.cli import main
 
 SIZES = 2.0 ** np.arange(0, 12)
@@ -103,9 +105,16 @@ def synthetic_sweep(spread, trials_per_size=8, seed=0):
     return pd.DataFrame(t), pd.DataFrame(m)
 
 
-def test_fit_sweep_is_fit_steps_on_the_steps_to_result_table():
+def sweep_fit(trials, measurements):
+    """The fit `cbs analyze` gives (analysis.curves.analyze) of a synthetic sweep at its target 0.1."""
+    sweep = SweepTables(trials, measurements, {"target": 0.1, "direction": "min", "metric": "error_rate"},
+                        Path("synthetic"))
+    return analyze(sweep, n_bootstrap=300).fit
+
+
+def test_a_sweeps_fit_is_fit_steps_on_the_steps_to_result_table():
     trials, measurements = synthetic_sweep(spread=0.1)
-    fit = fit_sweep(trials, measurements, target=0.1, n_bootstrap=300)
+    fit = sweep_fit(trials, measurements)
     best = trials[trials.status == "complete"].groupby("batch_size")["steps_to_target"].min()
     assert fit.steps == best.tolist()
     assert fit.to_dict() == fit_steps(best.index, best.values, n_bootstrap=300).to_dict()
@@ -130,12 +139,12 @@ def prune_slower_trials(trials, measurements, every=2):
     return trials, pd.concat([kept, stopped], ignore_index=True)
 
 
-def test_fit_sweep_interval_does_not_depend_on_which_trials_were_pruned():
+def test_a_sweeps_fit_interval_does_not_depend_on_which_trials_were_pruned():
     trials, measurements = synthetic_sweep(spread=0.3)
     pruned_t, pruned_m = prune_slower_trials(trials, measurements)
     assert (pruned_t.status == "pruned").sum() >= 20
-    one = fit_sweep(trials, measurements, target=0.1, n_bootstrap=300)
-    other = fit_sweep(pruned_t, pruned_m, target=0.1, n_bootstrap=300)
+    one = sweep_fit(trials, measurements)
+    other = sweep_fit(pruned_t, pruned_m)
     assert one.to_dict() == other.to_dict()
     assert one.b_crit_ci[0] < one.b_crit < one.b_crit_ci[1]
 

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import plots
+from analysis import noise_scale_plot, plots, steps_plots, sweep_figures, trial_plots
+from analysis.curves import analyze_sweep, looser_targets
 from analysis.fit import fit_steps
 from harness.errors import UserError
 
@@ -34,7 +35,7 @@ def _is_log2(axis):
 def test_steps_plot_draws_data_perfect_scaling_and_fit():
     curve = _curve(300, 64)
     fit = fit_steps(curve["batch_size"], curve["steps"])
-    ax = plots.steps_plot({"nesterov": curve}, {"nesterov": fit}).axes[0]
+    ax = steps_plots.steps_plot({"nesterov": curve}, {"nesterov": fit}).axes[0]
     x, y = _line(ax, "nesterov")
     np.testing.assert_array_equal(x, B)
     np.testing.assert_allclose(y, curve["steps"])
@@ -52,7 +53,7 @@ def test_steps_plot_draws_data_perfect_scaling_and_fit():
 
 def test_steps_plot_normalised_several_curves():
     curves = {"sgd": _curve(500, 16, seed=1), "momentum": _curve(300, 128, seed=2)}
-    ax = plots.steps_plot(curves, normalize_at=4).axes[0]
+    ax = steps_plots.steps_plot(curves, normalize_at=4).axes[0]
     for label, curve in curves.items():
         _, y = _line(ax, label)
         np.testing.assert_allclose(y, curve["steps"] / curve["steps"][B == 4].iloc[0])
@@ -60,7 +61,7 @@ def test_steps_plot_normalised_several_curves():
     np.testing.assert_allclose(y, 4 / x)
     assert ax.get_ylabel() == "steps / steps at B = 4"
     with pytest.raises(ValueError, match="no steps at batch size 3"):
-        plots.steps_plot(curves, normalize_at=3)
+        steps_plots.steps_plot(curves, normalize_at=3)
 
 
 
@@ -68,7 +69,7 @@ def test_steps_plot_counts_examples_or_communication_rounds():
     curve = _curve(300, 64).assign(rounds=lambda t: t["steps"] / 4)  # local SGD averaging every 4 steps
     curve["examples"] = curve["steps"] * curve["batch_size"]
     fit = fit_steps(curve["batch_size"], curve["steps"])
-    ax = plots.steps_plot({"a": curve}, {"a": fit}, axis="examples").axes[0]
+    ax = steps_plots.steps_plot({"a": curve}, {"a": fit}, axis="examples").axes[0]
     _, y = _line(ax, "a")
     np.testing.assert_allclose(y, curve["steps"] * B)
     _, y = _line(ax, "a: perfect scaling")
@@ -77,19 +78,19 @@ def test_steps_plot_counts_examples_or_communication_rounds():
     x, y = fit_line.get_xdata(), fit_line.get_ydata()
     np.testing.assert_allclose(y, x * fit.s_min * (1 + fit.b_crit / x))  # E(B) = B S(B)
     assert "training examples" in ax.get_ylabel()
-    ax = plots.steps_plot({"a": curve}, {"a": fit}, axis="rounds", normalize_at=4).axes[0]
+    ax = steps_plots.steps_plot({"a": curve}, {"a": fit}, axis="rounds", normalize_at=4).axes[0]
     _, y = _line(ax, "a")
     np.testing.assert_allclose(y, curve["rounds"] / curve["rounds"][B == 4].iloc[0])
     assert not [l for l in ax.get_lines() if "fit" in l.get_label()]  # rounds have no McCandlish curve
     assert ax.get_ylabel() == "rounds / rounds at B = 4"
     with pytest.raises(UserError, match="allowed: steps, examples, rounds"):
-        plots.steps_plot({"a": curve}, axis="epochs")
+        steps_plots.steps_plot({"a": curve}, axis="epochs")
 
 
 def test_metaparameters_plot_heuristics_anchored_at_smallest_batch():
     best = pd.DataFrame({"batch_size": B[::-1], "learning_rate": 0.01 * B[::-1] ** 0.7,
                          "momentum": 1 - 0.1 / np.sqrt(B[::-1])})
-    fig = plots.metaparameters_plot(best)
+    fig = trial_plots.metaparameters_plot(best)
     lr_ax, mom_ax, eff_ax = fig.axes
     _, lr = _line(lr_ax, "best trial")
     np.testing.assert_allclose(lr, 0.01 * B ** 0.7)
@@ -105,7 +106,7 @@ def test_metaparameters_plot_heuristics_anchored_at_smallest_batch():
     np.testing.assert_allclose(y, 0.1 * x)
     assert "effective learning rate" in eff_ax.get_ylabel()
     assert all(_is_log2(ax.xaxis) and ax.get_yscale() == "log" for ax in fig.axes)
-    assert len(plots.metaparameters_plot(best.drop(columns="momentum")).axes) == 1
+    assert len(trial_plots.metaparameters_plot(best.drop(columns="momentum")).axes) == 1
 
 
 def _trials():
@@ -128,7 +129,7 @@ def _offsets(ax, label):
 
 def test_feasibility_plot_marks_each_category_and_stars_best():
     trials = _trials()
-    fig = plots.feasibility_plot(trials, {8: "t1", 16: "t6"})
+    fig = trial_plots.feasibility_plot(trials, {8: "t1", 16: "t6"})
     ax8, ax16 = [ax for ax in fig.axes if ax.get_visible()]
     assert (ax8.get_title(), ax16.get_title()) == ("B = 8", "B = 16")
     counts = {label: (len(_offsets(ax8, label)), len(_offsets(ax16, label)))
@@ -150,7 +151,7 @@ def test_feasibility_plot_marks_each_category_and_stars_best():
 
 
 def test_feasibility_category():
-    assert plots.feasibility_category(_trials()).tolist() == [
+    assert trial_plots.feasibility_category(_trials()).tolist() == [
         "reached", "reached", "not reached", "not reached", "diverged", np.nan,
         "reached", "diverged", "diverged"]
 
@@ -160,7 +161,7 @@ def test_budget_plot_one_line_per_budget():
                                best_metric=1 / np.log2(2 * b * budget))
                           for kind, budgets in (("steps", (100, 1000)), ("examples", (1e5,)))
                           for budget in budgets for b in B])
-    fig = plots.budget_plot(table, "validation error")
+    fig = trial_plots.budget_plot(table, "validation error")
     steps_ax, examples_ax = fig.axes
     x, y = _line(steps_ax, "1,000 steps")
     np.testing.assert_array_equal(x, B)
@@ -174,7 +175,7 @@ def test_budget_plot_one_line_per_budget():
 def test_pareto_plot_hyperbola():
     curves = {"error < 0.03": _curve(100, 32, seed=3), "error < 0.01": _curve(300, 128, seed=4)}
     fits = {k: fit_steps(c["batch_size"], c["steps"]) for k, c in curves.items()}
-    ax = plots.pareto_plot(curves, fits).axes[0]
+    ax = steps_plots.pareto_plot(curves, fits).axes[0]
     for label, curve in curves.items():
         x, y = _line(ax, label)
         np.testing.assert_allclose(x, curve["batch_size"] * curve["steps"])
@@ -190,7 +191,7 @@ def test_pareto_plot_hyperbola():
 def test_noise_scale_plot_medians_and_measured_b_crit():
     rows = [dict(trial_id=f"{b}-{k}", batch_size=b, step=step, gns_b_simple=(k + 1) * step)
             for b in (16, 64) for k in range(3) for step in (0, 10, 20, 40)]
-    ax = plots.noise_scale_plot(pd.DataFrame(rows), 100.0, (70.0, 150.0)).axes[0]
+    ax = noise_scale_plot.noise_scale_plot(pd.DataFrame(rows), 100.0, (70.0, 150.0)).axes[0]
     x, y = _line(ax, "B = 16")
     np.testing.assert_array_equal(x, [10, 20, 40])   # step 0 has no place on a log axis
     np.testing.assert_allclose(y, [20, 40, 80])      # median over the three trials
@@ -202,7 +203,7 @@ def test_noise_scale_plot_medians_and_measured_b_crit():
 
 
 def test_save_writes_png_and_pdf(tmp_path):
-    fig = plots.steps_plot({"a": _curve(100, 10)})
+    fig = steps_plots.steps_plot({"a": _curve(100, 10)})
     png, pdf = plots.save(fig, tmp_path / "sub" / "steps.vs.batch")
     assert (png.name, pdf.name) == ("steps.vs.batch.png", "steps.vs.batch.pdf")
     height, width, _ = matplotlib.image.imread(png).shape
@@ -281,7 +282,7 @@ def test_sweep_figures_from_a_sweep_folder(sweep_folder):
     from analysis import load_sweep
 
     sweep = load_sweep(sweep_folder)
-    figures = {name: fig for name, _, fig in plots.sweep_figures(sweep)}
+    figures = {name: fig for name, _, fig in sweep_figures.sweep_figures(sweep, analyze_sweep(sweep))}
     assert list(figures) == ["steps", "steps_normalised", "metaparameters", "feasibility",
                              "budgets", "pareto", "noise_scale"]
     ax = figures["steps"].axes[0]
@@ -294,7 +295,7 @@ def test_sweep_figures_from_a_sweep_folder(sweep_folder):
     assert len([l for l in ax.get_lines() if l.get_marker() == "o"]) == 3  # the target + 2 looser
     # Looser targets are exact on a pruned sweep too (pruned trials' crossings count there).
     pruned = type(sweep)(**{**vars(sweep), "spec": {**sweep.spec, "prune": True}})
-    assert plots.looser_targets(pruned) == plots.looser_targets(sweep) and len(plots.looser_targets(sweep)) == 2
+    assert looser_targets(pruned) == looser_targets(sweep) and len(looser_targets(sweep)) == 2
     feasibility = [a for a in figures["feasibility"].axes if a.get_visible()]
     assert len(feasibility) == 9
     assert [len(_offsets(feasibility[0], k)) for k in
@@ -303,18 +304,26 @@ def test_sweep_figures_from_a_sweep_folder(sweep_folder):
     assert y[0] == pytest.approx(B_CRIT, rel=0.05)
 
 
-def test_compare_sweeps_normalises_at_the_smallest_shared_batch_size(sweep_folder, tmp_path):
+def _comparison(sweeps):
+    """The comparison figure as `cbs plot` draws it for several sweeps."""
+    from analysis.curves import analyze
+    from analysis.text import sweep_labels
+
+    return sweep_figures.comparison_plot({label: analyze(s) for label, s in zip(sweep_labels(sweeps), sweeps)})
+
+
+def test_comparison_plot_normalises_at_the_smallest_shared_batch_size(sweep_folder, tmp_path):
     from analysis import load_sweep
 
     sweeps = [load_sweep(sweep_folder), load_sweep(make_sweep(tmp_path / "other", batch_sizes=(4, 8, 16)))]
-    ax = plots.compare_sweeps(sweeps).axes[0]
+    ax = _comparison(sweeps).axes[0]
     for sweep in sweeps:   # same spec name: the sweeps are told apart by their folders
         x, y = _line(ax, str(sweep.folder))
         steps = np.array([designed_steps(b, 0) for b in x])
         np.testing.assert_allclose(y, steps / designed_steps(4, 0))
     assert ax.get_ylabel() == "steps / steps at B = 4"
     with pytest.raises(UserError, match="share no batch size"):
-        plots.compare_sweeps([sweeps[1], load_sweep(make_sweep(tmp_path / "far", batch_sizes=(64, 128)))])
+        _comparison([sweeps[1], load_sweep(make_sweep(tmp_path / "far", batch_sizes=(64, 128)))])
 
 
 def test_noise_scale_figure_draws_a_cbs_gns_run_beside_the_swept_b_crit():
@@ -327,7 +336,8 @@ def test_noise_scale_figure_draws_a_cbs_gns_run_beside_the_swept_b_crit():
 
     folder = Path(__file__).resolve().parent.parent / "experiments/shallue2019/results/shallue_cpu_mnist_fc1024_sgd"
     measured = json.loads((folder / "gns/gns.json").read_text())
-    figures = {name: fig for name, _, fig in plots.sweep_figures(load_sweep(folder), targets=[])}
+    sweep = load_sweep(folder)
+    figures = {name: fig for name, _, fig in sweep_figures.sweep_figures(sweep, analyze_sweep(sweep, targets=[]))}
     ax = figures["noise_scale"].axes[0]
     online = next(line for line in ax.lines if line.get_label().startswith("B_simple online"))
     assert list(online.get_xdata()) == [r["step"] for r in measured["online"]]

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from analysis import load_sweep
-from analysis.curves import analyze, edge_hits, edge_text
-from analysis.fit import fit_sweep
+from analysis.curves import analyze, analyze_sweep
+from analysis.edges import edge_hits
+from analysis.fit import fit_steps
+from analysis.text import edge_text
 from harness.cli import main
 from test_plots import B_CRIT, TARGET, designed_steps, make_sweep
 
@@ -79,12 +81,13 @@ def test_report_as_rendered_by_chromium(report, sweep_folder, tmp_path):
     seen = json.loads(html.unescape(re.search(r'<pre id="seen">(.*?)</pre>', dom, re.S)[1]))
 
     sweep = load_sweep(sweep_folder)
-    fit = fit_sweep(sweep.trials, sweep.measurements, TARGET, "min")
+    fit = fit_steps(SIZES, [designed_steps(b, 0) for b in SIZES])  # the designed steps to result
     assert seen["b_crit"] == f"{fit.b_crit:.4g}" and seen["headline"] == f"B_crit = {fit.b_crit:.4g}"
     assert float(seen["b_crit"]) == pytest.approx(B_CRIT, rel=0.1)
 
     header, *rows = seen["steps"]
-    assert header == ["batch_size", "steps", "examples", "rounds", "resolution", "learning_rate", "momentum", "trial_id"]
+    assert header == ["batch_size", "steps", "examples", "rounds", "resolution", "learning_rate", "momentum",
+                      "trial_id"]
     assert [(int(r[0]), int(r[1]), int(r[2])) for r in rows] == [
         (b, designed_steps(b, 0), b * designed_steps(b, 0)) for b in SIZES]
 
@@ -173,8 +176,7 @@ def test_analyze_within_a_budget(sweep_folder, capsys, option, kept):
     assert [(r["batch_size"], r["steps"]) for r in out["rows"]] == expected
     key = "step_budget" if option == "--max-steps" else "example_budget"
     assert out[key] == budget and out[{"step_budget": "example_budget"}.get(key, "step_budget")] is None
-    sweep = load_sweep(sweep_folder)
-    fit = fit_sweep(sweep.trials, sweep.measurements, TARGET, "min", **{key: budget})
+    fit = fit_steps(*zip(*expected))
     assert out["fit"]["b_crit"] == pytest.approx(fit.b_crit) and out["fit"]["batch_sizes"] == [b for b, _ in expected]
 
     assert main(["analyze", str(sweep_folder), option, str(budget)]) == 0
@@ -187,10 +189,11 @@ def test_analyze_within_a_budget(sweep_folder, capsys, option, kept):
 
 def test_plot_within_a_step_budget(sweep_folder, tmp_path, capsys):
     """The steps-to-result figure shows only the batch sizes that crossed within the budget."""
-    from analysis.plots import sweep_figures
+    from analysis.sweep_figures import sweep_figures
 
     budget = designed_steps(SIZES[2], 0)
-    figures = {name: fig for name, _, fig in sweep_figures(load_sweep(sweep_folder), [TARGET], step_budget=budget)}
+    sweep = load_sweep(sweep_folder)
+    figures = {name: fig for name, _, fig in sweep_figures(sweep, analyze_sweep(sweep, [TARGET], step_budget=budget))}
     measured = [line for line in figures["steps"].axes[0].lines if line.get_marker() not in (None, "None", "")]
     assert [list(line.get_xdata()) for line in measured] == [list(SIZES[2:])]
     assert [list(line.get_ydata()) for line in measured] == [[designed_steps(b, 0) for b in SIZES[2:]]]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.curves import num
+from analysis.text import num
 from harness.cli import main
 from test_report import _chromium
 
@@ -98,7 +98,8 @@ def test_a_batch_size_that_never_reached_the_target_says_how_far_it_was_evaluate
     100,000-example budget the last evaluation is the last one at or below
     100000 / 512 = 195 steps."""
     from analysis import load_sweep
-    from analysis.curves import analyze, unreached
+    from analysis.curves import analyze
+    from analysis.text import unreached
 
     sweep = load_sweep(RESULTS / "shallue2019/results/shallue_cpu_mnist_simple_cnn_nesterov")
     assert unreached(sweep, analyze(sweep)) == \

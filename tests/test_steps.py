@@ -134,7 +134,9 @@ def test_unknown_direction_is_a_user_error():
 def test_edge_hits_name_the_best_trials_on_an_edge_of_the_search():
     from types import SimpleNamespace
 
-    from analysis.curves import Curve, edge_hits, edge_text
+    from analysis.curves import Curve
+    from analysis.edges import edge_hits
+    from analysis.text import edge_text
 
     space = {"learning_rate": {"min": 0.01, "max": 1.0, "scale": "log"}, "momentum": [0.9, 0.99]}
     trials = pd.DataFrame({"batch_size": [8, 8, 8, 64, 64, 64, 512], "learning_rate": [0.02, 0.1, 0.5] * 2 + [0.3],
@@ -156,7 +158,7 @@ def test_edge_points_count_the_points_tried_on_some_edge():
     momentum's points 0 and 2, point 1 and 3 sit inside both: 3 of 5."""
     from types import SimpleNamespace
 
-    from analysis.curves import edge_points
+    from analysis.edges import edge_points
 
     space = {"learning_rate": {"min": 0.01, "max": 1.0, "scale": "log"}, "momentum": {"min": 0.8, "max": 0.999}}
     trials = pd.DataFrame({"batch_size": [16] * 5 + [32], "learning_rate": [0.1, 0.2, 0.3, 0.4, 0.5, 0.1],

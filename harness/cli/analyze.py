@@ -48,7 +48,10 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from analysis import load_sweep
-    from analysis.curves import analyze, edge_hits, final_metrics, summary_text
+    from analysis.curves import analyze
+    from analysis.edges import edge_hits
+    from analysis.final_metrics import final_metrics
+    from analysis.text import summary_text
 
     sweep = load_sweep(args.folder)
     curve = analyze(sweep, args.target, **budgets(args))
@@ -58,7 +61,8 @@ def run(args) -> int:
         print(json.dumps({"folder": str(sweep.folder), "workload": spec["workload"], "metric": spec["metric"],
                           "direction": spec["direction"], "target": curve.target,
                           "step_budget": curve.step_budget, "example_budget": curve.example_budget, "rows": rows,
-                          "edge_hits": [dict(batch_size=b, metaparameter=n, edge=e) for b, n, e in edge_hits(sweep, curve)],
+                          "edge_hits": [dict(batch_size=b, metaparameter=n, edge=e)
+                                        for b, n, e in edge_hits(sweep, curve)],
                           "final": None if (final := final_metrics(sweep)) is None
                           else json.loads(final.to_json(orient="records")),
                           "fit": curve.fit.to_dict()}, indent=1))

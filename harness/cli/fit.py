@@ -2,7 +2,7 @@
 2018) to steps-vs-batch-size measurements a user already has."""
 import json
 
-from analysis.curves import num
+from analysis.text import num
 from analysis.fit import fit_steps
 from analysis.tables import read_steps_table
 from harness.errors import UserError

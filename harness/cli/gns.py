@@ -73,7 +73,7 @@ def _config(args) -> TrialConfig:
 
 
 def _print(result):
-    from analysis.curves import num
+    from analysis.text import num
 
     print(f"{result['workload']} B={result['batch_size']} ({result['microbatches']} micro-batches): "
           f"{result['status']} after {result['steps_run']} steps")

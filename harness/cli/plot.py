@@ -25,7 +25,10 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from analysis import load_sweep
-    from analysis.plots import compare_sweeps, plot_sweep, save
+    from analysis.curves import analyze, analyze_sweep
+    from analysis.plots import save
+    from analysis.sweep_figures import comparison_plot, plot_sweep
+    from analysis.text import sweep_labels
     from harness.errors import UserError
 
     limits = budgets(args)
@@ -41,13 +44,14 @@ def run(args) -> int:
     for sweep in sweeps:
         out = Path(args.out) / sweep.folder.name if args.out and several else \
             Path(args.out) if args.out else sweep.folder / "figures"
-        written = plot_sweep(sweep, out, targets, axis=args.axis, **limits)
+        written = plot_sweep(sweep, analyze_sweep(sweep, targets, **limits), out, axis=args.axis)
         if not written:
             print(f"{sweep.folder}: no figure: no trial has completed yet")
         paths += written
     if several:
-        paths += save(compare_sweeps(sweeps, axis=args.axis, **limits), Path(args.out or ".") / "comparison")
-        paths += save(compare_sweeps(sweeps, axis=args.axis, normalize=False, **limits),
+        curves = {label: analyze(sweep, **limits) for label, sweep in zip(sweep_labels(sweeps), sweeps)}
+        paths += save(comparison_plot(curves, axis=args.axis), Path(args.out or ".") / "comparison")
+        paths += save(comparison_plot(curves, axis=args.axis, normalize=False),
                       Path(args.out or ".") / "comparison_absolute")
     for path in paths:
         print(path)

@@ -44,7 +44,6 @@ def check_workers(args) -> None:
 
 
 def run(args) -> int:
-    from analysis.report import sweep_results
     from harness.sweep.run import run_sweep
 
     check_workers(args)
@@ -54,8 +53,27 @@ def run(args) -> int:
                         address=args.address, gpus=args.gpus, data_dir=args.data_dir, lease_s=args.lease,
                         progress=sys.stderr)
     print(summary(outcome))
-    print(sweep_results(outcome.folder))
+    print(results(outcome.folder))
     return 0
+
+
+def results(folder) -> str:
+    """The sweep's steps-to-result table and critical batch size (analysis.text.summary_text),
+    and the path of its steps-to-result plot, written to FOLDER/steps_to_result.png and .pdf."""
+    from analysis import load_sweep
+    from analysis.curves import analyze
+    from analysis.plots import save
+    from analysis.steps_plots import steps_plot
+    from analysis.text import summary_text
+
+    sweep = load_sweep(folder)
+    curve = analyze(sweep)
+    text = summary_text(sweep, curve)
+    if curve.table.empty:
+        return text
+    name = sweep.spec.get("name") or sweep.spec["workload"]
+    paths = save(steps_plot({name: curve.table}, {name: curve.fit}), sweep.folder / "steps_to_result")
+    return f"{text}\nplot: {paths[0]}"
 
 
 def _duration(seconds: float) -> str:

@@ -1,0 +1,107 @@
+"""Steps to result vs batch size (Shallue et al. 2019, Fig. 1, 5 and 6) and
+steps vs examples with the fitted hyperbola (McCandlish et al. 2018, Eq. 2.11,
+Fig. 7), from steps-to-result tables and their fits (analysis.fit.FitResult)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.plots import AXES, BATCH_LABEL, fit_usable, log_axis, new_figure
+from harness.errors import UserError
+
+
+def steps_plot(curves: dict[str, pd.DataFrame], fits: dict | None = None, *,
+               normalize_at: int | None = None, axis: str = "steps", ylabel: str | None = None,
+               title: str | None = None) -> Figure:
+    """Steps to result vs batch size, both axes log2 (Shallue et al. 2019, Fig. 1).
+
+    `curves` maps a label (workload, optimizer, target...) to a table with
+    columns batch_size and `axis`: steps, examples (steps * B) or rounds
+    (communication rounds: steps for mini-batch SGD, fewer for local SGD; Lin
+    et al. 2020). Each curve is drawn with its perfect-scaling line anchored at
+    its smallest batch size (y[0] * B[0] / B; flat for examples) and, when
+    `fits[label]` (an analysis.fit.FitResult) is given, the fitted McCandlish
+    curve S(B) = S_min (1 + B_crit / B), or E(B) = B S(B) for examples (no fit
+    curve for rounds). With `normalize_at=B_ref` every curve is divided by its
+    value at B_ref (Shallue et al. 2019, Fig. 5 and 6: comparisons of
+    optimizers and model sizes on one axis), and one perfect-scaling line is
+    drawn.
+    """
+    if axis not in AXES:
+        raise UserError(f"axis: unknown {axis!r}; allowed: {', '.join(AXES)}")
+    fits = fits or {}
+    scaling = (lambda b: np.ones_like(b)) if axis == "examples" else (lambda b: 1.0 / b)
+    fig, axes = new_figure(width=9.0, height=4.5)  # room for the legend on the right
+    ax = axes[0, 0]
+    all_sizes = set()
+    for i, (label, table) in enumerate(curves.items()):
+        table = table.dropna(subset=[axis]).sort_values("batch_size")
+        b = table["batch_size"].to_numpy(float)
+        y = table[axis].to_numpy(float)
+        if not len(b):
+            continue
+        all_sizes.update(b)
+        scale = 1.0
+        if normalize_at is not None:
+            at = table.loc[table["batch_size"] == normalize_at, axis]
+            if at.empty:
+                raise ValueError(f"curve {label!r} has no {axis} at batch size {normalize_at}")
+            scale = float(at.iloc[0])
+        color = f"C{i % 10}"
+        ax.plot(b, y / scale, "o-", color=color, label=label, zorder=3)
+        if normalize_at is None:
+            ax.plot(b, y[0] * scaling(b) / scaling(b[0]), ":", color=color, alpha=0.8,
+                    label=f"{label}: perfect scaling")
+        fit = fits.get(label)
+        if fit_usable(fit) and axis != "rounds":
+            grid = np.geomspace(b[0], b[-1], 200)
+            per_step = grid if axis == "examples" else 1.0
+            ax.plot(grid, fit.predict(grid) * per_step / scale, "--", color=color, alpha=0.8,
+                    label=f"{label}: fit, B_crit = {fit.b_crit:.3g}")
+    if normalize_at is not None and all_sizes:
+        b = np.array(sorted(all_sizes), dtype=float)
+        ax.plot(b, scaling(b) / scaling(normalize_at), ":", color="0.4", label="perfect scaling")
+    log_axis(ax, "x")
+    log_axis(ax, "y")
+    ax.set_xlabel(BATCH_LABEL)
+    ax.set_ylabel(f"{axis} / {axis} at B = {normalize_at}" if normalize_at is not None
+                  else f"{ylabel or f'{axis} to result'} ({AXES[axis]})")
+    ax.set_title(title or (f"normalised {axis} to result" if normalize_at is not None else f"{axis} to result"))
+    fig.legend(loc="outside right upper", fontsize="small")
+    return fig
+
+def pareto_plot(curves: dict[str, pd.DataFrame], fits: dict | None = None,
+                title: str | None = None) -> Figure:
+    """Steps vs examples to reach each target, with the fitted hyperbola
+    (S / S_min - 1)(E / E_min - 1) = 1 (McCandlish et al. 2018, Eq. 2.11, Fig. 7),
+    one per target. `curves` maps a target label to a table with columns
+    batch_size and steps; `fits[label]` has s_min, e_min, b_crit. The point
+    B = B_crit, where training takes 2 S_min steps and 2 E_min examples, is
+    marked with a diamond."""
+    fits = fits or {}
+    fig, axes = new_figure(width=9.0, height=4.5)  # room for the legend on the right
+    ax = axes[0, 0]
+    for i, (label, table) in enumerate(curves.items()):
+        table = table.dropna(subset=["steps"]).sort_values("batch_size")
+        s = table["steps"].to_numpy(float)
+        e = table["batch_size"].to_numpy(float) * s
+        color = f"C{i % 10}"
+        ax.plot(e, s, "o", color=color, label=label, zorder=3)
+        fit = fits.get(label)
+        if fit_usable(fit) and len(s):
+            b = table["batch_size"].to_numpy(float)
+            grid = np.geomspace(b[0] / 4, b[-1] * 4, 300)
+            steps = fit.predict(grid)
+            ax.plot(grid * steps, steps, "-", color=color, alpha=0.8,
+                    label=f"{label}: fit, S_min = {fit.s_min:.3g}, E_min = {fit.e_min:.3g}")
+            ax.plot([2 * fit.e_min], [2 * fit.s_min], "D", color=color, markeredgecolor="black",
+                    zorder=4)
+    log_axis(ax, "x")
+    log_axis(ax, "y")
+    ax.set_xlabel("examples processed E = B · S")
+    ax.set_ylabel("training steps S")
+    ax.set_title(title or "steps vs examples to reach each target")
+    ax.plot([], [], "D", color="0.6", markeredgecolor="black", label="B = B_crit: 2 S_min, 2 E_min")
+    fig.legend(loc="outside right upper", fontsize="small")
+    return fig

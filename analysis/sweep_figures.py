@@ -1,0 +1,104 @@
+"""Every figure of a sweep's analysis (analysis.curves.SweepAnalysis), and the
+steps to result of several sweeps on one axis (Shallue et al. 2019, Fig. 5-6;
+Lin et al. 2020). The callers compute the analysis and load the data; the
+functions here only draw them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.compare import common_batch_sizes
+from analysis.curves import Curve, SweepAnalysis
+from analysis.noise_scale_plot import noise_scale_plot
+from analysis.plots import save
+from analysis.steps_plots import pareto_plot, steps_plot
+from analysis.tables import GNS_RESULT
+from analysis.text import target_label
+from analysis.trial_plots import budget_plot, feasibility_plot, metaparameters_plot
+from harness.engine.optimizers import MOMENTUM_OPTIMIZERS
+from harness.engine.trial import TrialConfig
+from harness.errors import UserError
+
+
+def _applied_learning_rate(best: pd.DataFrame) -> pd.Series:
+    """The learning rate the trials trained with, after lr_scaling (harness.engine.trial)."""
+    if "lr_scaling" not in best:
+        return best["learning_rate"]
+    return best.apply(lambda r: TrialConfig(
+        workload="", batch_size=int(r["batch_size"]), learning_rate=r["learning_rate"],
+        lr_scaling=r["lr_scaling"], reference_batch_size=None if r["lr_scaling"] == "none"
+        else int(r["reference_batch_size"])).effective_learning_rate(), axis=1)
+
+
+def sweep_figures(sweep, analysis: SweepAnalysis, axis: str = "steps"):
+    """Yield (name, caption, Figure) for every figure the sweep's data (analysis.load_sweep)
+    and its analysis (analysis.curves.analyze_sweep) support: steps to result (every target
+    on one axis) and its normalised variant, the optimal metaparameters, the feasibility
+    scatter (momentum optimizers), the best metric within budgets, the Pareto plot and
+    the noise scale over training. `axis`: what the steps-to-result figures count (steps_plot)."""
+    spec, main = sweep.spec, analysis.main
+    curves = {target_label(spec, c.target): c for c in (main, *analysis.others)}
+    curves = {k: c for k, c in curves.items() if len(c.table) >= 2}
+    name = f"{spec['workload']} ({spec['optimizer']})"
+    tables = {k: c.table for k, c in curves.items()}
+    fits = {k: c.fit for k, c in curves.items()}
+    if curves:
+        yield ("steps", f"{axis.capitalize()} to result vs batch size; dotted: perfect scaling from the "
+               "smallest batch size; dashed: McCandlish fit S_min (1 + B_crit / B).",
+               steps_plot(tables, fits, axis=axis, title=f"{axis} to result: {name}"))
+        shared = set.intersection(*(set(t["batch_size"]) for t in tables.values()))
+        yield ("steps_normalised", f"{axis.capitalize()} to result divided by its value at B = {min(shared)}.",
+               steps_plot(tables, fits, normalize_at=min(shared), axis=axis,
+                          title=f"normalised {axis} to result: {name}"))
+    if len(main.table):
+        best = main.table.assign(learning_rate=_applied_learning_rate(main.table))
+        if spec["optimizer"] not in MOMENTUM_OPTIMIZERS:
+            best = best.drop(columns="momentum", errors="ignore")
+        yield ("metaparameters", "Metaparameters of the best trial at each batch size "
+               f"({target_label(spec, main.target)}), with the linear and square-root scaling "
+               "rules anchored at the smallest batch size.",
+               metaparameters_plot(best, title=f"optimal metaparameters: {name}"))
+    tuned = sweep.trials[["learning_rate", "momentum"]].nunique() if len(sweep.trials) else None
+    if spec["optimizer"] in MOMENTUM_OPTIMIZERS and tuned is not None and (tuned > 1).any():
+        yield ("feasibility", "Every trial by learning rate and 1 - momentum; star: the best trial "
+               "at its batch size; grey lines: contours of log10 of the effective learning rate.",
+               feasibility_plot(sweep.trials, dict(zip(main.table["batch_size"], main.table["trial_id"])),
+                                title=f"feasibility: {name}"))
+    if len(analysis.within_budgets):
+        yield ("budgets", "Best validation metric any complete trial reached within a step or "
+               "example budget.", budget_plot(analysis.within_budgets, spec["metric"], title=f"budgets: {name}"))
+    if curves:
+        yield ("pareto", "Steps vs examples to reach each target with the fitted hyperbola "
+               "(S/S_min - 1)(E/E_min - 1) = 1.", pareto_plot(tables, fits, title=f"Pareto front: {name}"))
+    measured = analysis.noise_scale_study
+    if measured is not None or ("gns_b_simple" in sweep.measurements
+                                and sweep.measurements["gns_b_simple"].notna().any()):
+        yield ("noise_scale", "Gradient noise scale over training (B_simple: median over trials; with "
+               f"{GNS_RESULT}, a `cbs gns` run's online and offline estimates), beside the critical batch "
+               "size measured by the sweep.",
+               noise_scale_plot(sweep.measurements, main.fit.b_crit, main.fit.b_crit_ci,
+                                main.fit.confidence, title=f"noise scale: {name}", measured=measured))
+
+
+def plot_sweep(sweep, analysis: SweepAnalysis, out_dir, axis: str = "steps") -> list[Path]:
+    """Write every figure of `sweep_figures` as PNG and PDF under `out_dir`;
+    return the written paths."""
+    return [path for name, _, fig in sweep_figures(sweep, analysis, axis)
+            for path in save(fig, Path(out_dir) / name)]
+
+
+def comparison_plot(curves: dict[str, Curve], axis: str = "steps", normalize: bool = True) -> Figure:
+    """Steps to result of several sweeps (`curves`: label -> `analyze` of each at
+    its own target) on one axis, normalised at the smallest batch size where each
+    reached its target (Shallue et al. 2019, Fig. 5-6: optimizers, model sizes)
+    or, with `normalize=False`, as measured (Lin et al. 2020: algorithms, with
+    `axis="rounds"`). Sweeps that reached the target nowhere are left out."""
+    curves = {k: c for k, c in curves.items() if len(c.table)}
+    shared = common_batch_sizes(curves.values())
+    if not shared:
+        raise UserError("the sweeps share no batch size at which each reached its target; "
+                        "allowed: sweeps with a common batch size")
+    return steps_plot({k: c.table for k, c in curves.items()}, {k: c.fit for k, c in curves.items()},
+                      normalize_at=min(shared) if normalize else None, axis=axis, title="comparison of sweeps")
