@@ -60,3 +60,42 @@ def test_no_import_cycle():
 
     for m in graph:
         visit(m)
+
+
+MAX_LINES = 400  # a module longer than this holds more than one job
+
+
+@pytest.mark.parametrize("module", sorted(FILES))
+def test_no_module_is_long(module):
+    lines = len(FILES[module].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{module} has {lines} lines (at most {MAX_LINES}): split it by job"
+
+
+@pytest.mark.parametrize("module", sorted(FILES))
+def test_no_private_name_is_imported_across_modules(module):
+    """`from a.b import _name` and `a.b._name` reach into another module's
+    internals: a name another module needs is public."""
+    tree = ast.parse(FILES[module].read_text())
+    private = [f"{node.module}.{a.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+               for a in node.names if _private(a.name) and node.module in FILES]
+    modules = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
+               if a.name in FILES}
+    modules |= {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for a in node.names if node.module and f"{node.module}.{a.name}" in FILES}
+    private += [f"{node.value.id}.{node.attr}" for node in ast.walk(tree)
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                and _private(node.attr)]
+    assert not private, f"{module} uses private names of other modules: {sorted(set(private))}"
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_the_training_loop_fits_on_one_screen():
+    """run_trials reads top to bottom: advance, evaluate, observe, prune, keep."""
+    tree = ast.parse(FILES["harness.engine.loop"].read_text())
+    run_trials = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "run_trials")
+    body = run_trials.body[1:]  # after the docstring
+    lines = body[-1].end_lineno - body[0].lineno + 1
+    assert lines <= 40, f"run_trials' body has {lines} lines (at most 40)"

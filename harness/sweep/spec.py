@@ -57,26 +57,23 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import itertools
 import json
 import math
 import tomllib
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 
 from harness.engine.targets import check_batch_size, check_target
 from harness.engine.trial import OPTIONS, Option, TrialConfig
 from harness.engine.workloads import get_workload
 from harness.errors import UserError
-from harness.sweep.schema import (BOOL, INT, LIST, NUMBER, STR, TABLE, Checker, hint_name, is_a, numeric,
-                                  read_toml, spec_name, type_name)
+from harness.sweep import search_space
+from harness.sweep.search_space import MANAGED
+from harness.sweep.schema import (BOOL, INT, LIST, NUMBER, STR, TABLE, Checker, hint_name, is_a, read_toml, spec_name)
 
 MAX_EXAMPLES = Option("example budget per trial: steps = ceil(max_examples / B)", ge=1, name="max_examples",
                       type=int, cite="Shallue et al. 2019, Sec. 4.1")
-DECAY_FRACTION = Option("decay_steps as a fraction of the trial's step budget", gt=0, name="decay_fraction", type=float)
 
 # key -> (accepted types, allowed values or None), or the Option of a TrialConfig field: the schema of a spec file.
 TOP_LEVEL = {
@@ -100,36 +97,12 @@ TOP_LEVEL = {
     "fixed": ((TABLE,), None),
     "search": ((TABLE,), None),
 }
-SEARCH = {
-    "kind": ((STR,), ("grid", "quasi_random")),
-    "sequence": ((STR,), ("halton", "sobol")),
-    "trials": ((INT,), None),
-    "seed": ((INT,), None),
-    "space": ((TABLE,), None),
-}
-RANGE = {
-    "min": ((NUMBER,), None),
-    "max": ((NUMBER,), None),
-    "scale": ((STR,), ("linear", "log", "log1m")),
-    "integer": ((BOOL,), None),
-}
 BATCH_RANGE = {"min": ((INT,), None), "max": ((INT,), None)}
 REQUIRED = ("workload", "batch_sizes")
 
-# TrialConfig fields the spec's top level sets for every trial; the rest are metaparameters.
-MANAGED = ("workload", "workload_options", "batch_size", "optimizer", "seed", "target", "max_steps", "eval_every",
-           "eval_schedule", "checkpoint_every", "lr_scaling", "reference_batch_size")
-METAPARAMETERS = {name: option for name, option in OPTIONS.items() if name not in MANAGED}
-METAPARAMETERS["decay_fraction"] = DECAY_FRACTION
 # Free text, and how trials are run (packed or not: the same results): may change without changing the sweep.
 NOT_COMPARED = ("name", "description", "pack")
 CHECKPOINTS_PER_EVAL = 10
-
-
-def _metaparameter(check: Checker, field: str, name: str, value):
-    if name not in METAPARAMETERS:
-        check.fail(field, "unknown metaparameter", ", ".join(sorted(METAPARAMETERS)))
-    check.option(field, METAPARAMETERS[name], value)
 
 
 @dataclass(frozen=True)
@@ -172,15 +145,7 @@ class SweepSpec:
 
     def points(self) -> list[dict]:
         """The metaparameter points every batch size gets (search values, then fixed ones)."""
-        search = self.search
-        if search is None:
-            return [dict(self.fixed)]
-        space = dict(sorted(search["space"].items()))
-        if search["kind"] == "grid":
-            samples = [dict(zip(space, combo)) for combo in itertools.product(*space.values())]
-        else:
-            samples = [_from_unit(space, u) for u in _unit_points(search, len(space))]
-        return [{**s, **self.fixed} for s in samples]
+        return [{**s, **self.fixed} for s in search_space.points(self.search)]
 
     def trials(self) -> list[PlannedTrial]:
         """Every trial, ordered by batch size, point, seed."""
@@ -212,7 +177,7 @@ def spec_markdown() -> str:
     the trial options, from their schema (harness.engine.trial.OPTIONS)."""
     where = {**{name: "top level" for name in MANAGED}, "batch_size": "batch_sizes", "seed": "seeds"}
     rows = [(option, where.get(name, "[fixed], [search.space]")) for name, option in OPTIONS.items()]
-    rows.append((DECAY_FRACTION, "[fixed], [search.space]"))
+    rows.append((search_space.DECAY_FRACTION, "[fixed], [search.space]"))
     lines = ["| option | in a spec | type | default | allowed | description |", "|---|---|---|---|---|---|"]
     for option, place in rows:
         default = "required" if option.required else "none" if option.default is None else json.dumps(option.default)
@@ -226,40 +191,6 @@ def spec_markdown() -> str:
 
 def spec_hash(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
-
-
-def _unit_points(search: dict, dims: int) -> np.ndarray:
-    """`trials` scrambled Halton or Sobol points in [0, 1)^dims (scipy.stats.qmc).
-    Both are extensible sequences: the first n points do not depend on how many follow."""
-    from scipy.stats import qmc  # imported here: scipy.stats takes a second to import
-
-    if dims == 0:
-        return np.zeros((search["trials"], 0))
-    engine = {"halton": qmc.Halton, "sobol": qmc.Sobol}[search["sequence"]](d=dims, scramble=True,
-                                                                             seed=search["seed"])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "The balance properties of Sobol", UserWarning)
-        return engine.random(search["trials"])
-
-
-def _from_unit(space: dict, u: np.ndarray) -> dict:
-    """Map a point of [0, 1)^d to metaparameter values: linear, log, or log(1 - x)
-    uniform (Shallue et al. 2019, Sec. 4.5: 1 - momentum sampled in log space)."""
-    out = {}
-    for (name, dist), ui in zip(space.items(), u):
-        ui = float(ui)
-        if isinstance(dist, list):
-            out[name] = dist[min(int(ui * len(dist)), len(dist) - 1)]
-            continue
-        lo, hi, scale = dist["min"], dist["max"], dist["scale"]
-        if scale == "linear":
-            x = lo + ui * (hi - lo)
-        elif scale == "log":
-            x = math.exp(math.log(lo) + ui * (math.log(hi) - math.log(lo)))
-        else:
-            x = 1 - math.exp(math.log(1 - lo) + ui * (math.log(1 - hi) - math.log(1 - lo)))
-        out[name] = int(round(x)) if dist["integer"] else x
-    return out
 
 
 def apply_overrides(raw: dict, overrides) -> dict:
@@ -343,8 +274,8 @@ def parse_spec(raw: dict, path="spec") -> SweepSpec:
 
     fixed = raw.get("fixed", {})
     for key, value in fixed.items():
-        _metaparameter(check, f"fixed.{key}", key, value)
-    search = _search(check, raw.get("search"), workload, fixed)
+        search_space.check_metaparameter(check, f"fixed.{key}", key, value)
+    search = search_space.parse(check, raw.get("search"), workload, fixed)
     searched = search["space"] if search else {}
     if "learning_rate" not in fixed and "learning_rate" not in searched:
         check.fail("fixed.learning_rate", "missing: every trial needs a learning rate",
@@ -394,64 +325,3 @@ def _batch_sizes(check: Checker, value) -> list[int]:
     if len(set(value)) != len(value):
         check.fail("batch_sizes", "repeated batch size", "distinct integers")
     return sorted(value)
-
-
-def _search(check: Checker, search: dict | None, workload, fixed: dict) -> dict | None:
-    if search is None:
-        return None
-    check.table(search, SEARCH, "search.")
-    kind = search.get("kind", "quasi_random")
-    space = search.get("space", workload.search_space)
-    if not space:
-        check.fail("search.space", "empty, and the workload has no default search space",
-                   "a table of metaparameter = [values] or {min, max, scale}")
-    if kind == "grid":
-        for key in ("trials", "sequence", "seed"):
-            if key in search:
-                check.fail(f"search.{key}", "only for kind = quasi_random", "kind, space")
-    elif "trials" not in search or search["trials"] < 1:
-        check.fail("search.trials", "missing or < 1: quasi-random search needs a number of points",
-                   "integers >= 1")
-    normalized = {}
-    for name, dist in space.items():
-        field = f"search.space.{name}"
-        if name not in METAPARAMETERS:
-            check.fail(field, "unknown metaparameter", ", ".join(sorted(METAPARAMETERS)))
-        if name in fixed:
-            check.fail(field, "also in [fixed]", "a metaparameter in one of [fixed], [search.space]")
-        if isinstance(dist, list):
-            if not dist:
-                check.fail(field, "empty grid", "a non-empty list of values")
-            for v in dist:
-                _metaparameter(check, field, name, v)
-            normalized[name] = dist
-        elif isinstance(dist, dict):
-            normalized[name] = _range(check, field, name, dist, kind)
-        else:
-            check.fail(field, f"expected list or table, got {type_name(dist)} {dist!r}",
-                       "[values] or {min, max, scale}")
-    out = {"kind": kind, "space": normalized}
-    if kind == "quasi_random":
-        out.update(sequence=search.get("sequence", "halton"), trials=search["trials"], seed=search.get("seed", 0))
-    return out
-
-
-def _range(check: Checker, field: str, name: str, dist: dict, kind: str) -> dict:
-    check.table(dist, RANGE, field + ".")
-    if kind == "grid":
-        check.fail(field, "a range needs kind = quasi_random", "a list of values for a grid")
-    if not numeric(METAPARAMETERS[name].type):
-        check.fail(field, "a range of a non-numeric metaparameter", "a list of values")
-    if "min" not in dist or "max" not in dist:
-        check.fail(field, "a range needs min and max", "{min, max, scale}")
-    lo, hi, scale = dist["min"], dist["max"], dist.get("scale", "linear")
-    if not lo < hi:
-        check.fail(field, f"min {lo} >= max {hi}", "min < max")
-    if scale == "log" and lo <= 0:
-        check.fail(field, f"log scale needs min > 0, got {lo}", "0 < min < max")
-    if scale == "log1m" and hi >= 1:
-        check.fail(field, f"log1m scale (log(1 - x)) needs max < 1, got {hi}", "min < max < 1")
-    for key in ("min", "max"):
-        _metaparameter(check, f"{field}.{key}", name, dist[key])
-    integer = dist.get("integer", METAPARAMETERS[name].integer)
-    return {"min": lo, "max": hi, "scale": scale, "integer": integer}
