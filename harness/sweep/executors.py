@@ -153,24 +153,43 @@ def run_local(folder, trials, prune, data_dir, lease_s, progress=None, workers=N
     procs = [context.Process(target=worker_main, name=f"cbs-worker-{i}",
                              args=(placement(kind, devices, i, workers, folder), os.getpid(), work_kwargs, send))
              for i, (_, send) in enumerate(pipes)]
+    if progress:
+        progress.plan(trials, workers * _packed(pack), prune)
     with _sigint_ignored():
         for p in procs:
             p.start()
     try:
-        while any(p.is_alive() for p in procs):
-            multiprocessing.connection.wait([p.sentinel for p in procs], timeout=PARENT_POLL_S)
-            if progress:
-                progress.update()
-            failed = [p for p in procs if p.exitcode not in (None, 0)]
-            if failed:
-                receive = pipes[procs.index(failed[0])][0]
-                cause = receive.recv() if receive.poll() else \
-                    f"sweep worker {failed[0].name} exited with status {failed[0].exitcode} (its error is printed above)"
-                raise UserError(f"{cause}; finished trials are kept: re-run to resume")
+        wait_for_workers(procs, [receive for receive, _ in pipes], progress)
     finally:
         _stop(procs)
         if progress:
             progress.close()
+
+
+def wait_for_workers(procs, error_pipes, progress=None) -> None:
+    """Wait until the worker processes `procs` have exited, updating `progress`
+    every PARENT_POLL_S seconds and whenever one exits. A worker's sentinel
+    stays ready once it exits (and from the moment it starts exiting, before
+    it is reaped), so exiting workers are joined and only live ones waited on.
+    UserError with the cause sent on its pipe of `error_pipes` when one fails."""
+    while alive := [p for p in procs if p.is_alive()]:
+        ready = multiprocessing.connection.wait([p.sentinel for p in alive], timeout=PARENT_POLL_S)
+        for p in alive:
+            if p.sentinel in ready:
+                p.join()
+        if progress:
+            progress.update()
+        failed = [p for p in procs if p.exitcode not in (None, 0)]
+        if failed:
+            receive = error_pipes[procs.index(failed[0])]
+            cause = receive.recv() if receive.poll() else \
+                f"sweep worker {failed[0].name} exited with status {failed[0].exitcode} (its error is printed above)"
+            raise UserError(f"{cause}; finished trials are kept: re-run to resume")
+
+
+def _packed(pack) -> int:
+    """How many trials a worker runs at once, at least (1 for `pack = "auto"`, which may pick 1)."""
+    return pack if isinstance(pack, int) else 1
 
 
 @contextlib.contextmanager
@@ -234,6 +253,8 @@ def run_ray(folder, trials, prune, data_dir, lease_s, progress=None, address=Non
     task = ray.remote(**options)(_ray_pack)
     store = Store(folder)
     pending, size = list(trials), PackSize(pack, data_dir)
+    if progress:
+        progress.plan(trials, int(gpus or ray.cluster_resources().get("CPU", 1)) * _packed(pack), prune)
     try:
         while pending:
             refs = [task.remote(folder, group, prune, data_dir, lease_s) for group in packs(pending, size)]

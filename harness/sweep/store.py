@@ -122,6 +122,31 @@ class Store:
     def measurements_path(self, trial_id: str) -> Path:
         return self.trial_dir(trial_id) / "measurements.csv"
 
+    def live_progress(self, trial_id: str) -> LiveProgress | None:
+        """A running trial's progress, from the first and last whole rows of its
+        measurements.csv (harness.sweep.trial_log); None before it has any."""
+        try:
+            with open(self.measurements_path(trial_id), "rb") as f:
+                head = [f.readline() for _ in range(3)]  # the header, the first evaluation, the first after training
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+                tail = f.read()
+        except FileNotFoundError:
+            return None
+        rows = [line for line in head[1:] if line.endswith(b"\n")]
+        whole = tail[:tail.rfind(b"\n")]
+        if not rows or not whole:
+            return None
+        try:
+            columns = head[0].decode().strip().split(",")
+            step, wall_time = columns.index("step"), columns.index("wall_time")
+            first, last = (line.decode().split(",") for line in (rows[-1], whole[whole.rfind(b"\n") + 1:]))
+            if len(rows) < 2:  # no evaluation after training began: nothing timed yet
+                return LiveProgress(int(float(last[step])), 0, 0.0)
+            return LiveProgress(int(float(last[step])), int(float(last[step])) - int(float(first[step])),
+                                float(last[wall_time]) - float(first[wall_time]))
+        except (ValueError, IndexError):  # not a measurements log
+            return None
+
     def tensorboard_dir(self, trial_id: str) -> Path:
         return self.folder / "tensorboard" / trial_id
 
@@ -189,14 +214,26 @@ class Store:
 
 
 @dataclass(frozen=True)
+class LiveProgress:
+    """How far a trial has run (`step`), and the steps and seconds from its
+    first evaluation after training began to its latest: its speed, with the
+    compilation of its programs left out."""
+
+    step: int
+    timed_steps: int
+    timed_seconds: float
+
+
+@dataclass(frozen=True)
 class Summary:
-    """What the sweep needs to know of a finished trial."""
+    """What the sweep needs to know of a finished trial (`timed`: its speed, as LiveProgress measures it)."""
 
     batch_size: int
     status: str
     steps_to_target: int | None
     steps_run: int
     max_steps: int
+    timed: LiveProgress | None = None
 
 
 class RecordIndex:
@@ -217,9 +254,11 @@ class RecordIndex:
                 record = parse_record(path)
             except CorruptRecord:
                 continue
-            config = record["config"]
+            config, rows = record["config"], record["measurements"]
+            timed = LiveProgress(rows[-1]["step"], rows[-1]["step"] - rows[1]["step"],
+                                 rows[-1]["wall_time"] - rows[1]["wall_time"]) if len(rows) > 2 else None
             self.summaries[entry.name] = Summary(config["batch_size"], record["status"], record["steps_to_target"],
-                                                 record["steps_run"], config["max_steps"])
+                                                 record["steps_run"], config["max_steps"], timed)
         return self
 
     def best_trial(self, batch_size: int) -> str | None:
