@@ -32,10 +32,14 @@ def test_eta_is_the_work_left_at_the_measured_speeds():
     assert (e.steps_done, e.steps_left, e.seconds_left) == (400, 600, pytest.approx(34.0))
     assert estimate(trials, workers=1).seconds_left == pytest.approx(42.0)
     assert estimate(trials, workers=8).seconds_left == pytest.approx(34.0)  # the longest trial bounds it
+    # starting a trial (3 s) counts for the one not started: max((8 + 37) / 2, 37)
+    assert estimate(trials, workers=2, start_s=3.0).seconds_left == pytest.approx(37.0)
 
 
 def test_eta_is_unknown_before_any_speed_and_zero_when_nothing_is_left():
     assert estimate([TrialWork(16, 500, step=1)], 2) == progress_module.Estimate(1, 499, None)
+    early = TrialWork(16, 500, step=10, timed_steps=9, timed_seconds=0.5)  # timed less than MIN_TIMED_S
+    assert estimate([early], 2) == progress_module.Estimate(10, 490, None)
     assert estimate([TrialWork(16, 500, step=500, timed_steps=499, timed_seconds=5.0)], 2).seconds_left == 0.0
 
 
@@ -98,11 +102,12 @@ def test_plain_lines_at_each_trial_end_and_every_ten_seconds_without_escape_code
     write_record(tmp_path, "b000016-a", 16, 201, 4.0, "complete", 201)  # 0.02 s per step at B = 16
     clock.now += 1
     progress.update()
-    # b000016-b may run 201 steps (pruned there: 4.02 s), b000064-a 1000 at 0.02 * 64 / 16 s (80 s):
-    # max((4.02 + 80) / 2, 80) s.
+    # b000016-b may run 201 steps (pruned there: 4.02 s), b000064-a 1000 at 0.02 * 64 / 16 s (80 s), and
+    # each costs what starting b000016-a did: the 2 workers' 11 s less its 4 timed seconds, 18 s:
+    # max((22.02 + 98) / 2, 98) s.
     assert stream.getvalue().splitlines()[-1] == ("[1/3] b000016-a complete at step 201 after 201 steps; "
                                                   "201 steps done, at most 1,201 left; 0m11s elapsed; "
-                                                  "ETA at most 1m20s; best steps B=16:201")
+                                                  "ETA at most 1m38s; best steps B=16:201")
     write_record(tmp_path, "b000016-b", 16, 201, 4.0)
     write_record(tmp_path, "b000064-a", 64, 50, 1.0)
     progress.close()

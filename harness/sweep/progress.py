@@ -21,6 +21,7 @@ from harness.sweep.store import RecordIndex, Store
 
 HEARTBEAT_S = 10.0  # plain output: a status line at least this often while no trial ends
 REFRESH_S = 0.5  # the fewest seconds between two looks at the store (and redraws)
+MIN_TIMED_S = 1.0  # a batch size's speed counts once its trials have been timed this long (early evaluations dominate)
 
 
 @dataclass(frozen=True)
@@ -62,23 +63,24 @@ def seconds_per_step(measured: dict[int, float], batch_size: int) -> float:
     return measured[nearest] * batch_size / nearest
 
 
-def estimate(trials: list[TrialWork], workers: int) -> Estimate:
+def estimate(trials: list[TrialWork], workers: int, start_s: float = 0.0) -> Estimate:
     """The work left over `trials` run by `workers` in parallel. Each batch
-    size's speed is its trials' timed steps over their timed seconds (others
-    extrapolated: `seconds_per_step`); each trial's time left is its steps
-    left times that, and the sweep's the larger of their sum over the workers
-    and the longest one."""
+    size's speed is its trials' timed steps over their timed seconds, once
+    they total MIN_TIMED_S (others extrapolated: `seconds_per_step`); each
+    trial's time left is its steps left times that, plus `start_s` (starting,
+    compiling, evaluating at step 0) for a trial not started, and the sweep's
+    the larger of their sum over the workers and the longest one."""
     steps, seconds = defaultdict(int), defaultdict(float)
     for t in trials:
         if t.timed_steps > 0 and t.timed_seconds > 0:
             steps[t.batch_size] += t.timed_steps
             seconds[t.batch_size] += t.timed_seconds
-    measured = {b: seconds[b] / steps[b] for b in steps}
-    left = [(t.batch_size, t.budget - t.step) for t in trials if t.budget > t.step]
-    done, steps_left = sum(t.step for t in trials), sum(n for _, n in left)
+    measured = {b: seconds[b] / steps[b] for b in steps if seconds[b] >= MIN_TIMED_S}
+    left = [t for t in trials if t.budget > t.step]
+    done, steps_left = sum(t.step for t in trials), sum(t.budget - t.step for t in left)
     if not left or not measured:
         return Estimate(done, steps_left, None if left else 0.0)
-    work = [n * seconds_per_step(measured, b) for b, n in left]
+    work = [(t.budget - t.step) * seconds_per_step(measured, t.batch_size) + (0.0 if t.step else start_s) for t in left]
     return Estimate(done, steps_left, max(sum(work) / workers, max(work)))
 
 
@@ -143,7 +145,7 @@ class Progress:
 
     def _status(self) -> tuple[str, str]:
         """(steps done and at most left, time elapsed and the ETA)."""
-        works = []
+        works, started = [], []  # started: the trials of this run so far
         for trial_id in self.ids:
             if (s := self.index.summaries.get(trial_id)) is not None:
                 timed = (s.timed.timed_steps, s.timed.timed_seconds) if s.timed else ()
@@ -154,7 +156,11 @@ class Progress:
                 live = self.store.live_progress(trial_id)
                 works.append(TrialWork(batch_size, min(budget, best or budget),
                                        *((live.step, live.timed_steps, live.timed_seconds) if live else ())))
-        e = estimate(works, self.workers)
+            if trial_id in self.planned and works[-1].step:
+                started.append(works[-1])
+        # The workers' time not spent on timed steps, per trial started: what starting a trial costs
+        busy = (time.monotonic() - self.t0) * self.workers - sum(t.timed_seconds for t in started)
+        e = estimate(works, self.workers, max(0.0, busy) / max(1, len(started)))
         known = len(works) == len(self.ids)  # every unfinished trial planned
         eta = "done" if e.seconds_left == 0 else "?" if e.seconds_left is None or not known \
             else f"at most {duration(e.seconds_left)}"
