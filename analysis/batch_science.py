@@ -5,7 +5,8 @@
     dataset/model/optimizer/batch_size/trial_id/measurements.csv
 
 as their data archive and its `data_loader.py` have it: one study per batch
-size, trial folders named by integers, metadata.json with trial_id, status,
+size, trial folders named by integers (study.json also says `train_examples`, the
+training subset's size, null for the whole split), metadata.json with trial_id, status,
 steps and parameters (the searched metaparameters), measurements.csv with one
 row per evaluation indexed by step.
 
@@ -77,7 +78,9 @@ def export_sweep(folder, out) -> Path:
             "batch_size": batch_size, "dataset": dataset, "model": model or dataset, "optimizer": spec["optimizer"],
             "early_stopping": bool(spec.get("prune")), "parameter_configs": {k: _parameter_config(v) for k, v in
                                                                             space.items()},
-            "train_steps": max(records[i]["config"]["max_steps"] for i in ids), "cbs": {"spec": spec}}, indent=1))
+            "train_steps": max(records[i]["config"]["max_steps"] for i in ids),
+            "train_examples": _one_or_all({records[i]["config"].get("train_examples") for i in ids}),
+            "cbs": {"spec": spec}}, indent=1))
         for number, trial_id in enumerate(ids, 1):
             record = records[trial_id]
             trial = study / str(number)
@@ -90,6 +93,11 @@ def export_sweep(folder, out) -> Path:
             pd.DataFrame(record["measurements"]).rename(columns=columns).to_csv(trial / "measurements.csv",
                                                                                index=False)
     return root
+
+
+def _one_or_all(values: set):
+    """The value all trials share, else the sorted list of them (None, the whole split, first)."""
+    return next(iter(values)) if len(values) == 1 else sorted(values, key=lambda n: -1 if n is None else n)
 
 
 def _parameter_config(dist) -> dict:

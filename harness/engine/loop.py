@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import jax
 
 from harness.engine import algorithms, environment, noise_scale, resume
+from harness.engine.data import train_subset
 from harness.engine.evaluation import evaluation_steps
 from harness.engine.step import Engine, TrainState
 from harness.engine.targets import check_batch_size, check_target, crossed
@@ -178,7 +179,7 @@ def _prepare(runs: Sequence[TrialRun], data_dir) -> tuple[Engine, Workload, floa
         run.config.validate()
         if run.config.snapshot_steps and run.snapshot_dir is None:
             raise UserError("snapshot_steps needs a snapshot folder to keep the snapshots in")
-    data = workload.load_data(data_dir)
+    data = train_subset(workload.load_data(data_dir), runs[0].config.train_examples)
     target = check_trial(runs[0].config, workload, len(data.train_x))
     return Engine(workload, data, [run.config for run in runs]), workload, target
 

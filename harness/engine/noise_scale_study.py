@@ -18,6 +18,7 @@ import jax
 from jax.tree_util import Partial
 
 from harness.engine import noise_scale
+from harness.engine.data import train_subset
 from harness.engine.loop import TrialRun, run_trial
 from harness.engine.step import Engine
 from harness.engine.trial import TrialConfig
@@ -85,7 +86,7 @@ def windows_noise_scale(config: TrialConfig, windows, *, data_dir=None, num_samp
         if first < 1:
             raise UserError(f"window must start at step >= 1, got {first}")
     workload = get_workload(config.workload)
-    engine = Engine(workload, workload.load_data(data_dir), config)
+    engine = Engine(workload, train_subset(workload.load_data(data_dir), config.train_examples), config)
     loss = partial(_training_loss, engine)  # one object, so every step reuses one compilation
     sample = Partial(_sample_with_replacement, *engine.train)
     key = jax.random.key(config.seed + 1)

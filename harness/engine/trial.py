@@ -143,6 +143,11 @@ class TrialConfig:
     eps: float = option(1e-8, help="denominator epsilon of adam, adamw and lamb", ge=0)
     trust_coefficient: float = option(0.001, help="trust coefficient of lars", gt=0)
     seed: int = option(0, help="random seed of initialisation and data order")
+    train_examples: int | None = option(None, help="train on this many examples of the training split: the first "
+                                                   "N of a permutation with the fixed seed SUBSET_SEED of "
+                                                   "harness.engine.data, the same for every trial (smaller subsets "
+                                                   "nested in larger ones); validation unchanged (default: all)",
+                                        ge=1, cite="Shallue et al. 2019")
     target: float | None = option(None, help="metric value to reach (default: the workload's target)")
     max_steps: int = option(10_000, help="step budget", ge=1)
     eval_every: int | None = option(None, help="steps between evaluations (default: the workload's cadence)", ge=1)

@@ -64,6 +64,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 
+from harness.engine.data import train_subset
 from harness.engine.targets import check_batch_size, check_target
 from harness.engine.trial import OPTIONS, Option, TrialConfig
 from harness.engine.workloads import get_workload
@@ -237,7 +238,8 @@ def load_spec(source, data_dir=None, overrides=()) -> SweepSpec:
         import tomli_w  # imported here: needed only for a dict or overrides
 
         text = (f"# {path} with --set {' '.join(overrides)}\n" if text else "") + tomli_w.dumps(raw)
-    train_size = len(get_workload(spec.workload).load_data(data_dir).train_x)
+    train_size = len(train_subset(get_workload(spec.workload).load_data(data_dir), spec.fixed.get("train_examples"))
+                     .train_x)
     check_batch_size(spec.batch_sizes[-1], train_size, f"{path}: batch_sizes:")
     return replace(spec, text=text)
 
