@@ -23,7 +23,17 @@ def add_arguments(parser):
     parser.add_argument("--gpus", metavar="IDS",
                         help="comma-separated GPUs for the local workers, as CUDA_VISIBLE_DEVICES takes them "
                              "(default: $CUDA_VISIBLE_DEVICES when set, else every GPU nvidia-smi lists)")
+    add_track_argument(parser)
     add_worker_arguments(parser)
+
+
+def add_track_argument(parser):
+    """`--track mlflow|wandb`, shared by `cbs sweep` and `cbs train` (harness.sweep.tracking)."""
+    from harness.sweep.tracking import TRACKERS
+
+    parser.add_argument("--track", choices=TRACKERS,
+                        help="also log every trial to MLflow ($MLFLOW_TRACKING_URI, else mlflow.db in the out folder) "
+                             "or W&B (offline without an API key; files in the out folder); needs that extra")
 
 
 def add_worker_arguments(parser):
@@ -51,7 +61,7 @@ def run(args) -> int:
         raise UserError("--gpus: only with --executor local; allowed: Ray places its tasks on the cluster's GPUs")
     outcome = run_sweep(args.spec, args.out, overrides=args.overrides, workers=args.workers, executor=args.executor,
                         address=args.address, gpus=args.gpus, data_dir=args.data_dir, lease_s=args.lease,
-                        progress=sys.stderr)
+                        progress=sys.stderr, track=args.track)
     print(summary(outcome))
     print(results(outcome.folder))
     return 0

@@ -10,8 +10,11 @@ import sys
 import typing
 from pathlib import Path
 
+from harness.cli.sweep import add_track_argument
 from harness.engine.trial import OPTIONS, Option, TrialConfig
+from harness.errors import UserError
 
+TRACK_GROUP = "cbs-train"  # the MLflow experiment, W&B group, of `cbs train --track` runs
 # Fields that are no option: snapshots need the snapshot folder a sweep worker gives (harness.sweep.local_cbs).
 SWEEP_ONLY = ("snapshot_steps",)
 
@@ -57,6 +60,7 @@ def add_arguments(parser):
                         "and a TensorBoard run in tensorboard/ when tensorboardX is installed) into this folder")
     parser.add_argument("--json", action="store_true", help="print the trial record as JSON (with --out, "
                         "`measurements` names the CSV file instead of listing the rows)")
+    add_track_argument(parser)
     multi = parser.add_argument_group("multi-host (run the same command on every host)")
     multi.add_argument("--coordinator", help="HOST:PORT of process 0, for jax.distributed.initialize")
     multi.add_argument("--num-processes", type=int, help="how many processes (hosts) take part")
@@ -84,23 +88,35 @@ def _initialize_distributed(args):
 def run(args) -> int:
     from contextlib import nullcontext
 
-    from harness.engine.loop import TrialRun, run_trial
+    from harness.engine.loop import TrialRun, check_trial, run_trial
     from harness.engine.workloads import get_workload
+    from harness.sweep.tracking import open_run, tracking
     from harness.sweep.trial_log import TrialLog, tensorboard_available
 
+    if args.track and not args.out:
+        raise UserError(f"--track {args.track}: needs --out; allowed: --out FOLDER (the run is named by it)")
     writer = _initialize_distributed(args) if args.coordinator else True
     config = config_from_args(args)
-    metric = get_workload(config.workload).metric
+    workload = get_workload(config.workload)
+    metric = workload.metric
+    config.validate()  # what run_trial refuses, refused before --out exists: bad input leaves no folder behind
+    check_trial(config, workload, len(workload.load_data(args.data_dir).train_x))
     out = Path(args.out) if args.out and writer else None
     board = out / "tensorboard" if out and tensorboard_available() else None
-    with TrialLog(config.to_dict(), out / "measurements.csv", board) if out else nullcontext() as log:
+    track = tracking(args.track, TRACK_GROUP, out) if out else None
+    with TrialLog(config.to_dict(), out / "measurements.csv", board) if out else nullcontext() as log, \
+            open_run(track, out.absolute().name, config.to_dict()) if track else nullcontext() as tracked:
         def on_eval(row):
             if log:
                 log(row)
+            if tracked:
+                tracked(row)
             if not args.json and writer:
                 print(_eval_line(row, metric), flush=True)
 
         record = run_trial(TrialRun(config, args.checkpoint_dir, on_eval=on_eval), data_dir=args.data_dir)
+        if tracked:
+            tracked.finish(record.to_dict())
     summary = record.to_dict()  # the measurements inline, or the file they are in with --out
     if out:
         (out / "record.json").write_text(json.dumps(record.to_dict(), indent=1))
@@ -109,9 +125,11 @@ def run(args) -> int:
         json.dump(summary, sys.stdout, indent=1)
         print()
     else:
-        print(f"{config.workload} B={config.batch_size}: {record.status}, steps to target "
-              f"{record.steps_to_target} ({record.metric} {'<' if record.direction == 'min' else '>'} "
-              f"{record.target}); final {record.metric} {record.final['val_metric']:.4f} at step {record.steps_run}")
+        reached = "target not reached" if record.steps_to_target is None else \
+            f"steps to target {record.steps_to_target}"
+        print(f"{config.workload} B={config.batch_size}: {record.status}, {reached} ({record.metric} "
+              f"{'<' if record.direction == 'min' else '>'} {record.target}); final {record.metric} "
+              f"{record.final['val_metric']:.4f} at step {record.steps_run}")
     return 0
 
 

@@ -144,11 +144,13 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def run_local(folder, trials, prune, data_dir, lease_s, progress=None, workers=None, gpus=None, pack=1) -> None:
+def run_local(folder, trials, prune, data_dir, lease_s, progress=None, workers=None, gpus=None, pack=1,
+              track=None) -> None:
     kind, devices = local_devices(gpus)
     workers = min(workers or len(devices), len(trials))
     context = multiprocessing.get_context("spawn")
-    work_kwargs = dict(folder=folder, trials=trials, prune=prune, data_dir=data_dir, lease_s=lease_s, pack=pack)
+    work_kwargs = dict(folder=folder, trials=trials, prune=prune, data_dir=data_dir, lease_s=lease_s, pack=pack,
+                       track=track)
     pipes = [context.Pipe(duplex=False) for _ in range(workers)]  # (receive, send): each worker's error line
     procs = [context.Process(target=worker_main, name=f"cbs-worker-{i}",
                              args=(placement(kind, devices, i, workers, folder), os.getpid(), work_kwargs, send))
@@ -222,15 +224,15 @@ def _stop(procs) -> None:
             p.join()
 
 
-def _ray_pack(folder, trials, prune, data_dir, lease_s) -> bool:
+def _ray_pack(folder, trials, prune, data_dir, lease_s, track=None) -> bool:
     """One Ray task: run one pack of trials, those no other worker holds."""
     from harness.sweep.store import Store
     from harness.sweep.worker import try_pack
 
-    return try_pack(Store(folder), trials, prune, data_dir, lease_s)
+    return try_pack(Store(folder), trials, prune, data_dir, lease_s, track=track)
 
 
-def run_ray(folder, trials, prune, data_dir, lease_s, progress=None, address=None, pack=1) -> None:
+def run_ray(folder, trials, prune, data_dir, lease_s, progress=None, address=None, pack=1, track=None) -> None:
     """Run the trials as Ray tasks on the cluster at `address` (a local
     instance when None, or the one this process already joined), a task per
     pack (`pack = "auto"` is chosen for the devices of this process)."""
@@ -257,7 +259,7 @@ def run_ray(folder, trials, prune, data_dir, lease_s, progress=None, address=Non
         progress.plan(trials, int(gpus or ray.cluster_resources().get("CPU", 1)) * _packed(pack), prune)
     try:
         while pending:
-            refs = [task.remote(folder, group, prune, data_dir, lease_s) for group in packs(pending, size)]
+            refs = [task.remote(folder, group, prune, data_dir, lease_s, track) for group in packs(pending, size)]
             while refs:
                 done, refs = ray.wait(refs, timeout=PARENT_POLL_S)
                 ray.get(done)

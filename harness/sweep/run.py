@@ -16,6 +16,7 @@ from harness.sweep import executors
 from harness.sweep.leases import DEFAULT_LEASE_S
 from harness.sweep.spec import load_spec
 from harness.sweep.store import RecordIndex, Store
+from harness.sweep.tracking import tracking
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,15 @@ class SweepOutcome:
 
 def run_sweep(spec, out=None, *, overrides=(), workers: int | None = None, executor: str = "local",
               address=None, gpus: str | None = None, data_dir=None, lease_s: float = DEFAULT_LEASE_S,
-              progress=None) -> SweepOutcome:
+              progress=None, track: str | None = None) -> SweepOutcome:
     """Run (or resume, or extend) a sweep in folder `out` (default
     runs/<spec file name>, or runs/<its name> for a dict), showing progress on
     the stream `progress`. `spec` is a spec file's path or its content as a
     dict, with `overrides` ("dotted.key=VALUE", harness.sweep.spec.apply_overrides)
     set on top; the folder stores the resulting spec, and a spec that differs
     from the stored one other than by extending it is refused. `gpus`: the
-    local workers' GPUs (harness.sweep.executors.visible_gpus)."""
+    local workers' GPUs (harness.sweep.executors.visible_gpus). `track`:
+    "mlflow" or "wandb" tracks every trial there (harness.sweep.tracking)."""
     t0 = time.perf_counter()
     default = Path("runs") / (spec.get("name", "spec") if isinstance(spec, dict) else Path(spec).stem)
     spec = load_spec(spec, data_dir, overrides)
@@ -53,10 +55,11 @@ def run_sweep(spec, out=None, *, overrides=(), workers: int | None = None, execu
     trials = spec.trials()
     store.set_aside_corrupt(t.id for t in trials)
     store.remove_stale_checkpoints(t.id for t in trials)
+    tracked = tracking(track, spec.normalized.get("name") or store.folder.name, store.folder)
     pending = [t for t in trials if not store.is_done(t.id)]
     watcher = Progress(store.folder, [t.id for t in trials], progress) if progress else None
     kwargs = dict(folder=str(store.folder), trials=pending, prune=spec.prune, pack=spec.pack,
-                  data_dir=data_dir, lease_s=lease_s, progress=watcher)
+                  data_dir=data_dir, lease_s=lease_s, progress=watcher, track=tracked)
     if pending:
         if executor == "ray":
             executors.run_ray(address=address, **kwargs)

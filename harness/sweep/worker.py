@@ -22,6 +22,7 @@ from harness.sweep.leases import DEFAULT_LEASE_S, worker_id
 from harness.sweep.packing import PackSize, packs
 from harness.sweep.spec import PlannedTrial
 from harness.sweep.store import BestSoFar, RecordIndex, Store
+from harness.sweep.tracking import Tracking, open_run
 from harness.sweep.trial_log import TrialLog, tensorboard_available
 
 
@@ -30,20 +31,21 @@ class LeaseLost(Exception):
 
 
 def work(folder, trials: list[PlannedTrial], prune: bool, data_dir=None, lease_s: float = DEFAULT_LEASE_S,
-         should_stop: Callable[[], bool] = lambda: False, pack: int | str = 1) -> None:
+         should_stop: Callable[[], bool] = lambda: False, pack: int | str = 1,
+         track: Tracking | None = None) -> None:
     """A worker: run the unfinished trials of `trials` that no live worker
     holds, `pack` at a time (an int, or "auto"), until all of them have
     records (waiting for those held elsewhere: their worker finishes them, or
     dies and its lease lapses), or until `should_stop()`: then the trials in
     flight are checkpointed at their next evaluation and left for a later run
-    to resume."""
+    to resume. With `track`, each trial is also a run there (harness.sweep.tracking)."""
     store = Store(folder)
     index = RecordIndex(store)
     size = PackSize(pack, data_dir)
     remaining = [t for t in trials if not store.is_done(t.id)]
     while remaining and not should_stop():
         ordered = promising_first(remaining, index.refresh()) if prune else remaining
-        if not any(not should_stop() and try_pack(store, group, prune, data_dir, lease_s, index, should_stop)
+        if not any(not should_stop() and try_pack(store, group, prune, data_dir, lease_s, index, should_stop, track)
                    for group in packs(ordered, size)):
             time.sleep(min(lease_s / 8, 1.0))
         remaining = [t for t in remaining if not store.is_done(t.id)]
@@ -72,7 +74,7 @@ def _point(trial_id: str) -> str:
 
 def try_pack(store: Store, trials: list[PlannedTrial], prune: bool, data_dir=None,
              lease_s: float = DEFAULT_LEASE_S, index: RecordIndex | None = None,
-             should_stop: Callable[[], bool] | None = None) -> bool:
+             should_stop: Callable[[], bool] | None = None, track: Tracking | None = None) -> bool:
     """Claim the trials of `trials` (one pack) that no live worker holds and
     run them as one pack; whether any was claimed."""
     leases = {t.id: lease for t in trials if (lease := store.try_claim(t.id, worker_id(), lease_s)) is not None}
@@ -85,12 +87,12 @@ def try_pack(store: Store, trials: list[PlannedTrial], prune: bool, data_dir=Non
         claimed = [t for t in trials if t.id in leases and not store.is_done(t.id)]
         if claimed:
             bound = BestSoFar(index or RecordIndex(store), claimed[0].config.batch_size) if prune else None
-            _run_claimed(store, claimed, leases, bound, data_dir, should_stop)
+            _run_claimed(store, claimed, leases, bound, data_dir, should_stop, track)
     return True
 
 
 def _run_claimed(store: Store, trials: list[PlannedTrial], leases: dict, prune_above, data_dir,
-                 should_stop) -> None:
+                 should_stop, track=None) -> None:
     from harness.engine.environment import run_metadata
     from harness.engine.loop import Hooks, Stopped, TrialRun, run_trials
     from harness.engine.resume import PackMismatch
@@ -98,26 +100,35 @@ def _run_claimed(store: Store, trials: list[PlannedTrial], leases: dict, prune_a
     for trial in trials:
         store.log_attempt(trial.id, leases[trial.id].worker)
     store.write_metadata(run_metadata())
+    tracked = {}
     try:
         with contextlib.ExitStack() as logs:
             def on_eval(trial):
                 log = logs.enter_context(TrialLog(trial.config.to_dict(), store.measurements_path(trial.id),
                                                   store.tensorboard_dir(trial.id) if tensorboard_available() else None))
+                if track:
+                    tracked[trial.id] = logs.enter_context(open_run(track, trial.id, trial.config.to_dict()))
 
                 def logged(row):
                     if not leases[trial.id].held():
                         raise LeaseLost(trial.id)
                     log(row)
+                    if track:
+                        tracked[trial.id](row)
                 return logged
+
+            def on_record(i, record):
+                store.write_record(trials[i].id, record.to_dict())
+                if track:
+                    tracked[trials[i].id].finish(record.to_dict())
 
             runs = [TrialRun(t.config, str(store.checkpoint_dir(t.id)), str(store.snapshot_dir(t.id)), on_eval(t))
                     for t in trials]
-            hooks = Hooks(prune_above, should_stop,
-                          on_record=lambda i, record: store.write_record(trials[i].id, record.to_dict()))
+            hooks = Hooks(prune_above, should_stop, on_record=on_record)
             run_trials(runs, hooks, data_dir=data_dir)
     except PackMismatch:  # checkpoints of different steps: one at a time
         for trial in trials:
-            _run_claimed(store, [trial], leases, prune_above, data_dir, should_stop)
+            _run_claimed(store, [trial], leases, prune_above, data_dir, should_stop, track)
     except (LeaseLost, Stopped):
         return
     except Exception:
