@@ -174,7 +174,8 @@ class Progress:
         return "best steps " + (" ".join(f"B={b}:{'-' if s is None else s}" for b, s in best.items()) or "-")
 
     def _draw(self, steps: str, eta: str) -> None:
-        """Redraw the live display: a bar and count of trials done with the ETA, the steps, the best steps so far."""
+        """Redraw the live display: a bar and count of trials done with the ETA (within 80 columns), the steps,
+        the best steps so far."""
         from rich.console import Console, Group
         from rich.live import Live
         from rich.progress_bar import ProgressBar
@@ -184,7 +185,7 @@ class Progress:
         done, total = len(self.seen), len(self.ids)
         pruned = sum(self.index.summaries[i].status == "pruned" for i in self.seen)
         head = Table.grid(padding=(0, 1))
-        head.add_row(ProgressBar(total=max(total, 1), completed=done, width=30),
+        head.add_row(ProgressBar(total=max(total, 1), completed=done, width=16),
                      Text(f"{done}/{total} trials ({pruned} pruned); {eta}", no_wrap=True, overflow="ellipsis"))
         view = Group(head, *(Text(line, no_wrap=True, overflow="ellipsis") for line in (steps, self._best_text())))
         if self._live is None:
