@@ -18,6 +18,7 @@ from harness.engine.algorithms import ALGORITHMS
 from harness.engine.evaluation import EVAL_SCHEDULES
 from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
 from harness.engine.trial import OPTIONS, TrialConfig
+from harness.sweep.tracking import TRACKERS
 from test_plots import make_sweep
 
 TRAIN = ["--workload", "linear_regression", "--batch-size", "64", "--learning-rate", "0.1"]
@@ -75,7 +76,7 @@ def test_every_train_option_has_a_one_line_description_and_choices_from_the_engi
     choices = {a.dest: tuple(a.choices) for a in options.values() if a.choices}
     assert choices == {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "warmup": WARMUPS,
                        "lr_scaling": tuple(LR_SCALINGS), "eval_schedule": tuple(EVAL_SCHEDULES),
-                       "algorithm": ALGORITHMS}
+                       "algorithm": ALGORITHMS, "track": TRACKERS}
     # a boolean field is one flag that turns its default around
     assert "--stop-at-target" not in options and options["--no-stop-at-target"].const is False
     assert "--no-gns" not in options and options["--gns"].const is True
