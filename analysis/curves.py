@@ -16,7 +16,7 @@ import pandas as pd
 
 from analysis.fit import FitResult, fit_steps
 from analysis.steps import best_metric_within_budgets, steps_to_result, unknown_batch_sizes
-from analysis.tables import read_noise_scale_study
+from analysis.tables import load_sweep, read_noise_scale_study
 from harness.engine.targets import check_target
 from harness.errors import UserError
 
@@ -113,3 +113,14 @@ def evaluated_up_to(sweep, curve: Curve, batch_size: int) -> int | None:
     if curve.example_budget is not None:
         steps = steps[steps * batch_size <= curve.example_budget]
     return int(steps.max()) if len(steps) else None
+
+
+def b_crit_interval(folder) -> tuple[float, float] | None:
+    """The 90% interval of B_crit of a sweep folder so far (the fit of `analyze`),
+    or None while the data give none (fewer than three batch sizes at the target,
+    or one regime only): the stop rule of an adaptive search (harness.sweep.rounds)."""
+    curve = analyze(load_sweep(folder))
+    lo, hi = curve.fit.b_crit_ci
+    if curve.fit.b_crit_bound is not None or not (math.isfinite(lo) and math.isfinite(hi) and lo > 0):
+        return None
+    return float(lo), float(hi)

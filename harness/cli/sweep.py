@@ -54,6 +54,7 @@ def check_workers(args) -> None:
 
 
 def run(args) -> int:
+    from analysis.curves import b_crit_interval
     from harness.sweep.run import run_sweep
 
     check_workers(args)
@@ -61,7 +62,7 @@ def run(args) -> int:
         raise UserError("--gpus: only with --executor local; allowed: Ray places its tasks on the cluster's GPUs")
     outcome = run_sweep(args.spec, args.out, overrides=args.overrides, workers=args.workers, executor=args.executor,
                         address=args.address, gpus=args.gpus, data_dir=args.data_dir, lease_s=args.lease,
-                        progress=sys.stderr, track=args.track)
+                        progress=sys.stderr, track=args.track, b_crit_interval=b_crit_interval)
     print(summary(outcome))
     print(results(outcome.folder))
     return 0

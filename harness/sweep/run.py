@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.sweep.progress import Progress
+from harness.sweep.rounds import run_rounds
 from harness.sweep import executors
 from harness.sweep.leases import DEFAULT_LEASE_S
 from harness.sweep.spec import load_spec
@@ -38,7 +39,7 @@ class SweepOutcome:
 
 def run_sweep(spec, out=None, *, overrides=(), workers: int | None = None, executor: str = "local",
               address=None, gpus: str | None = None, data_dir=None, lease_s: float = DEFAULT_LEASE_S,
-              progress=None, track: str | None = None) -> SweepOutcome:
+              progress=None, track: str | None = None, b_crit_interval=None) -> SweepOutcome:
     """Run (or resume, or extend) a sweep in folder `out` (default
     runs/<spec file name>, or runs/<its name> for a dict), showing progress on
     the stream `progress`. `spec` is a spec file's path or its content as a
@@ -46,30 +47,43 @@ def run_sweep(spec, out=None, *, overrides=(), workers: int | None = None, execu
     set on top; the folder stores the resulting spec, and a spec that differs
     from the stored one other than by extending it is refused. `gpus`: the
     local workers' GPUs (harness.sweep.executors.visible_gpus). `track`:
-    "mlflow" or "wandb" tracks every trial there (harness.sweep.tracking)."""
+    "mlflow" or "wandb" tracks every trial there (harness.sweep.tracking).
+    An adaptive search runs in rounds (harness.sweep.rounds), its B_crit stop
+    rule calling `b_crit_interval(folder) -> (lo, hi) | None` (the fit is in
+    analysis, a layer above: the caller passes it in)."""
     t0 = time.perf_counter()
     default = Path("runs") / (spec.get("name", "spec") if isinstance(spec, dict) else Path(spec).stem)
     spec = load_spec(spec, data_dir, overrides)
     store = Store(out or default)
     extended = store.open(spec, spec.text)
-    trials = spec.trials()
-    store.set_aside_corrupt(t.id for t in trials)
-    store.remove_stale_checkpoints(t.id for t in trials)
     tracked = tracking(track, spec.normalized.get("name") or store.folder.name, store.folder)
-    pending = [t for t in trials if not store.is_done(t.id)]
-    watcher = Progress(store.folder, [t.id for t in trials], progress) if progress else None
-    kwargs = dict(folder=str(store.folder), trials=pending, prune=spec.prune, pack=spec.pack,
-                  data_dir=data_dir, lease_s=lease_s, progress=watcher, track=tracked)
-    if pending:
-        if executor == "ray":
-            executors.run_ray(address=address, **kwargs)
-        else:
-            executors.run_local(workers=workers, gpus=gpus, **kwargs)
+
+    def execute(trials) -> int:
+        store.set_aside_corrupt(t.id for t in trials)
+        store.remove_stale_checkpoints(t.id for t in trials)
+        pending = [t for t in trials if not store.is_done(t.id)]
+        watcher = Progress(store.folder, [t.id for t in trials], progress) if progress else None
+        kwargs = dict(folder=str(store.folder), trials=pending, prune=spec.prune, pack=spec.pack,
+                      data_dir=data_dir, lease_s=lease_s, progress=watcher, track=tracked)
+        if pending:
+            if executor == "ray":
+                executors.run_ray(address=address, **kwargs)
+            else:
+                executors.run_local(workers=workers, gpus=gpus, **kwargs)
+        return len(pending)
+
+    if spec.search and spec.search["kind"] == "adaptive":
+        searched = run_rounds(spec, store, execute, b_crit_interval,
+                              say=lambda line: print(line, file=progress) if progress else None)
+        trials, pending = searched.trials, searched.pending_at_start
+    else:
+        trials = spec.trials()
+        pending = execute(trials)
     summaries = RecordIndex(store).refresh().summaries
     mine = [summaries[t.id] for t in trials if t.id in summaries]
     by_status = {}
     for s in mine:
         by_status[s.status] = by_status.get(s.status, 0) + 1
-    return SweepOutcome(store.folder, len(trials), len(pending), by_status, sum(s.steps_run for s in mine),
+    return SweepOutcome(store.folder, len(trials), pending, by_status, sum(s.steps_run for s in mine),
                         sum(s.max_steps - s.steps_run for s in mine if s.status == "pruned"),
                         time.perf_counter() - t0, extended)

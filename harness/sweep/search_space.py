@@ -1,7 +1,9 @@
 """The metaparameter search of a sweep spec (its `[search]` table): the
 space, checked against the trial options' schema, and the points every batch
 size gets: a grid, or a scrambled Halton or Sobol sequence (Shallue et al.
-2019, Sec. 3.3: quasi-random search).
+2019, Sec. 3.3: quasi-random search). An adaptive search (harness.sweep.adaptive)
+starts from the sequence's first `initial_trials` points and maps its own
+proposals with `from_unit` / `to_unit`.
 """
 from __future__ import annotations
 
@@ -12,15 +14,17 @@ import warnings
 import numpy as np
 
 from harness.engine.trial import OPTIONS, Option
+from harness.sweep import adaptive_options
 from harness.sweep.schema import BOOL, INT, NUMBER, STR, TABLE, Checker, numeric, type_name
 
 DECAY_FRACTION = Option("decay_steps as a fraction of the trial's step budget", gt=0, name="decay_fraction", type=float)
 SEARCH = {
-    "kind": ((STR,), ("grid", "quasi_random")),
+    "kind": ((STR,), ("grid", "quasi_random", "adaptive")),
     "sequence": ((STR,), ("halton", "sobol")),
     "trials": ((INT,), None),
     "seed": ((INT,), None),
     "space": ((TABLE,), None),
+    **adaptive_options.KEYS,
 }
 RANGE = {
     "min": ((NUMBER,), None),
@@ -42,7 +46,7 @@ def points(search: dict | None) -> list[dict]:
     space = dict(sorted(search["space"].items()))
     if search["kind"] == "grid":
         return [dict(zip(space, combo)) for combo in itertools.product(*space.values())]
-    return [_from_unit(space, u) for u in _unit_points(search, len(space))]
+    return [from_unit(space, u) for u in unit_points(search, len(space))]
 
 
 def check_metaparameter(check: Checker, field: str, name: str, value):
@@ -51,21 +55,22 @@ def check_metaparameter(check: Checker, field: str, name: str, value):
     check.option(field, METAPARAMETERS[name], value)
 
 
-def _unit_points(search: dict, dims: int) -> np.ndarray:
-    """`trials` scrambled Halton or Sobol points in [0, 1)^dims (scipy.stats.qmc).
+def unit_points(search: dict, dims: int) -> np.ndarray:
+    """`trials` (adaptive: `initial_trials`) scrambled Halton or Sobol points in [0, 1)^dims (scipy.stats.qmc).
     Both are extensible sequences: the first n points do not depend on how many follow."""
     from scipy.stats import qmc  # imported here: scipy.stats takes a second to import
 
+    n = search["trials"] if search["kind"] == "quasi_random" else search["initial_trials"]
     if dims == 0:
-        return np.zeros((search["trials"], 0))
+        return np.zeros((n, 0))
     engine = {"halton": qmc.Halton, "sobol": qmc.Sobol}[search["sequence"]](d=dims, scramble=True,
                                                                              seed=search["seed"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The balance properties of Sobol", UserWarning)
-        return engine.random(search["trials"])
+        return engine.random(n)
 
 
-def _from_unit(space: dict, u: np.ndarray) -> dict:
+def from_unit(space: dict, u: np.ndarray) -> dict:
     """Map a point of [0, 1)^d to metaparameter values: linear, log, or log(1 - x)
     uniform (Shallue et al. 2019, Sec. 4.5: 1 - momentum sampled in log space)."""
     out = {}
@@ -85,6 +90,20 @@ def _from_unit(space: dict, u: np.ndarray) -> dict:
     return out
 
 
+def to_unit(dist, x) -> float:
+    """The inverse of `from_unit` for one dimension: where value `x` sits in [0, 1), clipped to it."""
+    if isinstance(dist, list):
+        return (dist.index(x) + 0.5) / len(dist)
+    lo, hi, scale = dist["min"], dist["max"], dist["scale"]
+    if scale == "linear":
+        u = (x - lo) / (hi - lo)
+    elif scale == "log":
+        u = (math.log(x) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    else:
+        u = (math.log(1 - x) - math.log(1 - lo)) / (math.log(1 - hi) - math.log(1 - lo))
+    return min(max(u, 0.0), math.nextafter(1.0, 0.0))
+
+
 def parse(check: Checker, search: dict | None, workload, fixed: dict) -> dict | None:
     if search is None:
         return None
@@ -98,7 +117,8 @@ def parse(check: Checker, search: dict | None, workload, fixed: dict) -> dict | 
         for key in ("trials", "sequence", "seed"):
             if key in search:
                 check.fail(f"search.{key}", "only for kind = quasi_random", "kind, space")
-    elif "trials" not in search or search["trials"] < 1:
+    adaptive_options.check_keys(check, search, kind)
+    if kind == "quasi_random" and ("trials" not in search or search["trials"] < 1):
         check.fail("search.trials", "missing or < 1: quasi-random search needs a number of points",
                    "integers >= 1")
     normalized = {}
@@ -122,6 +142,9 @@ def parse(check: Checker, search: dict | None, workload, fixed: dict) -> dict | 
     out = {"kind": kind, "space": normalized}
     if kind == "quasi_random":
         out.update(sequence=search.get("sequence", "halton"), trials=search["trials"], seed=search.get("seed", 0))
+    elif kind == "adaptive":
+        out.update(sequence=search.get("sequence", "halton"), seed=search.get("seed", 0),
+                   **adaptive_options.parse(check, search))
     return out
 
 

@@ -31,6 +31,17 @@ Format (every key is optional unless marked required)::
     trials = 16                          # points per batch size (quasi_random only, required there)
     seed = 0                             # scrambling seed (quasi_random only)
 
+    # or an adaptive search (harness.sweep.adaptive): rounds of proposals learnt from the records so far
+    # kind = "adaptive"
+    # rounds = 6                         # required: at most this many rounds (may grow to extend a sweep)
+    # trials_per_round = 2               # proposals per batch size and round (default 4)
+    # initial_trials = 4                 # quasi-random points of a batch size's first round (default trials_per_round)
+    # sampler = "tpe"                    # tpe | gp (Optuna's TPESampler or GPSampler, seeded)
+    # patience = 2                       # stop a batch size after this many rounds without an improvement
+    # transfer = "auto"                  # auto | linear | sqrt | none: neighbours' best learning rate x (B/B')^p
+    # stop = {ratio = 2.0, max_examples = 50_000_000}   # stop the sweep: B_crit's 90% interval hi/lo <= ratio,
+    #                                                   # or this many examples trained (both optional)
+
     [search.space]                       # default: the workload's search_space (same format)
     learning_rate = {min = 1e-3, max = 10.0, scale = "log"}
     momentum = {min = 0.9, max = 0.9999, scale = "log1m"}    # 1 - momentum uniform in log space
@@ -45,6 +56,17 @@ log1m samples log(1 - x) uniformly, as Shallue et al. do for momentum).
 Workload.search_space uses the same format. Every batch size gets the same
 points (dimensions assigned in sorted name order), so extending `trials` or a
 grid axis keeps the existing trials.
+
+An adaptive search runs in rounds (Shallue et al. 2019, Sec. 4.7: the best
+effective learning rate moves smoothly with B). Round r's trials are a pure
+function of the spec and the records of rounds < r: per batch size, Optuna's
+sampler (seed from `seed`, B and r) is rebuilt from the earlier trials, told in
+trial-id order as log steps to the target (pruned or slower than the best:
+censored at the best + eval_every; incomplete: the budget + eval_every;
+diverged: a penalty of 4 x the budget), and asked for new points; a batch
+size's first round takes its neighbours' best points with the learning rate
+moved by the linear (SGD, momentum) or square-root (Adam family) rule, then
+quasi-random points. FOLDER/search.json keeps the rounds and the stop reason.
 
 A trial id is `b{B:06d}-{8 hex digits of the metaparameters' hash}-s{seed}`: re-expanding a spec
 gives the same ids. Errors name the file and field: `file: field: problem; allowed: ...`.
@@ -149,15 +171,15 @@ class SweepSpec:
         return [{**s, **self.fixed} for s in search_space.points(self.search)]
 
     def trials(self) -> list[PlannedTrial]:
-        """Every trial, ordered by batch size, point, seed."""
-        out = []
-        for batch_size in self.batch_sizes:
-            for point in self.points():
-                digest = spec_hash(point)[:8]
-                for seed in self.seeds:
-                    config = self._config(batch_size, point, seed)
-                    out.append(PlannedTrial(f"b{batch_size:06d}-{digest}-s{seed}", config))
-        return out
+        """Every trial, ordered by batch size, point, seed (adaptive: the first round's, harness.sweep.adaptive)."""
+        points = self.points()
+        return [t for batch_size in self.batch_sizes for point in points for t in self.point_trials(batch_size, point)]
+
+    def point_trials(self, batch_size: int, point: dict) -> list[PlannedTrial]:
+        """The trials (one per seed) of a point (search and fixed values) at a batch size."""
+        digest = spec_hash(point)[:8]
+        return [PlannedTrial(f"b{batch_size:06d}-{digest}-s{seed}", self._config(batch_size, point, seed))
+                for seed in self.seeds]
 
     def _config(self, batch_size: int, point: dict, seed: int) -> TrialConfig:
         values = dict(point)

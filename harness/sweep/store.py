@@ -45,7 +45,8 @@ def parse_record(path: Path) -> dict:
 
 def spec_differences(old: dict, new: dict) -> tuple[list[str], list[str]]:
     """(changed fields, extended fields) between two normalized specs. Extending
-    means only adding: batch sizes, seeds, quasi-random trials, grid values."""
+    means only adding: batch sizes, seeds, quasi-random trials, grid values,
+    adaptive rounds (or changing an adaptive search's stop rules)."""
     changed, extended = [], []
     for key in sorted(set(_flatten(old)) | set(_flatten(new))):
         a, b = _flatten(old).get(key), _flatten(new).get(key)
@@ -55,7 +56,9 @@ def spec_differences(old: dict, new: dict) -> tuple[list[str], list[str]]:
         if (key in ("batch_sizes", "seeds") or grid_axis) and isinstance(a, list) and isinstance(b, list) \
                 and all(x in b for x in a):
             extended.append(key)
-        elif key == "search.trials" and isinstance(a, int) and isinstance(b, int) and b > a:
+        elif key in ("search.trials", "search.rounds") and isinstance(a, int) and isinstance(b, int) and b > a:
+            extended.append(key)
+        elif key == "search.stop" or key.startswith("search.stop."):  # when an adaptive search stops, not what it proposes
             extended.append(key)
         else:
             changed.append(f"{key} ({json.dumps(a)} -> {json.dumps(b)})")

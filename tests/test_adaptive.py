@@ -1,0 +1,193 @@
+"""The adaptive search (harness.sweep.adaptive, harness.sweep.rounds): rounds
+are pure functions of the earlier records, whatever order the trials finished
+in; censored and diverged trials; transfer across batch sizes; the stop rules;
+bad input. Most tests use a synthetic model of steps to the target (no
+training); one runs a tiny sweep end to end and resumes it."""
+import json
+import math
+
+import pytest
+
+from conftest import DATA_DIR as DATA
+from harness.errors import UserError
+from harness.sweep.adaptive import DIVERGED_FACTOR, Planner, observe
+from harness.sweep.rounds import read_search, run_rounds
+from harness.sweep.run import run_sweep
+from harness.sweep.spec import parse_spec
+from harness.sweep.store import RecordIndex, Store, Summary
+
+SPEC = {
+    "workload": "mnist_fc32x1", "optimizer": "sgd", "batch_sizes": [32, 64, 128], "target": 0.15,
+    "max_steps": 400, "eval_every": 20,
+    "search": {"kind": "adaptive", "rounds": 4, "trials_per_round": 2, "initial_trials": 3, "seed": 1,
+               "space": {"learning_rate": {"min": 0.001, "max": 10.0, "scale": "log"},
+                         "end_lr_factor": {"min": 0.01, "max": 0.1, "scale": "log"}}},
+    "fixed": {"schedule": "linear_decay", "decay_fraction": 1.0},
+}
+
+
+def spec_with(**search):
+    return parse_spec({**SPEC, "search": {**SPEC["search"], **search}})
+
+
+def true_steps(config) -> int | None:
+    """A synthetic workload: the best learning rate grows linearly with B; too large diverges (None)."""
+    lr, b = config.learning_rate, config.batch_size
+    if lr > 3.0:
+        return None
+    return 40 + 20 * round(4 * abs(math.log10(lr / (0.1 * b / 32))))
+
+
+def outcome(config, bound):
+    """(status, steps_to_target, steps_run) of a trial run against the pruning bound `bound`."""
+    steps = true_steps(config)
+    if steps is None:
+        return "diverged", None, 60
+    if bound is not None and steps > bound:
+        return "pruned", None, bound
+    if steps > config.max_steps:
+        return "incomplete", None, config.max_steps
+    return "complete", steps, steps
+
+
+def fake_execute(store, order=sorted):
+    """An executor that writes synthetic records, running the trials one by one in `order` with exact pruning."""
+    def execute(trials):
+        pending = [t for t in trials if not store.is_done(t.id)]
+        for t in order(pending, key=lambda t: t.id):
+            bound = RecordIndex(store).refresh().best_steps(t.config.batch_size)
+            status, steps, run = outcome(t.config, bound)
+            store.write_record(t.id, {"config": {"batch_size": t.config.batch_size, "max_steps": t.config.max_steps},
+                                      "status": status, "steps_to_target": steps, "measurements": [],
+                                      "steps_run": run})
+        return len(pending)
+    return execute
+
+
+def summaries_of(history, order=sorted) -> dict:
+    """Summaries of running each round's trials one by one in `order`, pruning against the best so far."""
+    out = {}
+    for proposals in history:
+        for p in order(proposals, key=lambda p: p.trial.id):
+            done = [s.steps_to_target for s in out.values() if s.batch_size == p.batch_size and s.steps_to_target]
+            status, steps, run = outcome(p.trial.config, min(done, default=None))
+            out[p.trial.id] = Summary(p.batch_size, status, steps, run, p.trial.config.max_steps)
+    return out
+
+
+def replay(spec, rounds, order=sorted):
+    planner, history, start = Planner(spec), [], {b: 0 for b in spec.batch_sizes}
+    for r in range(rounds):
+        history.append(planner.plan(r, start, history, summaries_of(history, order)))
+    return [[p.trial.id for p in proposals] for proposals in history]
+
+
+def test_a_round_is_a_pure_function_of_the_earlier_records_in_any_finishing_order():
+    spec = spec_with()
+    first = replay(spec, 3)
+    assert replay(spec_with(), 3) == first
+    assert replay(spec, 3, order=lambda xs, key: sorted(xs, key=key, reverse=True)) == first  # other timing
+    assert len(first[0]) == 9 and all(len(r) <= 6 for r in first[1:])
+    assert replay(spec_with(seed=2), 3)[1] != first[1]
+
+
+def test_censored_incomplete_and_diverged_observations():
+    s = lambda status, steps=None, run=100: Summary(64, status, steps, run, 400)  # noqa: E731
+    assert observe(s("complete", 80, 80), 80, 400, 20).value == 80
+    assert observe(s("pruned", None, 80), 60, 400, 20).value == 80  # best + one evaluation, not steps_run
+    assert observe(s("pruned", None, 200), 60, 400, 20).value == 80
+    assert observe(s("complete", 120, 120), 60, 400, 20).value == 80  # completed before the best: as if pruned
+    assert observe(s("incomplete", None, 400), None, 400, 20).value == 420
+    assert observe(s("diverged", None, 40), 60, 400, 20).value == DIVERGED_FACTOR * 400  # a penalty
+    assert observe(s("diverged", None, 100), 60, 400, 20).value == 80  # might have been pruned first
+    assert observe(s("diverged", None, 100), None, 400, 20).value == DIVERGED_FACTOR * 400
+
+
+def test_a_new_batch_size_starts_from_its_neighbours_best_moved_by_the_scaling_rule():
+    for optimizer, power in (("sgd", 1.0), ("adam", 0.5)):
+        spec = parse_spec({**SPEC, "optimizer": optimizer})
+        planner, start = Planner(spec), {32: 0, 64: 1, 128: 0}
+        history = [planner.plan(0, start, [], {})]
+        assert {p.batch_size for p in history[0]} == {32, 128}
+        summaries = summaries_of(history)
+        best = {b: planner.best_points([p for p in history[0] if p.batch_size == b],
+                                       planner.observations(history, summaries))[b] for b in (32, 128)}
+        new = [p for p in planner.plan(1, start, history, summaries) if p.batch_size == 64]
+        lrs = [p.trial.config.learning_rate for p in new]
+        assert len(new) == 3  # two moved points, one quasi-random
+        for b in (32, 128):
+            assert lrs[(b > 64)] == pytest.approx(best[b].trial.config.learning_rate * (64 / b) ** power)
+
+
+def test_a_batch_size_stops_after_patience_rounds_without_improvement():
+    spec = spec_with(patience=1, rounds=8)
+    rounds = replay(spec, 8)
+    assert rounds[-1] == []  # every batch size out of patience
+    per_batch = [{int(i[1:7]) for i in r} for r in rounds]
+    assert all(later <= earlier for earlier, later in zip(per_batch, per_batch[1:]))
+
+
+@pytest.mark.parametrize("stop, reason", [
+    ({"ratio": 2.0}, "the 90% interval of B_crit is within a ratio of 2"),
+    ({"max_examples": 1}, "the example budget is spent"),
+    ({}, "the rounds are spent (2)"),
+])
+def test_the_sweep_stops_where_its_rule_says(tmp_path, stop, reason):
+    spec = spec_with(rounds=2, stop=stop)
+    store = Store(tmp_path)
+    store.open(spec, "")
+    said = []
+    outcome = run_rounds(spec, store, fake_execute(store), lambda folder: (100.0, 150.0), said.append)
+    assert reason in outcome.stopped and reason in said[-1] and read_search(store)["stopped"] == outcome.stopped
+    assert outcome.rounds == (1 if stop else 2)
+
+
+def test_patience_stops_the_sweep_and_a_resumed_or_extended_one_replays_its_rounds(tmp_path):
+    spec = spec_with(patience=1, rounds=3)
+    store = Store(tmp_path)
+    store.open(spec, "")
+    first = run_rounds(spec, store, fake_execute(store), None, lambda line: None)
+    again = run_rounds(spec, store, fake_execute(store), None, lambda line: None)  # a resume: nothing to run
+    assert again.pending_at_start == 0 and [t.id for t in again.trials] == [t.id for t in first.trials]
+    longer = spec_with(patience=1, rounds=8)
+    assert store.open(longer, "") == ["search.rounds"]
+    extended = run_rounds(longer, store, fake_execute(store), None, lambda line: None)
+    assert [t.id for t in extended.trials][:len(first.trials)] == [t.id for t in first.trials]
+    assert "out of patience" in extended.stopped
+
+
+def test_a_tiny_sweep_runs_its_rounds_and_resumes_to_the_same_records(tmp_path):
+    raw = {**SPEC, "batch_sizes": [64], "max_steps": 40, "checkpoint_every": 40,
+           "search": {**SPEC["search"], "rounds": 2, "trials_per_round": 1, "initial_trials": 2}}
+    run_sweep(raw, tmp_path / "sweep", workers=1, data_dir=DATA)
+    records = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("trials/*/record.json")}
+    search = json.loads((tmp_path / "sweep" / "search.json").read_text())
+    assert [len(r["trials"]) for r in search["rounds"]] == [2, 1] and len(records) == 3
+    again = run_sweep(raw, tmp_path / "sweep", workers=1, data_dir=DATA)
+    assert again.pending_at_start == 0 and again.trials == 3
+    assert json.loads((tmp_path / "sweep" / "search.json").read_text()) == search
+
+
+@pytest.mark.parametrize("search, message", [
+    ({"kind": "bayes"}, "spec: search.kind: unknown value 'bayes'; allowed: grid, quasi_random, adaptive"),
+    ({"stop": {"ratio": 1.0}}, "spec: search.stop.ratio: must be > 1"),
+    ({"stop": {"max_examples": -5}}, "spec: search.stop.max_examples: must be >= 1, got -5; allowed: integers >= 1"),
+    ({"rounds": 0}, "spec: search.rounds: must be >= 1, got 0; allowed: integers >= 1"),
+    ({"trials": 8}, "spec: search.trials: only for kind = quasi_random; allowed: rounds"),
+    ({"sampler": "cmaes"}, "spec: search.sampler: unknown value 'cmaes'; allowed: tpe, gp"),
+    ({"kind": "quasi_random", "trials": 4}, "spec: search.rounds: only for kind = adaptive; allowed: kind, space"),
+])
+def test_bad_input_is_one_line_naming_the_field(search, message):
+    with pytest.raises(UserError) as e:
+        spec_with(**search)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_the_gp_sampler_plans_too_or_names_what_it_needs():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        with pytest.raises(UserError, match="needs PyTorch"):
+            replay(spec_with(sampler="gp"), 2)
+        return
+    assert replay(spec_with(sampler="gp"), 2) == replay(spec_with(sampler="gp"), 2)
