@@ -7,8 +7,8 @@ import json
 import math
 
 import pytest
-
 from conftest import DATA_DIR as DATA
+
 from harness.errors import UserError
 from harness.sweep.adaptive import DIVERGED_FACTOR, Planner, observe
 from harness.sweep.rounds import read_search, run_rounds
