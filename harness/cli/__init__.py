@@ -29,6 +29,7 @@ COMMANDS = {
     "fit": ("harness.cli.fit", "fit the critical batch size to a steps-vs-batch-size table"),
     "local-cbs": ("harness.cli.local_cbs", "the branched local critical batch size over training (Merrill et al. 2025)"),
     "nqm": ("harness.cli.nqm", "exact steps vs batch size on the noisy quadratic model"),
+    "scaling": ("harness.cli.scaling", "power laws of B_crit, S_min and E_min across groups, or B_crit vs the target"),
     "env": ("harness.cli.env", "the JAX backend and devices, package versions, the datasets found, the compile cache"),
 }
 
