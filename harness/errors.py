@@ -1,6 +1,7 @@
 """The one exception type for bad user input (the CLI prints it as one line),
 the one for SIGINT and SIGTERM, the one line an OSError is shown as, and the
-one way to print a warning."""
+one way to print a warning, and the one "did you mean" of an unknown name."""
+import difflib
 import signal
 import sys
 
@@ -27,3 +28,10 @@ def os_error_text(error: OSError) -> str:
 def warn(message: str) -> None:
     """One line on stderr: `cbs: warning: <message>`."""
     print(f"cbs: warning: {message}", file=sys.stderr, flush=True)
+
+
+def did_you_mean(name, allowed) -> str:
+    """`did you mean X? ` when one of `allowed` is close to the unknown `name`
+    (difflib), else '': it goes between `; ` and `allowed: ...`."""
+    close = difflib.get_close_matches(str(name), [str(a) for a in allowed], n=1)
+    return f"did you mean {close[0]}? " if close else ""

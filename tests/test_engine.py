@@ -232,13 +232,16 @@ def test_kill_and_resume_gives_identical_measurements(data_dir, tmp_path):
 
 # --- bad input: one line naming the problem and the allowed values ---------------------
 @pytest.mark.parametrize("args,expected", [
-    (["--workload", "mnist_cnn"], "unknown workload 'mnist_cnn'; valid: mnist_simple_cnn"),
+    (["--workload", "mnist_cnn"], "unknown workload 'mnist_cnn'; did you mean mnist_simple_cnn? allowed: "
+                                  "mnist_simple_cnn"),
     (["--batch-size", "60000"], "batch_size 60000 is above the training set size 55000; allowed: 1 .. 55000"),
     (["--learning-rate", "0"], "learning_rate must be > 0"),
     (["--momentum", "1.0"], "momentum must be in [0, 1)"),
     (["--optimizer", "adagrad"], "unknown optimizer 'adagrad'; allowed: sgd, momentum, nesterov, adam"),
     (["--schedule", "exp"], "unknown schedule 'exp'; allowed: constant, linear_decay, cosine, step"),
     (["--target", "0"], "target 0.0 can never be reached: error_rate must get strictly below it"),
+    (["--target", "5"], "target 5.0 is outside the range of error_rate (0 to 1): every error_rate is below it; "
+                        "allowed: (0.0, 1.0]"),
     (["--batch-size", "100", "--microbatches", "3"], "microbatches must divide batch_size 100"),
 ])
 def test_bad_input_is_one_clear_line(args, expected, capsys, data_dir):

@@ -66,13 +66,21 @@ def error_of(tmp_path, text):
     (GRID + "", None),
     ("target = -1.0\n" + GRID, "target: -1.0 can never be reached: squared_error must get strictly below it"),
     (GRID.replace("linear_regression", "mnist_simple_cnn") .replace("max_steps", "target = 1.5\nmax_steps"),
-     "target: 1.5 can never be reached: error_rate must get strictly below it; allowed: (0.0, 1.0]"),
-    (GRID.replace("linear_regression", "nope"), "workload: unknown workload 'nope'; valid: "),
+     "target: 1.5 is outside the range of error_rate (0 to 1): every error_rate is below it; allowed: (0.0, 1.0]"),
+    (GRID.replace("linear_regression", "nope"), "workload: unknown workload 'nope'; allowed: "),
+    (GRID.replace("linear_regression", "linear_regresion"), "workload: unknown workload 'linear_regresion'; "
+                                                             "did you mean linear_regression? allowed: mnist_"),
+    (GRID.replace("max_steps", "max_step"), "max_step: unknown key; did you mean max_steps? allowed: name, "),
+    (GRID.replace("learning_rate =", "learning_rat ="), "search.space.learning_rat: unknown metaparameter; "
+                                                        "did you mean learning_rate? allowed: algorithm, b1"),
+    (GRID.replace('"momentum"', '"nesterv"'), "optimizer: unknown value 'nesterv'; did you mean nesterov? "
+                                              "allowed: sgd, momentum"),
     (GRID.replace('"momentum"', '"adagrad"'), "optimizer: unknown value 'adagrad'; allowed: sgd, momentum"),
     (GRID.replace("max_steps = 100", ""), "max_steps: missing: a trial needs a budget; allowed: max_steps and/or"),
-    (GRID.replace('"grid"', '"random"'), "search.kind: unknown value 'random'; allowed: grid, quasi_random"),
+    (GRID.replace('"grid"', '"random"'), "search.kind: unknown value 'random'; did you mean quasi_random? "
+                                                "allowed: grid, quasi_random"),
     (QUASI.replace('"log1m"', '"log2"'), "search.space.momentum.scale: unknown value 'log2'; "
-                                         "allowed: linear, log, log1m"),
+                                         "did you mean log? allowed: linear, log, log1m"),
     (QUASI.replace("1e-4", "0.0"), "search.space.learning_rate: log scale needs min > 0, got 0.0"),
     (QUASI.replace("max = 0.9999", "max = 1.0"), "search.space.momentum: log1m scale (log(1 - x)) needs max < 1"),
     (QUASI.replace("trials = 64", ""), "search.trials: missing or < 1"),

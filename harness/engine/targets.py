@@ -44,9 +44,16 @@ def target_interval(metric: str) -> str:
 
 
 def check_target(metric: str, target: float, field: str = "target") -> None:
-    """UserError `<field> <target> can never be reached ...` unless `target` is reachable."""
+    """UserError unless `target` is reachable: `<field> <target> can never be
+    reached ...` past the metric's best value, `... is outside the range of
+    <metric> ...` past its worst (every value is already past such a target)."""
     if not reachable(metric, target):
-        side = "strictly below" if METRICS[metric][0] == "min" else "strictly above"
+        direction, lo, hi = METRICS[metric]
+        if target > hi if direction == "min" else target < lo:
+            every = "below" if direction == "min" else "above"
+            raise UserError(f"{field} {target} is outside the range of {metric} ({lo:g} to {hi:g}): every "
+                            f"{metric} is {every} it; allowed: {target_interval(metric)}")
+        side = "strictly below" if direction == "min" else "strictly above"
         raise UserError(f"{field} {target} can never be reached: {metric} must get {side} it; "
                         f"allowed: {target_interval(metric)}")
 

@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import os
 import re
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,7 +16,7 @@ import numpy as np
 from harness.engine import models
 from harness.engine.data import Dataset
 from harness.engine.targets import METRICS
-from harness.errors import UserError
+from harness.errors import UserError, did_you_mean
 
 @dataclass(frozen=True)
 class Workload:
@@ -116,8 +117,8 @@ def get_workload(name: str) -> Workload:
                                    make_model=_fc(hidden))
     if ":" in name and name.split(":")[0].endswith(".py"):
         return _from_file(*name.rsplit(":", 1))
-    raise UserError(f"unknown workload {name!r}; valid: {', '.join(WORKLOADS)}, "
-                    "<mnist|fashion_mnist>_fc<width>x<depth>, or path/to/file.py:name")
+    raise UserError(f"unknown workload {name!r}; {did_you_mean(name, WORKLOADS)}allowed: "
+                    f"{', '.join(WORKLOADS)}, <mnist|fashion_mnist>_fc<width>x<depth>, or path/to/file.py:name")
 
 
 def _from_file(path: str, attr: str) -> Workload:
@@ -125,7 +126,14 @@ def _from_file(path: str, attr: str) -> Workload:
         raise UserError(f"workload file {path!r} not found")
     spec = importlib.util.spec_from_file_location(f"cbs_user_workload_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:  # the user's file: one line naming where, no traceback
+        raise UserError(f"workload file {path}, line {e.lineno}: {type(e).__name__}: {e.msg}") from None
+    except Exception as e:
+        line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__))
+                     if os.path.abspath(f.filename) == os.path.abspath(path)), "?")
+        raise UserError(f"workload file {path}, line {line}: {type(e).__name__}: {e}") from None
     workload = getattr(module, attr, None)
     if not isinstance(workload, Workload):
         found = [k for k, v in vars(module).items() if isinstance(v, Workload)]

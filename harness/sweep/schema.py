@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 
 from harness.engine.trial import Option
-from harness.errors import UserError
+from harness.errors import UserError, did_you_mean
 
 INT, NUMBER, STR, BOOL, LIST, TABLE = "integer", "number", "string", "boolean", "list", "table"
 _NAMES = {int: INT, float: NUMBER, str: STR, bool: BOOL, dict: TABLE}
@@ -62,10 +62,15 @@ def numeric(hint) -> bool:
 def read_toml(path: Path) -> tuple[str, dict]:
     """A spec file's text and content; a missing file or bad TOML is a UserError naming the file."""
     try:
-        text = path.read_text()
+        data = path.read_bytes()
+        text = data.decode("utf-8")
         return text, tomllib.loads(text)
     except FileNotFoundError:
         raise UserError(f"{path}: spec file not found") from None
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); allowed: "
+                        "a spec file in UTF-8, as TOML requires") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML: {e}") from None
 
@@ -89,11 +94,16 @@ class Checker:
     def fail(self, field: str, problem: str, allowed: str):
         raise UserError(f"{self.path}: {field}: {problem}; allowed: {allowed}")
 
+    def unknown(self, field: str, problem: str, name, allowed):
+        """`file: field: problem; did you mean X? allowed: ...`, X the one of `allowed` close to `name`."""
+        raise UserError(f"{self.path}: {field}: {problem}; {did_you_mean(name, allowed)}"
+                        f"allowed: {', '.join(map(str, allowed))}")
+
     def table(self, table: dict, schema: dict, prefix: str = ""):
         """Every key of `table` is in `schema` and its value fits."""
         for key, value in table.items():
             if key not in schema:
-                self.fail(prefix + key, "unknown key", ", ".join(schema))
+                self.unknown(prefix + key, "unknown key", key, schema)
             if isinstance(schema[key], Option):
                 self.option(prefix + key, schema[key], value)
                 continue
@@ -102,7 +112,7 @@ class Checker:
                 self.fail(prefix + key, f"expected {' or '.join(kinds)}, got {type_name(value)} {value!r}",
                           " or ".join(kinds))
             if allowed is not None and value not in allowed:
-                self.fail(prefix + key, f"unknown value {value!r}", ", ".join(allowed))
+                self.unknown(prefix + key, f"unknown value {value!r}", value, allowed)
 
     def required(self, table: dict, keys, prefix: str, allowed: str):
         for key in keys:
@@ -115,7 +125,7 @@ class Checker:
         if not fits(value, option.type):
             self.fail(field, f"expected {kind}, got {type_name(value)} {value!r}", kind)
         if option.choices is not None and value not in option.choices:
-            self.fail(field, f"unknown value {value!r}", ", ".join(option.choices))
+            self.unknown(field, f"unknown value {value!r}", value, option.choices)
         if not option.in_range(value):
             default = "" if option.default is None else f" (default: {option.default!r})"
             self.fail(field, f"must be {option.interval}, got {value!r}", f"{kind}s {option.interval}{default}")

@@ -51,7 +51,7 @@ def points(search: dict | None) -> list[dict]:
 
 def check_metaparameter(check: Checker, field: str, name: str, value):
     if name not in METAPARAMETERS:
-        check.fail(field, "unknown metaparameter", ", ".join(sorted(METAPARAMETERS)))
+        check.unknown(field, "unknown metaparameter", name, sorted(METAPARAMETERS))
     check.option(field, METAPARAMETERS[name], value)
 
 
@@ -125,7 +125,7 @@ def parse(check: Checker, search: dict | None, workload, fixed: dict) -> dict | 
     for name, dist in space.items():
         field = f"search.space.{name}"
         if name not in METAPARAMETERS:
-            check.fail(field, "unknown metaparameter", ", ".join(sorted(METAPARAMETERS)))
+            check.unknown(field, "unknown metaparameter", name, sorted(METAPARAMETERS))
         if name in fixed:
             check.fail(field, "also in [fixed]", "a metaparameter in one of [fixed], [search.space]")
         if isinstance(dist, list):
