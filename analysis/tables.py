@@ -24,7 +24,6 @@ loads the same way.
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.batch_science import is_batch_science, read_batch_science
-from harness.errors import UserError
+from harness.errors import UserError, warn
 from harness.sweep.store import CorruptRecord, Store, parse_record
 
 GNS_RESULT = "gns/gns.json"  # a `cbs gns --out SWEEP/gns` run of the sweep's workload
@@ -64,7 +63,7 @@ def load_sweep(folder) -> SweepTables:
         try:
             records.append((path.parent.name, parse_record(path)))
         except CorruptRecord as e:
-            warnings.warn(f"skipping a corrupt trial record: {e}", stacklevel=2)
+            warn(f"skipping a corrupt trial record: {e}")
     return tables_of(records, stored["spec"], store.folder, store.read_metadata() or {})
 
 
@@ -96,7 +95,8 @@ def tables_of(records, spec: dict, folder: Path, metadata: dict | None = None) -
 
 def read_steps_table(path) -> pd.DataFrame:
     """The user's table, checked: UserError on a missing file, missing columns,
-    non-positive values or a batch size listed twice within a group."""
+    non-positive values, a batch size listed twice within a group, or a group
+    of fewer than 2 rows (nothing to fit)."""
     try:
         table = pd.read_csv(path)
     except FileNotFoundError:
@@ -122,6 +122,12 @@ def read_steps_table(path) -> pd.DataFrame:
         where = f" in group {twice['group'].iloc[0]!r}" if twice["group"].iloc[0] else ""
         raise UserError(f"batch_size {twice['batch_size'].iloc[0]:g} appears twice{where} in "
                         f"{path}: give one row per batch size (its steps to result)")
+    sizes = table.groupby("group", sort=False).size() if len(table) else pd.Series({"": 0})
+    if (sizes < 2).any():
+        group, n = sizes.index[sizes < 2][0], sizes[sizes < 2].iloc[0]
+        where = f" in group {group!r}" if group else ""
+        raise UserError(f"{path}: {n} row{'' if n == 1 else 's'}{where}; a fit needs at least 2 batch sizes "
+                        "(3 for an interval); allowed: one row per batch size, at least 2 per group")
     return table
 
 
