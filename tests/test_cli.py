@@ -121,3 +121,11 @@ def test_plot_axis_choices_are_the_axes_the_figures_draw():
     from harness.cli import plot as plot_command
 
     assert tuple(_options(_parser(plot_command.add_arguments))["--axis"].choices) == tuple(AXES)
+
+
+def test_train_says_when_the_target_is_not_reached(capsys):
+    assert main(["train", *TRAIN, "--learning-rate", "1e-6", "--max-steps", "2", "--eval-every", "1"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("linear_regression B=64: incomplete, target not reached (squared_error < 0.13); "
+                           "final squared_error "), last
+    assert last.endswith(" at step 2") and "None" not in last

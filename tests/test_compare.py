@@ -45,6 +45,15 @@ def test_steps_at_a_batch_size_a_study_lacks_are_empty(capsys):
     assert list(table["steps@64"]) == [725, 725]
 
 
+def test_the_text_table_shows_a_cell_without_a_value_as_a_dash(capsys):
+    assert main(["compare", str(STUDIES[0]), str(STUDIES[2]), "--at", "4,64"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, row = lines[0].split(), lines[2].split()  # FC-1024x3: no steps@4, no one-sided bound
+    assert "None" not in " ".join(lines) and "NaN" not in " ".join(lines)
+    assert row[header.index("steps@4")] == "-" and row[header.index("b_crit_bound")] == "-"
+    assert row[header.index("steps@64")] == "725"
+
+
 def test_only_perfect_scaling_gives_a_lower_bound():
     # S(B) = 64000 / B exactly: perfect scaling everywhere, so B_crit >= the largest B measured
     fit = fit_steps(np.array([4.0, 16, 64, 256]), 64000 / np.array([4.0, 16, 64, 256]))
