@@ -1,15 +1,21 @@
-"""Sweep progress: trials done / total, steps done and at most left, time
+"""Sweep progress: trials done / total, steps done and likely left, time
 elapsed, an ETA from the work left, and the best steps-to-target per batch
 size so far. A live display (rich) on a terminal; plain lines otherwise (logs,
 CI): one at each trial's end, and one every HEARTBEAT_S seconds without any.
 
-The ETA is an upper bound at the measured speeds: each unfinished trial may
-still run to its budget (its max_steps; with pruning, no further than the best
-steps-to-target found at its batch size), so pruning and early crossings only
-shorten the sweep."""
+The ETA is a likely figure ("~"), from the steps each unfinished trial will
+likely still run (`likely_steps`: with pruning, the best steps-to-target at its
+batch size, measured there or predicted from the neighbours by perfect
+scaling) at the measured speeds, plus a measured start-up per trial. Beside it
+("at most"), the upper bound (each unfinished trial may run to its budget, or
+with pruning to the best steps-to-target measured at its batch size), shown
+only where it is informative: within BOUND_SHOWN_WITHIN times the likely
+figure. Further out it only restates the budgets (max_steps), far above the
+steps to the target in a pruned sweep."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections import defaultdict
@@ -22,71 +28,145 @@ from harness.sweep.store import RecordIndex, Store
 HEARTBEAT_S = 10.0  # plain output: a status line at least this often while no trial ends
 REFRESH_S = 0.5  # the fewest seconds between two looks at the store (and redraws)
 MIN_TIMED_S = 1.0  # a batch size's speed counts once its trials have been timed this long (early evaluations dominate)
+BOUND_SHOWN_WITHIN = 3.0  # the upper bound is shown beside the likely figure while at most this many times it
 
 
 @dataclass(frozen=True)
 class TrialWork:
-    """One trial as the ETA sees it: its batch size, the most steps it may run
-    in all (`budget`), the step it has reached, and its speed: `timed_steps`
-    steps took `timed_seconds` (store.LiveProgress)."""
+    """One trial as the ETA sees it: its batch size, its budget (max_steps),
+    the step it has reached, its speed (`timed_steps` steps took
+    `timed_seconds`, store.LiveProgress), and whether it has `finished`."""
 
     batch_size: int
     budget: int
     step: int = 0
     timed_steps: int = 0
     timed_seconds: float = 0.0
+    finished: bool = False
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """Steps done, steps at most left, and the seconds those take at most at
-    the measured speeds (None while no speed is measured)."""
+    """Steps done; the steps likely left and at most left; the seconds those
+    take at the measured speeds (None while no speed is measured, and the
+    likely figures while they need a steps-to-target and none is measured)."""
 
     steps_done: int
-    steps_left: int
+    steps_left: int | None
     seconds_left: float | None
+    steps_at_most: int
+    seconds_at_most: float | None
 
 
 def seconds_per_step(measured: dict[int, float], batch_size: int) -> float:
     """Seconds per step at `batch_size` given those `measured` (batch size ->
     seconds per step): the measurement there; else the least-squares line
-    a + b*B through the measurements (two batch sizes or more) where it is
-    increasing and positive at B; else the nearest measured batch size (in
-    log B) scaled by B."""
+    a + b*B through the measurements (two batch sizes or more), its slope b
+    clamped at 0 (then a is their mean), where it is positive at B; else the
+    nearest measured batch size's (in log B). Not scaled by B: on a CPU a
+    small model's step takes far less than twice as long at twice the batch."""
     if batch_size in measured:
         return measured[batch_size]
     if len(measured) >= 2:
         b, a = np.polyfit(list(measured), list(measured.values()), 1)
-        if b > 0 and a + b * batch_size > 0:
+        if b < 0:
+            b, a = 0.0, float(np.mean(list(measured.values())))
+        if a + b * batch_size > 0:
             return float(a + b * batch_size)
-    nearest = min(measured, key=lambda m: (abs(math.log(m / batch_size)), m))
-    return measured[nearest] * batch_size / nearest
+    return measured[min(measured, key=lambda m: (abs(math.log(m / batch_size)), m))]
 
 
-def estimate(trials: list[TrialWork], workers: int, start_s: float = 0.0) -> Estimate:
-    """The work left over `trials` run by `workers` in parallel. Each batch
-    size's speed is its trials' timed steps over their timed seconds, once
-    they total MIN_TIMED_S (others extrapolated: `seconds_per_step`); each
-    trial's time left is its steps left times that, plus `start_s` (starting,
-    compiling, evaluating at step 0) for a trial not started, and the sweep's
+def likely_steps(batch_size: int, budget: int, best: dict[int, int]) -> int | None:
+    """The steps-to-target likely at `batch_size` given the `best` measured
+    (batch size -> fewest steps to the target): the measurement there; else
+    perfect scaling (steps halve per doubling of the batch size up to the
+    critical batch size, Shallue et al. 2019) from the nearest smaller measured
+    batch size B0, ceil(S0 * B0 / B) (from the nearest larger one when none is
+    smaller), never below the fewest steps measured at any larger batch size
+    (steps do not grow with B); never above `budget`. None when nothing is
+    measured."""
+    if batch_size in best:
+        return min(budget, best[batch_size])
+    if not best:
+        return None
+    smaller = [b for b in best if b < batch_size]
+    b0 = max(smaller) if smaller else min(best)
+    steps = math.ceil(best[b0] * b0 / batch_size)
+    larger = [best[b] for b in best if b > batch_size]
+    return min(budget, max(steps, min(larger, default=0)))
+
+
+def start_up_seconds(finished: list[tuple[str, float, float]]) -> float | None:
+    """What starting a trial costs (compiling, evaluating at step 0, writing
+    its record), from `finished` trials as (worker, start time, seconds not
+    spent on timed steps): their mean, leaving out each worker's first trial
+    (which also pays the worker's own start: imports, data) while any other
+    has finished; None without any."""
+    if not finished:
+        return None
+    first = {}
+    for worker, started, _ in finished:
+        first[worker] = min(first.get(worker, math.inf), started)
+    later = [s for worker, started, s in finished if started > first[worker]]
+    return float(np.mean(later or [s for _, _, s in finished]))
+
+
+def estimate(trials: list[TrialWork], workers: int, start_s: float = 0.0, best: dict[int, int] | None = None,
+             prune: bool = False) -> Estimate:
+    """The work left over `trials` run by `workers` in parallel, given the
+    `best` steps-to-target measured per batch size. Each batch size's speed is
+    its trials' timed steps over their timed seconds, once they total
+    MIN_TIMED_S (others extrapolated: `seconds_per_step`). An unfinished
+    trial's steps left are at most its budget's (with `prune`, no further than
+    `best` at its batch size), likely (with `prune`) `likely_steps` there: the
+    trials at a batch size stop by the first crossing of the target. Without
+    `prune` each may run its budget (one stopping at the target only shortens
+    the sweep), and diverging ones stop early, ignored likewise. A trial's
+    time left is its steps left times its speed, plus `start_s` (starting,
+    compiling, evaluating at step 0) for a trial not started; the sweep's,
     the larger of their sum over the workers and the longest one."""
+    best = best or {}
     steps, seconds = defaultdict(int), defaultdict(float)
     for t in trials:
         if t.timed_steps > 0 and t.timed_seconds > 0:
             steps[t.batch_size] += t.timed_steps
             seconds[t.batch_size] += t.timed_seconds
     measured = {b: seconds[b] / steps[b] for b in steps if seconds[b] >= MIN_TIMED_S}
-    left = [t for t in trials if t.budget > t.step]
-    done, steps_left = sum(t.step for t in trials), sum(t.budget - t.step for t in left)
-    if not left or not measured:
-        return Estimate(done, steps_left, None if left else 0.0)
-    work = [(t.budget - t.step) * seconds_per_step(measured, t.batch_size) + (0.0 if t.step else start_s) for t in left]
-    return Estimate(done, steps_left, max(sum(work) / workers, max(work)))
+    left = [t for t in trials if not t.finished]
+    at_most = [max(0, (min(t.budget, best.get(t.batch_size, t.budget)) if prune else t.budget) - t.step)
+               for t in left]
+    likely = [max(0, (likely_steps(t.batch_size, t.budget, best) if prune else t.budget) - t.step)
+              if not prune or best else None for t in left]
+    done = sum(t.step for t in trials)
+    known = None not in likely
+    if not left:
+        return Estimate(done, 0, 0.0, 0, 0.0)
+    if not measured:
+        return Estimate(done, sum(likely) if known else None, None, sum(at_most), None)
+
+    def seconds_left(steps_left):
+        work = [n * seconds_per_step(measured, t.batch_size) + (0.0 if t.step else start_s)
+                for n, t in zip(steps_left, left)]
+        return max(sum(work) / workers, max(work))
+
+    return Estimate(done, sum(likely) if known else None, seconds_left(likely) if known else None,
+                    sum(at_most), seconds_left(at_most))
 
 
 def duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _likely_and_bound(likely, at_most, text) -> str:
+    """"~likely (at most at_most)", the bound left out where it says nothing more: equal to the likely figure as
+    shown, or more than BOUND_SHOWN_WITHIN times it; "at most at_most" alone while the likely one is unknown."""
+    if likely is None:
+        return f"at most {text(at_most)}"
+    if at_most == 0:
+        return text(0)
+    shown = text(at_most) != text(likely) and at_most <= BOUND_SHOWN_WITHIN * likely
+    return f"~{text(likely)}" + (f" (at most {text(at_most)})" if shown else "")
 
 
 class Progress:
@@ -102,6 +182,8 @@ class Progress:
         self.planned: dict[str, tuple[int, int]] = {}  # trial id -> (batch size, budget)
         self.workers, self.prune = 1, False
         self.seen = {i for i in self.ids if i in self.index.summaries}
+        self._initial = set(self.seen)  # finished before this run: not timed by it
+        self._start_ups: dict[str, tuple[str, float, float] | None] = {}
         self.t0 = self._printed = time.monotonic()
         self._looked = -math.inf
         self._live = None
@@ -144,29 +226,53 @@ class Progress:
         self._printed = now
 
     def _status(self) -> tuple[str, str]:
-        """(steps done and at most left, time elapsed and the ETA)."""
+        """(steps done and left, time elapsed and the ETA)."""
         works, started = [], []  # started: the trials of this run so far
         for trial_id in self.ids:
             if (s := self.index.summaries.get(trial_id)) is not None:
                 timed = (s.timed.timed_steps, s.timed.timed_seconds) if s.timed else ()
-                works.append(TrialWork(s.batch_size, s.steps_run, s.steps_run, *timed))
+                works.append(TrialWork(s.batch_size, s.max_steps, s.steps_run, *timed, finished=True))
             elif trial_id in self.planned:
-                batch_size, budget = self.planned[trial_id]
-                best = self.index.best_steps(batch_size) if self.prune else None
                 live = self.store.live_progress(trial_id)
-                works.append(TrialWork(batch_size, min(budget, best or budget),
+                works.append(TrialWork(*self.planned[trial_id],
                                        *((live.step, live.timed_steps, live.timed_seconds) if live else ())))
             if trial_id in self.planned and works[-1].step:
                 started.append(works[-1])
-        # The workers' time not spent on timed steps, per trial started: what starting a trial costs
-        busy = (time.monotonic() - self.t0) * self.workers - sum(t.timed_seconds for t in started)
-        e = estimate(works, self.workers, max(0.0, busy) / max(1, len(started)))
+        best = {b: s for b in {s.batch_size for s in self.index.summaries.values()}
+                if (s := self.index.best_steps(b)) is not None}
+        start_s = start_up_seconds([c for i in self.ids if (c := self._start_up(i)) is not None])
+        if start_s is None:  # none finished yet: the workers' time not spent on timed steps, per trial started
+            busy = (time.monotonic() - self.t0) * self.workers - sum(t.timed_seconds for t in started)
+            start_s = max(0.0, busy) / max(1, len(started))
+        e = estimate(works, self.workers, start_s, best, self.prune)
         known = len(works) == len(self.ids)  # every unfinished trial planned
-        eta = "done" if e.seconds_left == 0 else "?" if e.seconds_left is None or not known \
-            else f"at most {duration(e.seconds_left)}"
-        left = f"at most {e.steps_left:,}" if known else "?"
+        if e.seconds_at_most == 0:
+            eta = "done"
+        elif e.seconds_at_most is None or not known:
+            eta = "?"
+        elif e.seconds_left is None:  # no steps-to-target measured yet
+            eta = f"? (at most {duration(e.seconds_at_most)})"
+        else:
+            eta = _likely_and_bound(e.seconds_left, e.seconds_at_most, duration)
+        left = _likely_and_bound(e.steps_left, e.steps_at_most, lambda n: f"{n:,}") if known else "?"
         return (f"{e.steps_done:,} steps done, {left} left",
                 f"{duration(time.monotonic() - self.t0)} elapsed; ETA {eta}")
+
+    def _start_up(self, trial_id: str) -> tuple[str, float, float] | None:
+        """A trial finished in this run: (its worker, its start time, its seconds not spent on timed steps), from
+        its last attempt's start to its record's writing; None for others."""
+        if trial_id in self._initial or (s := self.index.summaries.get(trial_id)) is None:
+            return None
+        if trial_id not in self._start_ups:
+            try:
+                attempt = self.store.attempts(trial_id)[-1]
+                span = os.path.getmtime(self.store.record_path(trial_id)) - attempt["time"]
+            except (OSError, ValueError, IndexError, KeyError):
+                self._start_ups[trial_id] = None
+            else:
+                timed = s.timed.timed_seconds if s.timed else 0.0
+                self._start_ups[trial_id] = (attempt["worker"], attempt["time"], max(0.0, span - timed))
+        return self._start_ups[trial_id]
 
     def _best_text(self) -> str:
         batch_sizes = sorted({self.index.summaries[i].batch_size for i in self.seen})
