@@ -65,10 +65,19 @@ def sweep(make_spec, *extra):
 
 
 def text_file(name: str, content: str):
+    return binary_file(name, content.encode())
+
+
+def binary_file(name: str, content: bytes):
     def make(root: Path) -> str:
-        (root / name).write_text(content)
+        (root / name).write_bytes(content)
         return str(root / name)
     return make
+
+
+def broken_workload(root: Path) -> str:
+    """`--workload FILE.py:w` of a workload file whose line 2 opens a bracket it never closes."""
+    return text_file("broken_workload.py", "import math\nx = (1,\n")(root) + ":w"
 
 
 CASES = {
@@ -90,6 +99,11 @@ CASES = {
     "unknown search kind": sweep(spec('kind = "random_walk"')),
     "unknown eval schedule": sweep(spec('eval_schedule = "sometimes"')),
     "workers zero": sweep(spec(""), "--workers", "0"),
+    "misspelt key": sweep(spec("max_step = 40")),
+    "target outside the metric's range": sweep(spec("target = 5")),
+    "spec not UTF-8": sweep(lambda root: binary_file("latin1.toml", GOOD_SPEC.encode() + b"# caf\xe9\n")(root)),
+    "gpus not on this machine": sweep(spec(""), "--gpus", "99"),
+    "workload file with a syntax error": sweep(lambda root: spec(f'workload = "{broken_workload(root)}"')(root)),
     "data folder missing": lambda root: ["sweep", spec("")(root), "--out", str(root / "new"),
                                          "--data-dir", str(root / "no_data")],
     "truncated dataset file": lambda root: ["sweep", spec("")(root), "--out", str(root / "new"),
@@ -108,6 +122,12 @@ CASES = {
     "train checkpoint dir is a file": lambda root: TRAIN + ["--checkpoint-every", "10", "--checkpoint-dir",
                                                             str(root / "file"), "--data-dir", DATA],
     "train out is a file": lambda root: TRAIN + ["--out", str(root / "file"), "--data-dir", DATA],
+    "train learning rate zero with out": lambda root: TRAIN + ["--learning-rate", "0", "--out", str(root / "new"),
+                                                               "--data-dir", DATA],
+    "train batch size above the training set with out": lambda root: TRAIN + [
+        "--batch-size", "100000", "--out", str(root / "new"), "--data-dir", DATA],
+    "train workload file with a syntax error": lambda root: TRAIN + [
+        "--workload", broken_workload(root), "--data-dir", DATA],
     # cbs analyze
     "analyze missing folder": lambda root: ["analyze", str(root / "nowhere")],
     "analyze not a sweep": lambda root: ["analyze", str(root / "bad_data")],
@@ -119,6 +139,8 @@ CASES = {
     "fit columns missing": lambda root: ["fit", text_file("cols.csv", "b,s\n32,100\n64,50\n")(root)],
     "fit steps not numbers": lambda root: ["fit", text_file("nan.csv", "batch_size,steps\n32,x\n64,y\n")(root)],
     "fit empty table": lambda root: ["fit", text_file("empty.csv", "")(root)],
+    "fit header only": lambda root: ["fit", text_file("header.csv", "batch_size,steps\n")(root)],
+    "fit one row": lambda root: ["fit", text_file("one.csv", "batch_size,steps\n32,100\n")(root)],
     "fit confidence above 1": lambda root: ["fit", str(root / "steps.csv"), "--confidence", "1.5"],
     "fit overhead negative": lambda root: ["fit", str(root / "steps.csv"), "--overhead", "-1"],
     "fit a folder": lambda root: ["fit", str(root / "sweep")],
@@ -159,5 +181,57 @@ def test_bad_input_is_one_error_line_and_touches_nothing(case, world, capsys):
     assert not (world / "new").exists()
     after = snapshot(world)
     assert {k: v for k, v in after.items() if k in before} == before
-    for path in set(after) - set(before):  # spec files written by this case, nothing else
-        assert path.endswith((".toml", ".csv")) and "/" not in path, path
+    for path in set(after) - set(before):  # spec, table and workload files written by this case, nothing else
+        assert path.endswith((".toml", ".csv", ".py")) and "/" not in path, path
+
+
+SPEC_KEYS = "name, description, workload, workload_options, optimizer, batch_sizes, target, max_steps, max_examples, "
+
+
+@pytest.mark.parametrize("make_argv, line", [
+    (sweep(text_file("max_step.toml", GOOD_SPEC.replace("max_steps", "max_step"))),
+     "{root}/max_step.toml: max_step: unknown key; did you mean max_steps? allowed: " + SPEC_KEYS),
+    (sweep(text_file("typo.toml", GOOD_SPEC.replace("mnist_fc32x1", "mnist_simple_cn"))),
+     "{root}/typo.toml: workload: unknown workload 'mnist_simple_cn'; did you mean mnist_simple_cnn? allowed: "
+     "mnist_simple_cnn, mnist_fc1024, "),
+    (sweep(text_file("lr.toml", GOOD_SPEC.replace("learning_rate", "learning_rat"))),
+     "{root}/lr.toml: search.space.learning_rat: unknown metaparameter; did you mean learning_rate? allowed: "
+     "algorithm, b1, b2, "),
+    (sweep(text_file("five.toml", GOOD_SPEC.replace("target = 0.5", "target = 5"))),
+     "{root}/five.toml: target: 5 is outside the range of error_rate (0 to 1): every error_rate is below it; "
+     "allowed: (0.0, 1.0]"),
+    (sweep(binary_file("latin1.toml", GOOD_SPEC.encode() + b"# caf\xe9\n")),
+     "{root}/latin1.toml: line 12: not valid UTF-8 (byte 0xe9); allowed: a spec file in UTF-8, as TOML requires"),
+    (lambda root: TRAIN + ["--workload", broken_workload(root)],
+     "workload file {root}/broken_workload.py, line 2: SyntaxError: '(' was never closed"),
+    (lambda root: ["fit", text_file("header.csv", "batch_size,steps\n")(root)],
+     "{root}/header.csv: 0 rows; a fit needs at least 2 batch sizes (3 for an interval); allowed: one row per "
+     "batch size, at least 2 per group"),
+    (lambda root: ["fit", text_file("one.csv", "batch_size,steps\n32,100\n")(root)],
+     "{root}/one.csv: 1 row; a fit needs at least 2 batch sizes (3 for an interval); allowed: one row per "
+     "batch size, at least 2 per group"),
+], ids=["misspelt key", "misspelt workload", "misspelt metaparameter", "target above an error rate's range",
+        "spec not UTF-8", "workload file syntax error", "fit header only", "fit one row"])
+def test_the_line_a_user_sees(make_argv, line, tmp_path, capsys):
+    """The whole error line (its start, where the allowed list runs on), exit status 2, nothing left behind."""
+    assert main(make_argv(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cbs: error: " + line.format(root=tmp_path)), err
+    assert not (tmp_path / "new").exists()
+
+
+def test_gpus_on_a_machine_without_one_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("harness.sweep.executors.shutil.which", lambda name: None)  # no nvidia-smi: no GPU
+    assert main(sweep(text_file("good.toml", GOOD_SPEC), "--gpus", "0")(tmp_path)) == 2
+    assert capsys.readouterr().err == ("cbs: error: --gpus 0: nvidia-smi lists no GPU on this machine; "
+                                       "allowed: leave --gpus out\n")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_truncated_record_is_one_warning_line(world, tmp_path, capsys):
+    shutil.copytree(world / "sweep", tmp_path / "sweep")
+    record = sorted((tmp_path / "sweep" / "trials").glob("*/record.json"))[0]
+    record.write_text(record.read_text()[:50])
+    assert main(["analyze", str(tmp_path / "sweep")]) == 0
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"cbs: warning: skipping a corrupt trial record: {record}: "), line

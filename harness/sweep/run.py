@@ -54,6 +54,8 @@ def run_sweep(spec, out=None, *, overrides=(), workers: int | None = None, execu
     t0 = time.perf_counter()
     default = Path("runs") / (spec.get("name", "spec") if isinstance(spec, dict) else Path(spec).stem)
     spec = load_spec(spec, data_dir, overrides)
+    if executor == "local" and gpus is not None:
+        executors.local_devices(gpus)  # a bad --gpus is refused before the folder exists
     store = Store(out or default)
     extended = store.open(spec, spec.text)
     tracked = tracking(track, spec.normalized.get("name") or store.folder.name, store.folder)
