@@ -18,8 +18,8 @@ analysis, a layer above this one, so the caller passes it in as
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from harness.errors import UserError, warn
 from harness.sweep.adaptive import Planner
