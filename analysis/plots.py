@@ -19,7 +19,6 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 BATCH_LABEL = "batch size (examples per step)"
-SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 AXES = {"steps": "training steps", "examples": "training examples", "rounds": "communication rounds"}
 
 
@@ -40,10 +39,18 @@ def new_figure(ncols=1, nrows=1, width=5.5, height=4.0, **kw):
     return fig, axes
 
 
+def tick_label(v) -> str:
+    """A log-axis tick as a plain number: '16', '1024', '0.0625', '0.001', '1e+06' (no 2ᵏ, which a reader must
+    decode)."""
+    if not v > 0:
+        return ""
+    return f"{v:.0f}" if 1 <= v < 1e6 and v == round(v) else f"{v:.3g}"
+
+
 def log_axis(ax, which="x", base=2):
-    """Log scale with ticks at powers of `base`, labelled 2ᵏ / 10ᵏ in plain
-    Unicode (mathtext, matplotlib's default, is parsed anew for every label and
-    dominated the drawing time). No minor ticks: there are no integer
+    """Log scale with ticks at powers of `base`, labelled as plain numbers
+    (`tick_label`; mathtext, matplotlib's default, is parsed anew for every
+    label and dominated the drawing time). No minor ticks: there are no integer
     subdivisions between powers of two, and on the many small log10 panels of
     the feasibility plot they cost more time than they help."""
     axis = ax.xaxis if which == "x" else ax.yaxis
@@ -53,9 +60,8 @@ def log_axis(ax, which="x", base=2):
     if 0 < lo <= hi < math.inf and (base == 10 or lo == hi):
         (ax.set_xlim if which == "x" else ax.set_ylim)(*(decades(lo, hi) if base == 10 else (lo / base, hi * base)))
     (ax.set_xscale if which == "x" else ax.set_yscale)("log", base=base)
-    axis.set_major_locator(LogLocator(base=base, numticks=12))
-    axis.set_major_formatter(FuncFormatter(
-        lambda v, _: f"{base}{str(round(math.log(v, base))).translate(SUPERSCRIPT)}" if v > 0 else ""))
+    axis.set_major_locator(LogLocator(base=base, numticks=8 if which == "x" else 10))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: tick_label(v)))
     axis.set_minor_locator(NullLocator())
     ax.grid(True, which="major", alpha=0.3)
 

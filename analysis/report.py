@@ -20,7 +20,8 @@ from analysis.curves import Curve, analyze, analyze_sweep
 from analysis.edges import edge_hits
 from analysis.local_cbs import heading, load_local_cbs, local_cbs_plot, swept_b_crit
 from analysis.sweep_figures import sweep_figures
-from analysis.text import edge_text, fit_summary, num, steps_table, target_label, unreached
+from analysis.text import (b_crit_value, definitions, edge_text, fit_details, headline, interval, num, steps_table,
+                           target_label, unreached)
 from harness.sweep.store import Store
 
 STYLE = """
@@ -94,15 +95,15 @@ def render_report(sweep) -> str:
              f"target <b>{esc(target_label(spec, curve.target))}</b>, {len(sweep.trials)} trials; "
              f"sweep folder {esc(str(sweep.folder))}; report written "
              f"{datetime.datetime.now().isoformat(timespec='seconds')}</p>"]
-    lines = fit_summary(curve)
-    facts = [line for line in lines if not line.startswith("warning: ")]
-    lo, hi = curve.fit.b_crit_ci
+    fit = curve.fit
+    warnings = [f"warning: {w}" for w in fit.warnings]
+    facts = [line.strip() for line in definitions(fit)] + ([fit_details(fit)] if len(fit.batch_sizes) >= 2 else [])
     parts += ["<section id='fit'><h2>Critical batch size</h2><div class='result'>",
-              f"<div class='big'>B_crit = <span id='b-crit'>{num(curve.fit.b_crit)}</span></div>",
-              f"<div>{curve.fit.confidence:.0%} interval <span id='b-crit-ci'>{num(lo)} .. {num(hi)}</span></div>",
+              f"<div class='big'>critical batch size: <span id='b-crit'>{esc(b_crit_value(fit))}</span></div>",
+              f"<div id='b-crit-ci'>{esc(interval(*fit.b_crit_ci, fit.confidence))}</div>",
+              f"<p id='headline'>{esc(headline(sweep, curve))}</p>",
               "<ul>", *(f"<li>{esc(line)}</li>" for line in facts), "</ul></div>",
-              *(f"<div class='warning'>{esc(line)}</div>" for line in lines if line.startswith("warning: ")),
-              "</section>"]
+              *(f"<div class='warning'>{esc(line)}</div>" for line in warnings), "</section>"]
     parts.append("<section id='steps'><h2>Steps to result</h2>")
     if len(curve.table):
         parts.append(_table_html(steps_table(sweep, curve), "steps-table"))

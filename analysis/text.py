@@ -14,6 +14,7 @@ import pandas as pd
 from analysis.curves import Curve, evaluated_up_to, search_space
 from analysis.edges import edge_hits, edge_points
 from analysis.final_metrics import final_metrics
+from analysis.steps import best_metric
 
 
 def num(x, digits=4) -> str:
@@ -74,38 +75,123 @@ def unreached(sweep, curve: Curve) -> str:
     return "\n".join(lines)
 
 
-def fit_summary(curve: Curve) -> list[str]:
-    """The fit in sentences: both definitions of the critical batch size, the
-    regimes of Shallue et al. (2019) and the fit's warnings (prefixed 'warning:')."""
+def size(x) -> str:
+    """A batch size for a reader: whole examples from 100 on ('414'), else 3 digits ('82.8'); 'n/a' if none."""
+    if x is None or math.isnan(x):
+        return "n/a"
+    return "unbounded" if math.isinf(x) else f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def interval(lo, hi, confidence) -> str:
+    """'90% interval 300 .. 569', or 'no 90% interval' where the bootstrap gave none."""
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return f"no {confidence:.0%} interval"
+    return f"{confidence:.0%} interval {size(lo)} .. {size(hi)}"
+
+
+def best_reached(sweep, curve: Curve) -> str:
+    """Where no trial reached the target: the best validation metric a complete
+    trial reached within the curve's budgets, and its batch size."""
+    best = best_metric(sweep.trials, sweep.measurements, sweep.spec["direction"], curve.step_budget,
+                       curve.example_budget)
+    if best.empty:
+        return "no complete trial has been evaluated yet"
+    row = best.sort_values("value", ascending=sweep.spec["direction"] == "min").iloc[0]
+    return (f"the best {sweep.spec['metric']} reached was {row['value']:.4g} at B = {row['batch_size']} "
+            f"(step {row['step']}, trial {row['trial_id']})")
+
+
+def b_crit_value(fit) -> str:
+    """B_crit as the headline shows it: '414', the bound '>= 1024' / '<= 16', or 'n/a'."""
+    bound = {"lower": ">= ", "upper": "<= "}.get(fit.b_crit_bound)
+    return bound + size(fit.b_crit_bound_value) if bound else size(fit.b_crit)
+
+
+def headline(sweep, curve: Curve) -> str:
+    """The one line to act on: McCandlish et al.'s (2018, Eq. 2.11) B_crit with
+    its interval and what it means (at B = B_crit training takes 2 S_min steps
+    and 2 E_min examples), or the one-sided bound, or why there is none."""
+    fit, ref, value = curve.fit, "(McCandlish et al. 2018)", b_crit_value(curve.fit)
+    if curve.table.empty:
+        return (f"critical batch size: n/a: no trial reached {target_label(sweep.spec, curve.target)}; "
+                f"{best_reached(sweep, curve)}")
+    if fit.b_crit_bound == "lower":
+        return (f"critical batch size: {value} (not reached: steps follow perfect scaling up to the largest "
+                "batch size): larger batches still cut the steps about in proportion; measure beyond "
+                f"B = {size(fit.b_crit_bound_value)} to find where that stops {ref}")
+    if fit.b_crit_bound == "upper":
+        return (f"critical batch size: {value} (steps stay flat from the smallest batch size on): larger "
+                f"batches buy few steps anywhere here; measure below B = {size(fit.b_crit_bound_value)} to "
+                f"find it {ref}")
+    if not math.isfinite(fit.b_crit):
+        return (f"critical batch size: n/a: only {len(fit.batch_sizes)} batch size reached the target, "
+                "a fit needs at least 2")
+    lo, hi = fit.b_crit_ci
+    return (f"critical batch size: {value} ({interval(lo, hi, fit.confidence)}): training at B = {value} "
+            "takes twice the minimal steps and twice the minimal examples; beyond it, larger batches buy few "
+            f"steps {ref}")
+
+
+def definitions(fit) -> list[str]:
+    """The other definitions of the critical batch size, indented under the
+    headline, each with what it means: the step-overhead one (Zhang et al.
+    2024, Sec. 3.1), where perfect scaling ends and the maximal useful batch
+    size (Shallue et al. 2019, Sec. 4.1)."""
+    if len(fit.batch_sizes) < 2:
+        return []
+    largest = size(fit.batch_sizes[-1])
+    lo, hi = fit.b_crit_overhead_ci
+    empirical = size(fit.b_crit_overhead_empirical) if math.isfinite(fit.b_crit_overhead_empirical) else \
+        "not reached"
+    overhead = (f"  {fit.overhead_percent:g}% step-overhead B_crit (Zhang et al. 2024): "
+                + ("n/a (no fit)" if not math.isfinite(fit.b_crit_overhead) else
+                   f"{size(fit.b_crit_overhead)} ({interval(lo, hi, fit.confidence)})")
+                + f": there steps are {fit.overhead_percent:g}% above perfect scaling (E_min / B); "
+                  f"from the smallest batch size instead: {empirical}")
+    shallue = "(Shallue et al. 2019)"
+    ends = (f"perfect scaling ends: not reached {shallue}: it holds up to the largest batch size, {largest}"
+            if fit.perfect_scaling_end == fit.batch_sizes[-1] else
+            f"perfect scaling ends at B = {size(fit.perfect_scaling_end)} {shallue}: up to it, doubling the batch "
+            "size about halves the steps")
+    useful = (f"maximal useful batch size: not reached {shallue}: steps still fall at the largest batch size, "
+              f"{largest}" if fit.max_useful_batch_size == fit.batch_sizes[-1] else
+              f"maximal useful batch size: {size(fit.max_useful_batch_size)} {shallue}: beyond it, larger batches "
+              "save no more steps than the noise")
+    return [overhead, f"  {ends}", f"  {useful}"]
+
+
+def fit_details(fit) -> str:
+    """How B_crit was fitted: McCandlish et al.'s (2018, Eq. 2.11) curve, S_min
+    and E_min, and the bootstrap behind the interval."""
+    return (f"fit S(B) = S_min (1 + B_crit / B) on log steps (McCandlish et al. 2018): S_min = {num(fit.s_min)} "
+            f"steps (the fewest, at very large B), E_min = {num(fit.e_min)} examples (the fewest, at very small B), "
+            f"B_crit = E_min / S_min = {num(fit.b_crit)}; interval: {fit.bootstrap} bootstrap, "
+            f"{fit.n_bootstrap} replicates, fixed seed")
+
+
+def fit_summary(sweep, curve: Curve) -> list[str]:
+    """The fit in sentences: how it was fitted, its warnings (prefixed
+    'warning:'), then the headline and the other definitions under it."""
     fit = curve.fit
-    olo, ohi = fit.b_crit_overhead_ci
-    return [
-        f"critical batch size B_crit = E_min / S_min (McCandlish et al. 2018): {fit.b_crit_text()} "
-        f"({fit.bootstrap} bootstrap on log steps, {fit.n_bootstrap} replicates, fixed seed)",
-        f"S_min = {num(fit.s_min)} steps, E_min = {num(fit.e_min)} examples",
-        f"critical batch size at {fit.overhead_percent:g}% step overhead (Zhang et al. 2024; reference: "
-        f"{fit.overhead_reference}): {num(fit.b_crit_overhead)} ({num(olo)} .. {num(ohi)}); "
-        f"with the smallest measured batch size as reference: {num(fit.b_crit_overhead_empirical)}",
-        f"perfect scaling up to B = {num(fit.perfect_scaling_end)}; maximal useful batch size "
-        f"(Shallue et al. 2019): {num(fit.max_useful_batch_size)}",
-        *(f"warning: {w}" for w in fit.warnings),
-    ]
+    details = [fit_details(fit)] if len(fit.batch_sizes) >= 2 else []
+    return [*details, *(f"warning: {w}" for w in fit.warnings), headline(sweep, curve), *definitions(fit)]
 
 
-def summary_text(sweep, curve: Curve) -> str:
-    """The steps-to-result table and the fits, as `cbs analyze` and `cbs sweep` print them."""
+def summary_text(sweep, curve: Curve, notes=()) -> str:
+    """The steps-to-result table, `notes` (lines such as where a figure went) and
+    the fits ending in the headline, as `cbs analyze` and `cbs sweep` print them."""
     spec = sweep.spec
     budget = budget_label(curve)
     lines = [f"steps to result ({target_label(spec, curve.target)}{' ' + budget if budget else ''}, "
              f"{spec['workload']}, {spec['optimizer']}; {len(sweep.trials)} trials):"]
     if curve.table.empty:
-        return "\n".join(lines + ["  no batch size reached the target"])
-    lines.append(steps_table(sweep, curve).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        return "\n".join(lines + ["  no batch size reached the target", *notes, headline(sweep, curve)])
+    lines.append(steps_table(sweep, curve).to_string(index=False, na_rep="n/a", float_format=lambda v: f"{v:.4g}"))
     if missing := unreached(sweep, curve):
         lines.append(missing)
     if edges := edge_text(sweep, edge_hits(sweep, curve)):
         lines.append(edges)
     if (final := final_metrics(sweep)) is not None and len(final):
         lines += [f"best {spec['metric']} at the end of training (trials trained to their budget, diverged ones "
-                  "left out):", final.to_string(index=False, float_format=lambda v: f"{v:.4g}")]
-    return "\n".join(lines + fit_summary(curve))
+                  "left out):", final.to_string(index=False, na_rep="n/a", float_format=lambda v: f"{v:.4g}")]
+    return "\n".join([*lines, *notes, *fit_summary(sweep, curve)])

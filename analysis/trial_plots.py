@@ -16,6 +16,8 @@ STATUS_STYLE = {  # feasibility categories (Shallue et al. 2019, Fig. 9)
     "reached": dict(marker="o", color="tab:blue", label="reached target"),
     "not reached": dict(marker="o", facecolors="none", edgecolors="tab:gray",
                         label="did not reach target"),
+    "pruned": dict(marker="s", facecolors="none", edgecolors="tab:orange",
+                   label="pruned (could no longer beat the best)"),
     "diverged": dict(marker="x", color="tab:red", label="diverged"),
 }
 
@@ -34,7 +36,7 @@ def metaparameters_plot(best: pd.DataFrame, title: str | None = None) -> Figure:
         m = best["momentum"].to_numpy(float)
         panels += [(1 - m, "1 − optimal momentum", False),
                    (lr / (1 - m), "effective learning rate η / (1 − momentum)", True)]
-    fig, axes = new_figure(ncols=len(panels), width=4.5)
+    fig, axes = new_figure(ncols=len(panels), width=4.5 if len(panels) > 1 else 6.5)
     for ax, (y, ylabel, heuristics) in zip(axes[0], panels):
         ax.plot(b, y, "o-", color="C0", label="best trial", zorder=3)
         if heuristics and len(b):
@@ -46,24 +48,32 @@ def metaparameters_plot(best: pd.DataFrame, title: str | None = None) -> Figure:
         ax.set_ylabel(ylabel)
         ax.legend(fontsize="small")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize="medium")
     return fig
 
 
 def feasibility_category(trials: pd.DataFrame) -> pd.Series:
-    """'reached', 'not reached' or 'diverged' per trial (Shallue et al. 2019, Sec. 4.6:
-    infeasible trials are the diverged ones); incomplete trials get NaN (ignored)."""
+    """'reached', 'not reached', 'pruned' or 'diverged' per trial (Shallue et al.
+    2019, Sec. 4.6: infeasible trials are the diverged ones; pruned ones were
+    stopped once they could no longer beat the best steps to target at their
+    batch size); incomplete trials get NaN (ignored)."""
     reached = trials["status"].eq("complete") & trials["steps_to_target"].notna()
     cat = pd.Series(np.where(reached, "reached", "not reached"), index=trials.index, dtype=object)
+    cat[trials["status"].eq("pruned")] = "pruned"
     cat[trials["status"].eq("diverged")] = "diverged"
     cat[trials["status"].eq("incomplete")] = np.nan
     return cat
 
 
+def present_styles(trials: pd.DataFrame) -> dict:
+    """The STATUS_STYLE entries of the categories some of `trials` (with a category column) fall in."""
+    return {cat: style for cat, style in STATUS_STYLE.items() if trials["category"].eq(cat).any()}
+
+
 def feasibility_plot(trials: pd.DataFrame, best_trial_ids: dict | None = None,
                      title: str | None = None) -> Figure:
     """One panel per batch size: learning rate vs 1 - momentum, log-log, each
-    trial marked reached / did not reach target / diverged (x), contours of
+    trial marked reached / did not reach target / pruned / diverged (x), contours of
     log10(eta / (1 - momentum)), the best trial starred (Shallue et al. 2019,
     Fig. 9). `trials` has columns trial_id, batch_size, status, steps_to_target,
     learning_rate, momentum; `best_trial_ids` maps batch size -> trial id.
@@ -88,7 +98,7 @@ def feasibility_plot(trials: pd.DataFrame, best_trial_ids: dict | None = None,
         cs = ax.contour(X, Y, Z, levels=levels, colors="0.75", linewidths=0.7,
                         negative_linestyles="solid")
         ax.clabel(cs, fmt=lambda v: f"{v:g}", fontsize=7, colors="0.45")
-        for cat, style in STATUS_STYLE.items():
+        for cat, style in present_styles(trials).items():
             rows = at[at["category"] == cat]
             ax.scatter(rows["learning_rate"], 1 - rows["momentum"], s=22, zorder=3, **style)
         best = at[at["trial_id"] == best_trial_ids.get(size)]
@@ -115,7 +125,7 @@ def budget_plot(table: pd.DataFrame, metric: str = "validation metric",
     (Shallue et al. 2019, Fig. 11). `table` has columns budget_kind ('steps'
     or 'examples'), budget, batch_size, best_metric; one line per budget."""
     kinds = [k for k in ("steps", "examples") if (table["budget_kind"] == k).any()]
-    fig, axes = new_figure(ncols=len(kinds), width=5.0, sharey=True)
+    fig, axes = new_figure(ncols=len(kinds), width=4.5, sharey=True)
     for ax, kind in zip(axes[0], kinds):
         rows = table[table["budget_kind"] == kind]
         for i, (budget, line) in enumerate(rows.groupby("budget", sort=True)):
@@ -128,4 +138,33 @@ def budget_plot(table: pd.DataFrame, metric: str = "validation metric",
         ax.legend(fontsize="small", title="budget")
     axes[0, 0].set_ylabel(f"best {metric}")
     fig.suptitle(title or f"best {metric} within a budget")
+    return fig
+
+
+def feasibility_map(trials: pd.DataFrame, parameter: str, best_trial_ids: dict | None = None,
+                    title: str | None = None) -> Figure:
+    """The feasibility of every trial (Shallue et al. 2019, Fig. 9) when one
+    metaparameter was searched: one panel, batch size (log2) against that
+    metaparameter (log10; 1 - momentum for momentum), each trial marked by its
+    category (`feasibility_category`), the best trial per batch size starred.
+    `trials` has columns trial_id, batch_size, status, steps_to_target and
+    `parameter`; `best_trial_ids` maps batch size -> trial id."""
+    trials = trials.assign(category=feasibility_category(trials)).dropna(subset=["category"])
+    value = (lambda t: 1 - t["momentum"]) if parameter == "momentum" else (lambda t: t[parameter])
+    fig, axes = new_figure(width=6.5, height=4.5)
+    ax = axes[0, 0]
+    for cat, style in present_styles(trials).items():
+        rows = trials[trials["category"] == cat]
+        ax.scatter(rows["batch_size"], value(rows), s=30, zorder=3, **style)
+    best = trials[trials["trial_id"].isin((best_trial_ids or {}).values())]
+    ax.scatter(best["batch_size"], value(best), marker="*", s=180, color="gold", edgecolors="black", zorder=4,
+               label="best trial")
+    log_axis(ax, "x")
+    log_axis(ax, "y", 10)
+    y = value(trials).to_numpy(float)
+    ax.set_ylim(y.min() / 2, y.max() * 2)  # no marker cut in half by the frame
+    ax.set_xlabel(BATCH_LABEL)
+    ax.set_ylabel("1 − momentum" if parameter == "momentum" else parameter.replace("_", " "))
+    fig.legend(loc="outside lower center", ncols=3, fontsize="small", frameon=False)
+    ax.set_title(title or "feasibility of trials", fontsize="medium")
     return fig

@@ -41,14 +41,30 @@ def test_steps_plot_draws_data_perfect_scaling_and_fit():
     np.testing.assert_allclose(y, curve["steps"])
     x, y = _line(ax, "nesterov: perfect scaling")
     np.testing.assert_allclose(y, curve["steps"][0] * B[0] / x)
-    (fit_line,) = [l for l in ax.get_lines() if l.get_label().startswith("nesterov: fit")]
-    x, y = fit_line.get_xdata(), fit_line.get_ydata()
+    x, y = _line(ax, "nesterov: fit")
     assert x.min() == B[0] and x.max() == B[-1]
     np.testing.assert_allclose(y, fit.s_min * (1 + fit.b_crit / x))
-    assert f"B_crit = {fit.b_crit:.3g}" in fit_line.get_label()
+    # the band: S_min + E_min / B over the bounds of the bootstrap intervals of S_min and E_min
+    (band,) = [c for c in ax.collections if c.get_label() == "nesterov: 90% band"]
+    low, high = band.get_paths()[0].vertices[1:201, 1], band.get_paths()[0].vertices[202:402, 1][::-1]
+    np.testing.assert_allclose(low, fit.s_min_ci[0] + fit.e_min_ci[0] / x)
+    np.testing.assert_allclose(high, fit.s_min_ci[1] + fit.e_min_ci[1] / x)
+    assert np.all(low <= y) and np.all(y <= high)
+    np.testing.assert_allclose(np.ravel(_line(ax, "nesterov: B_crit")), [fit.b_crit, 2 * fit.s_min])
     assert _is_log2(ax.xaxis) and _is_log2(ax.yaxis)
     assert "batch size" in ax.get_xlabel() and "steps" in ax.get_ylabel()
-    assert ax.figure.legends and "nesterov: perfect scaling" in [t.get_text() for t in ax.figure.legends[0].texts]
+    # one legend entry per curve, one per line style: no repeated "nesterov:" prefix
+    legend = [t.get_text() for t in ax.figure.legends[0].texts]
+    assert legend == [f"nesterov (B_crit = {fit.b_crit:.3g})", "perfect scaling from the smallest B",
+                      "fit S_min (1 + B_crit / B)", "90% band (S_min, E_min within their intervals)",
+                      "B = B_crit: twice the minimal steps"]
+    ax.figure.canvas.draw()
+    assert {"1", "4", "16", "256"} <= {t.get_text() for t in ax.get_xticklabels()}
+
+
+def test_tick_labels_are_plain_numbers():
+    assert [plots.tick_label(v) for v in (1, 16, 1024, 65536, 0.0625, 0.001, 1e6, 0)] == \
+        ["1", "16", "1024", "65536", "0.0625", "0.001", "1e+06", ""]
 
 
 def test_steps_plot_normalised_several_curves():
@@ -74,9 +90,9 @@ def test_steps_plot_counts_examples_or_communication_rounds():
     np.testing.assert_allclose(y, curve["steps"] * B)
     _, y = _line(ax, "a: perfect scaling")
     np.testing.assert_allclose(y, curve["examples"][0])  # perfect scaling: the same examples at every B
-    (fit_line,) = [l for l in ax.get_lines() if l.get_label().startswith("a: fit")]
-    x, y = fit_line.get_xdata(), fit_line.get_ydata()
+    x, y = _line(ax, "a: fit")
     np.testing.assert_allclose(y, x * fit.s_min * (1 + fit.b_crit / x))  # E(B) = B S(B)
+    np.testing.assert_allclose(np.ravel(_line(ax, "a: B_crit")), [fit.b_crit, 2 * fit.e_min])
     assert "training examples" in ax.get_ylabel()
     ax = steps_plots.steps_plot({"a": curve}, {"a": fit}, axis="rounds", normalize_at=4).axes[0]
     _, y = _line(ax, "a")
@@ -109,6 +125,21 @@ def test_metaparameters_plot_heuristics_anchored_at_smallest_batch():
     assert len(trial_plots.metaparameters_plot(best.drop(columns="momentum")).axes) == 1
 
 
+def test_one_searched_metaparameter_draws_no_degenerate_panel_or_axis(sweep_folder):
+    """Momentum fixed (the quickstart): no momentum panels, and the feasibility
+    figure is one panel of learning rate against batch size."""
+    from analysis import load_sweep
+
+    sweep = load_sweep(sweep_folder)
+    fixed = type(sweep)(**{**vars(sweep), "trials": sweep.trials.assign(momentum=0.9)})
+    figures = {name: fig for name, _, fig in sweep_figures.sweep_figures(fixed, analyze_sweep(fixed, targets=[]))}
+    assert [ax.get_ylabel() for ax in figures["metaparameters"].axes] == ["optimal learning rate"]
+    (ax,) = figures["feasibility"].axes
+    assert (ax.get_xlabel(), ax.get_ylabel()) == (plots.BATCH_LABEL, "learning rate")
+    counts = {label: len(_offsets(ax, label)) for label in ("reached target", "did not reach target", "diverged")}
+    assert counts == {"reached target": 18, "did not reach target": 9, "diverged": 9}
+
+
 def _trials():
     rows = [  # batch size, status, steps_to_target, learning rate, momentum
         (8, "complete", 120, 0.1, 0.9), (8, "complete", 90, 0.3, 0.99),
@@ -132,11 +163,13 @@ def test_feasibility_plot_marks_each_category_and_stars_best():
     fig = trial_plots.feasibility_plot(trials, {8: "t1", 16: "t6"})
     ax8, ax16 = [ax for ax in fig.axes if ax.get_visible()]
     assert (ax8.get_title(), ax16.get_title()) == ("B = 8", "B = 16")
+    pruned = "pruned (could no longer beat the best)"
     counts = {label: (len(_offsets(ax8, label)), len(_offsets(ax16, label)))
-              for label in ("reached target", "did not reach target", "diverged", "best trial")}
-    # the incomplete trial (t5) is ignored, as in Shallue et al.'s protocol
-    assert counts == {"reached target": (2, 1), "did not reach target": (2, 0),
+              for label in ("reached target", "did not reach target", pruned, "diverged", "best trial")}
+    # the incomplete trial (t5) is ignored, as in Shallue et al.'s protocol; the pruned one (t3) is its own category
+    assert counts == {"reached target": (2, 1), "did not reach target": (1, 0), pruned: (1, 0),
                       "diverged": (1, 2), "best trial": (1, 1)}
+    np.testing.assert_allclose(_offsets(ax8, pruned), [[0.01, 0.5]])
     np.testing.assert_allclose(_offsets(ax8, "best trial"), [[0.3, 0.01]])
     np.testing.assert_allclose(_offsets(ax8, "diverged"), [[3.0, 0.001]])
     (diverged,) = [c for c in ax16.collections if c.get_label() == "diverged"]
@@ -152,7 +185,7 @@ def test_feasibility_plot_marks_each_category_and_stars_best():
 
 def test_feasibility_category():
     assert trial_plots.feasibility_category(_trials()).tolist() == [
-        "reached", "reached", "not reached", "not reached", "diverged", np.nan,
+        "reached", "reached", "not reached", "pruned", "diverged", np.nan,
         "reached", "diverged", "diverged"]
 
 
@@ -181,8 +214,7 @@ def test_pareto_plot_hyperbola():
         np.testing.assert_allclose(x, curve["batch_size"] * curve["steps"])
         np.testing.assert_allclose(y, curve["steps"])
         fit = fits[label]
-        (hyperbola,) = [l for l in ax.get_lines() if l.get_label().startswith(f"{label}: fit")]
-        e, s = hyperbola.get_xdata(), hyperbola.get_ydata()
+        e, s = _line(ax, f"{label}: fit")
         np.testing.assert_allclose((s / fit.s_min - 1) * (e / fit.e_min - 1), 1, rtol=1e-9)
     assert _is_log2(ax.xaxis) and _is_log2(ax.yaxis)
     assert "examples" in ax.get_xlabel() and "steps" in ax.get_ylabel()
@@ -289,10 +321,10 @@ def test_sweep_figures_from_a_sweep_folder(sweep_folder):
     x, y = _line(ax, "squared_error < 0.13")
     np.testing.assert_array_equal(x, 2 ** np.arange(9))
     np.testing.assert_array_equal(y, [designed_steps(b, 0) for b in x])
-    (fit_line,) = [l for l in ax.get_lines() if l.get_label().startswith("squared_error < 0.13: fit")]
-    b_crit = float(fit_line.get_label().rsplit("= ", 1)[1])
+    b_crit, _ = np.ravel(_line(ax, "squared_error < 0.13: B_crit"))
     assert b_crit == pytest.approx(B_CRIT, rel=0.05)
     assert len([l for l in ax.get_lines() if l.get_marker() == "o"]) == 3  # the target + 2 looser
+    assert ax.get_title() == "linear_regression, nesterov: steps to squared_error < 0.13 and 2 looser targets"
     # Looser targets are exact on a pruned sweep too (pruned trials' crossings count there).
     pruned = type(sweep)(**{**vars(sweep), "spec": {**sweep.spec, "prune": True}})
     assert looser_targets(pruned) == looser_targets(sweep) and len(looser_targets(sweep)) == 2

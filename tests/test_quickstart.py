@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from analysis.text import size
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,10 +19,16 @@ def test_quickstart_sweep_ends_with_the_critical_batch_size(data_dir, tmp_path):
                          capture_output=True, text=True, env={**os.environ, "CBS_DATA_DIR": str(data_dir)})
     assert out.returncode == 0, out.stderr[-2000:]
     number = r"([\d.]+(?:e[+-]?\d+)?)"
-    b_crit = re.search(rf"B_crit = E_min / S_min \(McCandlish et al. 2018\): {number} \(90% interval {number} "
-                       rf"\.\. {number}\)", out.stdout)
+    last = out.stdout.splitlines()[-4:]  # the headline, then the other definitions
+    b_crit = re.fullmatch(rf"critical batch size: {number} \(90% interval {number} \.\. {number}\): training at "
+                          rf"B = \1 takes twice the minimal steps and twice the minimal examples; beyond it, larger "
+                          rf"batches buy few steps \(McCandlish et al. 2018\)", last[0])
     assert b_crit, out.stdout[-2000:]
-    assert (tmp_path / "qs" / "steps_to_result.png").stat().st_size > 10_000
+    for line, start in zip(last[1:], ("  20% step-overhead B_crit", "  perfect scaling ends", "  maximal useful")):
+        assert line.startswith(start), line
+    assert "None" not in out.stdout
+    assert f"plot: {tmp_path / 'qs' / 'figures' / 'steps.png'}" in out.stdout.splitlines()
+    assert (tmp_path / "qs" / "figures" / "steps.png").stat().st_size > 10_000
 
     analyze = subprocess.run([sys.executable, "-m", "harness.cli", "analyze", str(tmp_path / "qs"), "--json"],
                              capture_output=True, text=True, check=True)
@@ -33,4 +41,5 @@ def test_quickstart_sweep_ends_with_the_critical_batch_size(data_dir, tmp_path):
     assert steps[1024] / steps[512] > 0.75
     lo, b, hi = float(b_crit[2]), float(b_crit[1]), float(b_crit[3])
     assert lo <= b <= hi and 16 < b < 1024
-    assert b == float(f"{result['fit']['b_crit']:.4g}")
+    fit = result["fit"]
+    assert b_crit.groups() == (size(fit["b_crit"]), *map(size, fit["b_crit_ci"]))  # the fit's numbers, rounded

@@ -16,7 +16,7 @@ from analysis import load_sweep
 from analysis.curves import analyze, analyze_sweep
 from analysis.edges import edge_hits
 from analysis.fit import fit_steps
-from analysis.text import edge_text
+from analysis.text import edge_text, headline, size
 from harness.cli import main
 from test_plots import B_CRIT, TARGET, designed_steps, make_sweep
 
@@ -31,6 +31,7 @@ window.addEventListener("load", () => {
   const seen = {
     b_crit: document.getElementById("b-crit").innerText,
     headline: document.querySelector(".result .big").innerText,
+    sentence: document.getElementById("headline").innerText,
     steps: cells("steps-table"),
     noise: cells("noise-scale-table"),
     trials: cells("trials-table"),
@@ -82,7 +83,8 @@ def test_report_as_rendered_by_chromium(report, sweep_folder, tmp_path):
 
     sweep = load_sweep(sweep_folder)
     fit = fit_steps(SIZES, [designed_steps(b, 0) for b in SIZES])  # the designed steps to result
-    assert seen["b_crit"] == f"{fit.b_crit:.4g}" and seen["headline"] == f"B_crit = {fit.b_crit:.4g}"
+    assert seen["b_crit"] == size(fit.b_crit) and seen["headline"] == f"critical batch size: {size(fit.b_crit)}"
+    assert seen["sentence"] == headline(sweep, analyze(sweep))
     assert float(seen["b_crit"]) == pytest.approx(B_CRIT, rel=0.1)
 
     header, *rows = seen["steps"]
@@ -133,7 +135,38 @@ def test_analyze_text_and_other_target(sweep_folder, capsys):
     rows = sweep.measurements.merge(sweep.trials[["trial_id", "status"]])
     crossed = rows[(rows["status"] == "complete") & (rows["batch_size"] == 4) & (rows["val_metric"] < 0.2)]
     assert int(re.search(r"^\s+4\s+(\d+)", out, re.M)[1]) == crossed["step"].min()
-    assert "critical batch size B_crit = E_min / S_min" in out
+    assert "B_crit = E_min / S_min" in out
+
+
+def test_analyze_ends_with_the_headline_and_the_other_definitions(sweep_folder, capsys):
+    """The last lines: the fit's B_crit with its interval and what it means,
+    then each other definition with a few words; no None anywhere."""
+    assert main(["analyze", str(sweep_folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    fit = analyze(load_sweep(sweep_folder)).fit
+    (lo, hi), (olo, ohi) = fit.b_crit_ci, fit.b_crit_overhead_ci
+    assert lines[-4] == (f"critical batch size: {size(fit.b_crit)} (90% interval {size(lo)} .. {size(hi)}): "
+                         f"training at B = {size(fit.b_crit)} takes twice the minimal steps and twice the minimal "
+                         "examples; beyond it, larger batches buy few steps (McCandlish et al. 2018)")
+    assert float(size(fit.b_crit)) == pytest.approx(fit.b_crit, abs=0.5)
+    assert lines[-3].startswith(f"  20% step-overhead B_crit (Zhang et al. 2024): {size(fit.b_crit_overhead)} "
+                                f"(90% interval {size(olo)} .. {size(ohi)}): there steps are 20% above")
+    assert lines[-2].startswith(f"  perfect scaling ends at B = {size(fit.perfect_scaling_end)} "
+                                "(Shallue et al. 2019): up to it")
+    assert lines[-1] == ("  maximal useful batch size: not reached (Shallue et al. 2019): steps still fall at "
+                         "the largest batch size, 128")
+    assert "None" not in "\n".join(lines)
+
+
+def test_a_sweep_where_no_trial_reached_the_target_says_the_best_value(sweep_folder, capsys):
+    assert main(["analyze", str(sweep_folder), "--target", "0.001"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    sweep = load_sweep(sweep_folder)
+    complete = sweep.measurements.merge(sweep.trials[sweep.trials["status"] == "complete"][["trial_id"]])
+    best = complete.loc[complete["val_metric"].idxmin()]
+    assert last == (f"critical batch size: n/a: no trial reached squared_error < 0.001; the best squared_error "
+                    f"reached was {best['val_metric']:.4g} at B = {best['batch_size']} (step {best['step']}, "
+                    f"trial {best['trial_id']})")
 
 
 def test_commands_reject_a_folder_that_is_not_a_sweep(tmp_path, capsys):
@@ -194,7 +227,7 @@ def test_plot_within_a_step_budget(sweep_folder, tmp_path, capsys):
     budget = designed_steps(SIZES[2], 0)
     sweep = load_sweep(sweep_folder)
     figures = {name: fig for name, _, fig in sweep_figures(sweep, analyze_sweep(sweep, [TARGET], step_budget=budget))}
-    measured = [line for line in figures["steps"].axes[0].lines if line.get_marker() not in (None, "None", "")]
+    measured = [line for line in figures["steps"].axes[0].lines if line.get_marker() == "o"]
     assert [list(line.get_xdata()) for line in measured] == [list(SIZES[2:])]
     assert [list(line.get_ydata()) for line in measured] == [[designed_steps(b, 0) for b in SIZES[2:]]]
     assert main(["plot", str(sweep_folder), "--out", str(tmp_path), "--max-steps", str(budget)]) == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.text import num
+from analysis.text import size
 from harness.cli import main
 from test_report import _chromium
 
@@ -71,7 +71,9 @@ def test_a_committed_report_shows_the_committed_numbers_in_chromium(report, tmp_
     header, *rows = seen["steps"]
     if (report.parent / "analysis.json").exists():
         committed = json.loads((report.parent / "analysis.json").read_text())
-        assert seen["b_crit"] == num(committed["fit"]["b_crit"])  # n/a where no fit (one batch size)
+        fit = committed["fit"]
+        bound = {"lower": ">= ", "upper": "<= "}.get(fit["b_crit_bound"])
+        assert seen["b_crit"] == (bound + size(fit["b_crit_bound_value"]) if bound else size(fit["b_crit"]))  # or n/a
         assert [(int(r[0]), int(r[1])) for r in rows] == [(r["batch_size"], r["steps"]) for r in committed["rows"]]
     else:
         table = pd.read_csv(report.parent / "local_cbs.csv")

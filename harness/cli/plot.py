@@ -27,7 +27,7 @@ def run(args) -> int:
     from analysis import load_sweep
     from analysis.curves import analyze, analyze_sweep
     from analysis.plots import save
-    from analysis.sweep_figures import comparison_plot, plot_sweep
+    from analysis.sweep_figures import FIGURES, comparison_plot, plot_sweep
     from analysis.text import sweep_labels
     from harness.errors import UserError
 
@@ -43,7 +43,7 @@ def run(args) -> int:
     paths = []
     for sweep in sweeps:
         out = Path(args.out) / sweep.folder.name if args.out and several else \
-            Path(args.out) if args.out else sweep.folder / "figures"
+            Path(args.out) if args.out else sweep.folder / FIGURES
         written = plot_sweep(sweep, analyze_sweep(sweep, targets, **limits), out, axis=args.axis)
         if not written:
             print(f"{sweep.folder}: no figure: no trial has completed yet")

@@ -1,5 +1,5 @@
 """`cbs sweep SPEC.toml`: run (resume, or extend) a batch-size sweep, then print
-its steps-to-result table and critical batch size and plot the curve.
+its steps-to-result table, plot the curve and end with the critical batch size.
 
 The spec format is documented in harness/sweep/spec.py. Several `cbs sweep`
 processes pointed at one --out folder (on one machine or on a shared
@@ -69,22 +69,20 @@ def run(args) -> int:
 
 
 def results(folder) -> str:
-    """The sweep's steps-to-result table and critical batch size (analysis.text.summary_text),
-    and the path of its steps-to-result plot, written to FOLDER/steps_to_result.png and .pdf."""
+    """The sweep's steps-to-result table and critical batch size, ending in the
+    headline (analysis.text.summary_text), and the path of its steps-to-result
+    figure, the one `cbs plot` writes too: FOLDER/figures/steps.png and .pdf."""
     from analysis import load_sweep
-    from analysis.curves import analyze
+    from analysis.curves import analyze, analyze_sweep
     from analysis.plots import save
-    from analysis.steps_plots import steps_plot
+    from analysis.sweep_figures import FIGURES, STEPS, steps_figure
     from analysis.text import summary_text
 
     sweep = load_sweep(folder)
     curve = analyze(sweep)
-    text = summary_text(sweep, curve)
-    if curve.table.empty:
-        return text
-    name = sweep.spec.get("name") or sweep.spec["workload"]
-    paths = save(steps_plot({name: curve.table}, {name: curve.fit}), sweep.folder / "steps_to_result")
-    return f"{text}\nplot: {paths[0]}"
+    figure = steps_figure(sweep, analyze_sweep(sweep, main=curve)) if len(curve.table) >= 2 else None
+    notes = [f"plot: {save(figure[1], sweep.folder / FIGURES / STEPS)[0]}"] if figure else []
+    return summary_text(sweep, curve, notes)
 
 
 def _duration(seconds: float) -> str:
