@@ -104,7 +104,9 @@ CASES = {
     "spec not UTF-8": sweep(lambda root: binary_file("latin1.toml", GOOD_SPEC.encode() + b"# caf\xe9\n")(root)),
     "gpus not on this machine": sweep(spec(""), "--gpus", "99"),
     "workload file with a syntax error": sweep(lambda root: spec(f'workload = "{broken_workload(root)}"')(root)),
-    "data folder missing": lambda root: ["sweep", spec("")(root), "--out", str(root / "new"),
+    # (MNIST ships with the package: a dataset that does not)
+    "data folder missing": lambda root: ["sweep", spec('workload = "fashion_mnist_fc32x1"')(root), "--out",
+                                         str(root / "new"),
                                          "--data-dir", str(root / "no_data")],
     "truncated dataset file": lambda root: ["sweep", spec("")(root), "--out", str(root / "new"),
                                             "--data-dir", str(root / "bad_data")],

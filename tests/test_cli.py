@@ -16,7 +16,7 @@ from harness.cli import gns as gns_command
 from harness.cli import train as train_command
 from harness.engine.algorithms import ALGORITHMS
 from harness.engine.evaluation import EVAL_SCHEDULES
-from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
+from harness.engine.optimizers import BATCH_LR_RULES, BETA2_RULES, LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
 from harness.engine.trial import OPTIONS, TrialConfig
 from harness.sweep.tracking import TRACKERS
 from test_plots import make_sweep
@@ -76,7 +76,8 @@ def test_every_train_option_has_a_one_line_description_and_choices_from_the_engi
     choices = {a.dest: tuple(a.choices) for a in options.values() if a.choices}
     assert choices == {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "warmup": WARMUPS,
                        "lr_scaling": tuple(LR_SCALINGS), "eval_schedule": tuple(EVAL_SCHEDULES),
-                       "algorithm": ALGORITHMS, "track": TRACKERS}
+                       "algorithm": ALGORITHMS, "track": TRACKERS, "batch_lr_rule": BATCH_LR_RULES,
+                       "batch_beta2_rule": BETA2_RULES}
     # a boolean field is one flag that turns its default around
     assert "--stop-at-target" not in options and options["--no-stop-at-target"].const is False
     assert "--no-gns" not in options and options["--gns"].const is True

@@ -11,7 +11,7 @@ from harness.cli import main
 from harness.cli import train as train_command
 from harness.engine.algorithms import ALGORITHMS
 from harness.engine.evaluation import EVAL_SCHEDULES
-from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
+from harness.engine.optimizers import BATCH_LR_RULES, BETA2_RULES, LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
 from harness.engine.trial import OPTIONS, TrialConfig
 from harness.errors import UserError
 from harness.sweep.local_cbs import parse_local_cbs_spec
@@ -49,7 +49,8 @@ def test_every_field_has_one_line_help_a_type_and_choices_from_the_engine():
         assert option.help and "\n" not in option.help, name
     assert {n: OPTIONS[n].choices for n in CHOICE_FIELDS} == {
         "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "warmup": WARMUPS, "lr_scaling": tuple(LR_SCALINGS),
-        "eval_schedule": tuple(EVAL_SCHEDULES), "algorithm": ALGORITHMS}
+        "eval_schedule": tuple(EVAL_SCHEDULES), "algorithm": ALGORITHMS, "batch_lr_rule": BATCH_LR_RULES,
+        "batch_beta2_rule": BETA2_RULES}
     assert [n for n, o in OPTIONS.items() if o.required] == ["workload", "batch_size", "learning_rate"]
     assert TrialConfig(**BASE) == TrialConfig(**BASE, **{n: o.default for n, o in OPTIONS.items() if not o.required})
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def add_config_arguments(parser, exclude=()):
     field turns its default around (--gns, --no-stop-at-target). Options not
     given stay None, so config_from_args can tell them apart."""
     for name, option in OPTIONS.items():
-        kind = next(t for t in (typing.get_args(option.type) or (option.type,)) if t is not type(None))
+        kind = option.type  # X | None: X; tuple[int, ...] as it is
+        if isinstance(kind, types.UnionType):
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
         if name in (*exclude, *SWEEP_ONLY) or kind is dict:
             continue
         if kind is bool:

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import jax
 
 from harness.engine import algorithms, environment, noise_scale, resume
+from harness.engine.batch_schedule import make_engine, phase_configs
 from harness.engine.data import train_subset
 from harness.engine.evaluation import evaluation_steps
 from harness.engine.step import Engine, TrainState
@@ -91,7 +92,7 @@ def run_trials(runs: Sequence[TrialRun], hooks: Hooks = Hooks(), *, data_dir=Non
         stopping = hooks.should_stop is not None and hooks.should_stop()
         save = stopping or stop - last_saved >= (config.checkpoint_every or math.inf)
         for t in running:
-            t.observe(_row(t, stop, float(losses[t.index]), evaluations[t.index], _gns_row(state, t.index)),
+            t.observe(_row(engine, t, stop, float(losses[t.index]), evaluations[t.index], _gns_row(state, t.index)),
                       bad_steps[t.index])
         bounds = [hooks.prune_above(), *(t.steps_to_target for t in trials)] if hooks.prune_above else []
         best = min((b for b in bounds if b is not None), default=None)
@@ -180,8 +181,9 @@ def _prepare(runs: Sequence[TrialRun], data_dir) -> tuple[Engine, Workload, floa
         if run.config.snapshot_steps and run.snapshot_dir is None:
             raise UserError("snapshot_steps needs a snapshot folder to keep the snapshots in")
     data = train_subset(workload.load_data(data_dir), runs[0].config.train_examples)
-    target = check_trial(runs[0].config, workload, len(data.train_x))
-    return Engine(workload, data, [run.config for run in runs]), workload, target
+    for config in phase_configs(runs[0].config):
+        target = check_trial(config, workload, len(data.train_x))
+    return make_engine(workload, data, [run.config for run in runs]), workload, target
 
 
 def _start(engine: Engine, runs, target: float, direction: str) -> tuple[TrainState, list[TrialProgress]]:
@@ -195,7 +197,7 @@ def _start(engine: Engine, runs, target: float, direction: str) -> tuple[TrainSt
     evaluations = engine.evaluate(state) if any(not t.rows for t in trials) else None
     for t in trials:
         if not t.rows:
-            t.rows.append(_row(t, t.run.config.init_step, None, evaluations[t.index], {}))
+            t.rows.append(_row(engine, t, t.run.config.init_step, None, evaluations[t.index], {}))
         for row in t.rows:
             t.decide(row)
             if t.run.on_eval:
@@ -203,13 +205,15 @@ def _start(engine: Engine, runs, target: float, direction: str) -> tuple[TrainSt
     return state, trials
 
 
-def _row(trial: TrialProgress, step: int, train_loss: float | None, evaluation: tuple[float, float],
-         gns: dict) -> dict:
-    """An evaluation row of a trial's measurements, built in this one place."""
+def _row(engine: Engine, trial: TrialProgress, step: int, train_loss: float | None,
+         evaluation: tuple[float, float], gns: dict) -> dict:
+    """An evaluation row of a trial's measurements, built in this one place;
+    with a batch schedule, it says the batch size of its last step."""
     config, (val_loss, metric) = trial.run.config, evaluation
-    return dict(step=step, examples=step * config.batch_size, rounds=algorithms.communication_rounds(config, step),
+    scheduled = {"batch_size": engine.batch_size_at(step)} if config.batch_schedule else {}
+    return dict(step=step, examples=engine.examples_at(step), rounds=algorithms.communication_rounds(config, step),
                 train_loss=train_loss, val_loss=val_loss, val_metric=metric,
-                wall_time=time.perf_counter() - trial.t0, **gns)
+                wall_time=time.perf_counter() - trial.t0, **scheduled, **gns)
 
 
 def _gns_row(state: TrainState, i: int) -> dict:

@@ -18,6 +18,12 @@ if TYPE_CHECKING:  # trial.py takes its allowed names from the tables here
 TRACED = ("momentum", "end_lr_factor", "decay_steps", "warmup_factor", "weight_decay", "b1", "b2", "eps",
           "trust_coefficient")
 
+# How the learning rate and Adam's beta2 move when a trial's batch size changes
+# (harness.engine.batch_schedule); the optimizers that have a beta2.
+BATCH_LR_RULES = ("auto", "linear", "sqrt", "none")
+BETA2_RULES = ("none", "half_life")
+ADAM_FAMILY = ("adam", "adamw", "lamb")
+
 # Weight decay is built into these; the others get optax.add_decayed_weights.
 _DECAY_BUILT_IN = ("adamw", "lars", "lamb")
 

@@ -57,6 +57,19 @@ class TrainState(NamedTuple):
 # vmap axes of a TrainState: the per-copy fields are mapped over their leading axis.
 COPY_AXES = TrainState(0, 0, 0, 0, 0, None, None)
 
+class Position(NamedTuple):
+    """Where a run of steps begins in the data order: step `step` (the steps
+    taken before it) draws from example `offset` of epoch `epoch`, after
+    `examples` examples. A trial starts at Position(); a trial whose batch size
+    changes (harness.engine.batch_schedule) starts each phase where the last
+    one stopped, so no example is repeated or skipped within an epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    offset: int = 0
+    examples: int = 0
+
+
 # TrialConfig fields that packed trials may differ in: the traced ones.
 PACKED_FIELDS = ("learning_rate", "lr_scaling", "reference_batch_size", "label_smoothing", *TRACED)
 
@@ -68,9 +81,11 @@ def pack_key(config: TrialConfig) -> str:
 
 class Engine:
     """The compiled functions and device-resident data of a pack of trials
-    (one config, or several with one `pack_key`); `config` is the first."""
+    (one config, or several with one `pack_key`); `config` is the first.
+    `start`: where in the data order its steps begin (Position)."""
 
-    def __init__(self, workload: Workload, data, config: TrialConfig | Sequence[TrialConfig]):
+    def __init__(self, workload: Workload, data, config: TrialConfig | Sequence[TrialConfig],
+                 start: Position = Position()):
         self.configs = [config] if isinstance(config, TrialConfig) else list(config)
         self.config = config = self.configs[0]
         if len({pack_key(c) for c in self.configs}) > 1:
@@ -79,7 +94,8 @@ class Engine:
         replicated = NamedSharding(self.mesh, P())
         self.train = jax.device_put((data.train_x, data.train_y), replicated)
         self.val = _eval_chunks(data.val_x, data.val_y, jax.device_count(), NamedSharding(self.mesh, P(None, "data")))
-        self.steps_per_epoch = len(data.train_x) // config.batch_size
+        self.start, self.train_size = start, len(data.train_x)
+        self.steps_per_epoch = self.train_size // config.batch_size
         self.local_batch = config.batch_size // config.replicas
         self.model = workload.make_model(data, **config.workload_options)
         self.loss_fn, self.metric_fn = LOSSES[workload.loss], METRIC_FUNCTIONS[workload.metric]
@@ -90,7 +106,8 @@ class Engine:
             jax.jit(lambda epoch: jax.random.permutation(jax.random.fold_in(key, epoch), n)))
         # Every trial of the pack steps on the same batch (the data are not mapped).
         self._steps = jax.jit(jax.vmap(self._train_steps, in_axes=(0, None, None, None, None)), donate_argnums=0)
-        self._one_step = jax.jit(jax.vmap(self._train_step_at, in_axes=(None, None, None, 0)), donate_argnums=3)
+        self._one_step = jax.jit(jax.vmap(self._train_step_at, in_axes=(None, None, None, None, 0)),
+                                 donate_argnums=4)
         # XLA:CPU lays out a convolution's weight gradient badly inside a loop
         # (jax-ml/jax#12868: ~10x slower, measured in benchmarks/RESULTS.md), so
         # there the engine dispatches one compiled step at a time instead.
@@ -110,13 +127,15 @@ class Engine:
         opt_state = make_optimizer(self.config).init(params)
 
         def trial(config):
-            hparams = {k: np.float32(v) for k, v in hyperparameters(config).items()}
-            hparams["label_smoothing"] = np.float32(config.label_smoothing)
-            copies = jax.tree.map(lambda a: jnp.stack([a] * config.replicas),
-                                  (params, model_state, opt_state, gns, hparams))
-            return TrainState(*copies, np.int32(0), algorithms.initial_center(config, params))
+            copies = jax.tree.map(lambda a: jnp.stack([a] * config.replicas), (params, model_state, opt_state, gns))
+            return TrainState(*copies, _hparams(config), np.int32(0), algorithms.initial_center(config, params))
 
         return self.packed([trial(c) for c in self.configs])
+
+    def hparams(self) -> dict:
+        """The packed traced metaparameters of this engine's trials, placed as in `init`."""
+        hparams = jax.tree.map(lambda *a: jnp.stack(a), *(_hparams(c) for c in self.configs))
+        return jax.device_put(hparams, NamedSharding(self.mesh, P()))
 
     def packed(self, states: Sequence[TrainState]) -> TrainState:
         """One state per trial, stacked on the trial axis, on the devices."""
@@ -197,22 +216,23 @@ class Engine:
         return state._replace(params=optax.apply_updates(state.params, updates), model_state=model_state,
                               opt_state=opt_state, gns=gns), loss
 
-    def _train_step_at(self, train, perm, i, carry):
-        """Step i of an epoch whose example order is `perm`. The carry holds the
-        state, the summed train loss and the index of the first step with a
-        non-finite loss (-1 if none)."""
+    def _train_step_at(self, train, perm, offset, i, carry):
+        """Step i of a run of steps that starts at example `offset` of an epoch
+        whose example order is `perm`. The carry holds the state, the summed
+        train loss and the index of the first step with a non-finite loss (-1
+        if none)."""
         state, loss_sum, bad = carry
         (train_x, train_y), b, r, k = train, self.config.batch_size, self.config.replicas, self.config.microbatches
         sharding = NamedSharding(self.mesh, P(None, None, "data"))
-        idx = jax.lax.dynamic_slice_in_dim(perm, i * b, b)
+        idx = jax.lax.dynamic_slice_in_dim(perm, offset + i * b, b)
         x, y = (jax.lax.with_sharding_constraint(a[idx].reshape(r, k, b // (r * k), *a.shape[1:]), sharding)
                 for a in (train_x, train_y))
         state, loss = self._step(state, x, y)
         return state, loss_sum + loss, jnp.where((bad < 0) & ~jnp.isfinite(loss), i, bad)
 
-    def _train_steps(self, state, train, perm, first, n):
-        """Steps first .. first+n-1 of an epoch in one dispatch."""
-        return jax.lax.fori_loop(first, first + n, functools.partial(self._train_step_at, train, perm),
+    def _train_steps(self, state, train, perm, offset, n):
+        """n steps of an epoch from example `offset` on, in one dispatch."""
+        return jax.lax.fori_loop(0, n, functools.partial(self._train_step_at, train, perm, offset),
                                  (state, jnp.float32(0.0), jnp.int32(-1)))
 
     def _eval(self, state: TrainState, val):
@@ -227,25 +247,44 @@ class Engine:
         return sums / val[2].sum()
 
     # --- host side ------------------------------------------------------------
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, example offset) where step `step` draws its batch: each epoch
+        is consumed in order, B examples a step, from `start` on; the end of an
+        epoch too short for a batch is skipped."""
+        b, (first_step, epoch, offset, _) = self.config.batch_size, self.start
+        left = (self.train_size - offset) // b  # steps left in the start's epoch
+        k = step - first_step
+        if k < left:
+            return epoch, offset + k * b
+        more, i = divmod(k - left, self.steps_per_epoch)
+        return epoch + 1 + more, i * b
+
+    def examples_at(self, step: int) -> int:
+        """Examples trained on after `step` steps."""
+        return self.start.examples + (step - self.start.step) * self.config.batch_size
+
+    def batch_size_at(self, step: int) -> int:
+        return self.config.batch_size
+
     def advance(self, state: TrainState, start: int, stop: int):
         """Train the pack from step `start` to `stop`; returns (state, each
         trial's mean train loss, each trial's first step whose loss was not
         finite or None)."""
         loss_sum, step, bad_steps = 0.0, start, np.full(len(self.configs), -1)
         while step < stop:
-            epoch, first = divmod(step, self.steps_per_epoch)
-            n = min(stop - step, self.steps_per_epoch - first)
+            epoch, offset = self.position(step)
+            n = min(stop - step, (self.train_size - offset) // self.config.batch_size)
             perm = self.epoch_order(epoch)
             if self.fused:
-                state, chunk_loss, bad = self._steps(state, self.train, perm, first, n)
+                state, chunk_loss, bad = self._steps(state, self.train, perm, offset, n)
             else:
                 carry = (state, *jax.tree.map(jnp.copy, self._zero_sums))
-                for i in range(first, first + n):
-                    carry = self._one_step(self.train, perm, i, carry)
+                for i in range(n):
+                    carry = self._one_step(self.train, perm, offset, i, carry)
                 state, chunk_loss, bad = carry
             loss_sum = loss_sum + np.asarray(chunk_loss, np.float64)
             bad = np.asarray(bad)
-            bad_steps = np.where((bad_steps < 0) & (bad >= 0), epoch * self.steps_per_epoch + bad + 1, bad_steps)
+            bad_steps = np.where((bad_steps < 0) & (bad >= 0), step + bad + 1, bad_steps)
             step += n
         return state, loss_sum / (stop - start), [int(b) if b >= 0 else None for b in bad_steps]
 
@@ -256,6 +295,14 @@ class Engine:
     def evaluate(self, state: TrainState) -> list[tuple[float, float]]:
         """Each trial's (validation loss, validation metric)."""
         return [(float(loss), float(metric)) for loss, metric in np.asarray(self._evaluate(state, self.val))]
+
+
+def _hparams(config: TrialConfig) -> dict:
+    """A trial's traced metaparameters (harness.engine.optimizers.hyperparameters)
+    and label smoothing, one per model copy."""
+    hparams = {k: np.float32(v) for k, v in hyperparameters(config).items()}
+    hparams["label_smoothing"] = np.float32(config.label_smoothing)
+    return {k: np.full(config.replicas, v) for k, v in hparams.items()}
 
 
 def _has_convolution(model, example) -> bool:

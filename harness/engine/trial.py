@@ -18,7 +18,8 @@ from dataclasses import MISSING, dataclass, field
 
 from harness.engine.algorithms import ALGORITHMS, SUPPORTED_OPTIMIZERS, switch_step
 from harness.engine.evaluation import EVAL_SCHEDULES
-from harness.engine.optimizers import LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
+from harness.engine.optimizers import (ADAM_FAMILY, BATCH_LR_RULES, BETA2_RULES, LR_SCALINGS, OPTIMIZERS, SCHEDULES,
+                                      WARMUPS)
 from harness.errors import UserError
 
 STATUSES = ("complete", "incomplete", "diverged", "pruned")
@@ -135,6 +136,18 @@ class TrialConfig:
                              choices=LR_SCALINGS, cite=f"{GOYAL}, Sec. 2.1 (linear); sqrt: the square-root rule")
     reference_batch_size: int | None = option(None, help="the batch size learning_rate is given for (with "
                                                          "lr_scaling)", ge=1)
+    batch_schedule: tuple[int, ...] = option((), help="batch sizes to change to, one at each threshold of "
+                                                      "batch_schedule_examples: a batch-size warmup "
+                                                      "(harness.engine.batch_schedule)", cite=f"{MERRILL}, Sec. 5")
+    batch_schedule_examples: tuple[int, ...] = option((), help="examples seen (increasing) at which the batch size "
+                                                               "changes to the next of batch_schedule",
+                                                      cite=f"{MERRILL}, Sec. 5")
+    batch_lr_rule: str = option("auto", help="how the learning rate moves with the batch size at a change; auto: "
+                                             "sqrt for adam, adamw and lamb, else linear",
+                                choices=BATCH_LR_RULES, cite=f"{GOYAL}; Malladi et al. 2022")
+    batch_beta2_rule: str = option("none", help="half_life: at a change Adam's beta2 becomes beta2^(B'/B), keeping "
+                                                "its half-life in examples", choices=BETA2_RULES,
+                                   cite="Marek et al. 2025")
     weight_decay: float = option(0.0, help="weight decay: built into adamw, lars and lamb, added to the gradient "
                                            "otherwise", ge=0)
     label_smoothing: float = option(0.0, help="label smoothing of classification losses", ge=0, lt=1)
@@ -189,7 +202,7 @@ class TrialConfig:
         if unknown:
             raise UserError(f"unknown trial field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(OPTIONS))}")
         d = dict(d)
-        for key in ("boundaries", "snapshot_steps"):
+        for key in ("boundaries", "snapshot_steps", "batch_schedule", "batch_schedule_examples"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -207,6 +220,7 @@ class TrialConfig:
             if (error := opt.error(getattr(self, name))) is not None:
                 raise UserError(error)
         self._validate_algorithm()
+        self._validate_batch_schedule()
         if self.batch_size % (self.replicas * self.microbatches):
             per_replica = f" / replicas {self.replicas}" if self.replicas > 1 else ""
             raise UserError(f"microbatches must divide batch_size {self.batch_size}{per_replica}, "
@@ -222,6 +236,23 @@ class TrialConfig:
         if self.init_step >= self.max_steps or (self.init_step and self.init_from is None):
             raise UserError(f"init_step must be in [0, max_steps={self.max_steps}) and needs init_from, "
                             f"got {self.init_step!r}")
+
+    def _validate_batch_schedule(self) -> None:
+        sizes, thresholds = self.batch_schedule, self.batch_schedule_examples
+        if len(sizes) != len(thresholds):
+            raise UserError(f"batch_schedule {list(sizes)} and batch_schedule_examples {list(thresholds)} need one "
+                            "threshold per batch size")
+        if any(b < 1 or b % self.microbatches for b in sizes):
+            raise UserError(f"batch_schedule must hold batch sizes >= 1 divisible by microbatches "
+                            f"{self.microbatches}, got {list(sizes)}")
+        if list(thresholds) != sorted(set(thresholds)) or any(x < 1 for x in thresholds):
+            raise UserError(f"batch_schedule_examples must increase strictly from >= 1, got {list(thresholds)}")
+        if sizes and (self.algorithm != "minibatch" or self.lr_scaling != "none" or self.init_from is not None):
+            raise UserError("batch_schedule needs algorithm 'minibatch', lr_scaling 'none' and no init_from; "
+                            f"got {self.algorithm!r}, {self.lr_scaling!r}, {self.init_from!r}")
+        if self.batch_beta2_rule == "half_life" and self.optimizer not in ADAM_FAMILY:
+            raise UserError(f"batch_beta2_rule 'half_life' needs an optimizer with beta2, got {self.optimizer!r}; "
+                            f"allowed: {', '.join(ADAM_FAMILY)}")
 
     def _validate_algorithm(self) -> None:
         if self.algorithm == "minibatch" and self.replicas != 1:

@@ -1,0 +1,114 @@
+"""Trials whose global batch size grows during training (batch-size warmup,
+Merrill et al. 2025, Sec. 5).
+
+A trial with `batch_schedule = (B1, B2, ...)` and `batch_schedule_examples =
+(T1, T2, ...)` trains at `batch_size` until it has seen T1 examples, then at
+B1 until T2, and so on; a change takes effect at the first step that begins at
+or after its threshold. Each phase is an Engine of its own (the batch size is
+static in the compiled step); the train state carries over, and each phase
+starts in the data order where the last one stopped (harness.engine.step.Position),
+so no example is repeated or skipped within an epoch. At each change:
+
+- the learning rate moves by `batch_lr_rule`: linear (Goyal et al. 2017,
+  Sec. 2.1; SGD and momentum), sqrt (Malladi et al. 2022, the Adam family), or
+  none; `auto` is sqrt for adam, adamw and lamb and linear otherwise;
+- with `batch_beta2_rule = "half_life"`, Adam's beta2 keeps its half-life in
+  examples: beta2' = beta2^(B'/B) (Marek et al. 2025).
+
+Learning-rate schedules and the step budget count steps, as for any trial.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import math
+from typing import Sequence
+
+from harness.engine.optimizers import ADAM_FAMILY
+from harness.engine.step import Engine, Position, TrainState
+from harness.engine.trial import TrialConfig
+from harness.engine.workloads import Workload
+
+LR_RULES = {"linear": lambda k: k, "sqrt": math.sqrt, "none": lambda k: 1.0}
+
+
+def lr_rule(config: TrialConfig) -> str:
+    """The learning-rate rule a batch-size change applies (`auto` resolved)."""
+    if config.batch_lr_rule != "auto":
+        return config.batch_lr_rule
+    return "sqrt" if config.optimizer in ADAM_FAMILY else "linear"
+
+
+def phase_configs(config: TrialConfig) -> list[TrialConfig]:
+    """The config of each phase: its batch size, its learning rate and beta2
+    moved by the rules from the first phase's; one phase without a schedule."""
+    phases = []
+    for batch_size in (config.batch_size, *config.batch_schedule):
+        k = batch_size / config.batch_size
+        b2 = config.b2 ** k if config.batch_beta2_rule == "half_life" else config.b2
+        phases.append(dataclasses.replace(config, batch_size=batch_size, b2=b2, batch_schedule=(),
+                                          batch_schedule_examples=(),
+                                          learning_rate=config.learning_rate * LR_RULES[lr_rule(config)](k)))
+    return phases
+
+
+def make_engine(workload: Workload, data, configs: Sequence[TrialConfig]) -> Engine | ScheduledEngine:
+    """The engine of a pack: one Engine, or one per phase for a batch schedule."""
+    if configs[0].batch_schedule:
+        return ScheduledEngine(workload, data, configs)
+    return Engine(workload, data, configs)
+
+
+class ScheduledEngine:
+    """The engines of a pack whose batch size changes (its trials share the
+    schedule: it is part of their `pack_key`), used like one Engine."""
+
+    def __init__(self, workload: Workload, data, configs: Sequence[TrialConfig]):
+        self.configs, self.config = list(configs), configs[0]
+        self.engines, start = [], Position()
+        thresholds = (*self.config.batch_schedule_examples, None)
+        for phase, threshold in zip(zip(*(phase_configs(c) for c in configs)), thresholds):
+            engine = Engine(workload, data, list(phase), start)
+            self.engines.append(engine)
+            if threshold is not None:
+                step = start.step + max(0, math.ceil((threshold - start.examples) / engine.config.batch_size))
+                start = Position(step, *engine.position(step), engine.examples_at(step))
+        self.firsts = [e.start.step for e in self.engines]
+        self._phase = None  # the phase whose metaparameters the state holds
+
+    def _at(self, step: int) -> Engine:
+        """The engine of the phase that step index `step` belongs to."""
+        return self.engines[bisect.bisect_right(self.firsts, step) - 1]
+
+    def init(self) -> TrainState:
+        return self.engines[0].init()
+
+    def packed(self, states: Sequence[TrainState]) -> TrainState:
+        return self.engines[0].packed(states)
+
+    trial = staticmethod(Engine.trial)
+
+    def evaluate(self, state: TrainState) -> list[tuple[float, float]]:
+        return self.engines[0].evaluate(state)
+
+    def examples_at(self, step: int) -> int:
+        return self._at(max(step - 1, 0)).examples_at(step)
+
+    def batch_size_at(self, step: int) -> int:
+        """The batch size of the last of `step` steps."""
+        return self._at(max(step - 1, 0)).config.batch_size
+
+    def advance(self, state: TrainState, start: int, stop: int):
+        """Engine.advance across the phases between `start` and `stop`; on
+        entering a phase the state takes its metaparameters."""
+        loss_sum, step, bad_steps = 0.0, start, [None] * len(self.configs)
+        while step < stop:
+            phase = bisect.bisect_right(self.firsts, step) - 1
+            engine, end = self.engines[phase], min([stop, *(f for f in self.firsts if f > step)])
+            if phase != self._phase:
+                state, self._phase = state._replace(hparams=engine.hparams()), phase
+            state, losses, bad = engine.advance(state, step, end)
+            loss_sum = loss_sum + losses * (end - step)
+            bad_steps = [a if a is not None else b for a, b in zip(bad_steps, bad)]
+            step = end
+        return state, loss_sum / (stop - start), bad_steps
