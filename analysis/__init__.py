@@ -1,4 +1,5 @@
 """Analysis of sweeps: tidy tables, steps-to-result, fits, plots."""
+
 from analysis.tables import load_sweep
 
 __all__ = ["load_sweep"]

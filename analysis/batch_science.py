@@ -32,6 +32,7 @@ The folder `dataset/model` is the workload name split at its first
 underscore (mnist_fc128x1 -> mnist/fc128x1); the workload's name itself is in
 the spec.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,10 +46,16 @@ from harness.sweep.store import CorruptRecord, Store, parse_record
 
 STATUS_OUT = {"complete": "COMPLETE", "incomplete": "COMPLETE", "diverged": "INFEASIBLE", "pruned": "INCOMPLETE"}
 STATUS_IN = {"COMPLETE": "complete", "INCOMPLETE": "incomplete", "INFEASIBLE": "diverged"}
-METRIC_NAMES = {"error_rate": "classification_error", "cross_entropy": "cross_entropy_error",
-                "accuracy": "accuracy", "squared_error": "squared_error"}  # harness -> theirs
-LOSS_COLUMNS = {"train_loss": ("train/loss", "train/cross_entropy_error"),
-                "val_loss": ("val/loss", "val/cross_entropy_error")}  # first: an export's; second: their data's
+METRIC_NAMES = {
+    "error_rate": "classification_error",
+    "cross_entropy": "cross_entropy_error",
+    "accuracy": "accuracy",
+    "squared_error": "squared_error",
+}  # harness -> theirs
+LOSS_COLUMNS = {
+    "train_loss": ("train/loss", "train/cross_entropy_error"),
+    "val_loss": ("val/loss", "val/cross_entropy_error"),
+}  # first: an export's; second: their data's
 
 
 def export_sweep(folder, out) -> Path:
@@ -74,24 +81,39 @@ def export_sweep(folder, out) -> Path:
         study = root / str(batch_size)
         study.mkdir(parents=True, exist_ok=True)
         ids = sorted(i for i, r in records.items() if r["config"]["batch_size"] == batch_size)
-        (study / "study.json").write_text(json.dumps({
-            "batch_size": batch_size, "dataset": dataset, "model": model or dataset, "optimizer": spec["optimizer"],
-            "early_stopping": bool(spec.get("prune")), "parameter_configs": {k: _parameter_config(v) for k, v in
-                                                                            space.items()},
-            "train_steps": max(records[i]["config"]["max_steps"] for i in ids),
-            "train_examples": _one_or_all({records[i]["config"].get("train_examples") for i in ids}),
-            "cbs": {"spec": spec}}, indent=1))
+        (study / "study.json").write_text(
+            json.dumps(
+                {
+                    "batch_size": batch_size,
+                    "dataset": dataset,
+                    "model": model or dataset,
+                    "optimizer": spec["optimizer"],
+                    "early_stopping": bool(spec.get("prune")),
+                    "parameter_configs": {k: _parameter_config(v) for k, v in space.items()},
+                    "train_steps": max(records[i]["config"]["max_steps"] for i in ids),
+                    "train_examples": _one_or_all({records[i]["config"].get("train_examples") for i in ids}),
+                    "cbs": {"spec": spec},
+                },
+                indent=1,
+            )
+        )
         for number, trial_id in enumerate(ids, 1):
             record = records[trial_id]
             trial = study / str(number)
             trial.mkdir(exist_ok=True)
-            (trial / "metadata.json").write_text(json.dumps({
-                "trial_id": number, "status": STATUS_OUT[record["status"]], "steps": record["steps_run"],
-                "parameters": {k: record["config"][k] for k in space if k in record["config"]},
-                "cbs": {"trial_id": trial_id, **{k: v for k, v in record.items() if k != "measurements"}}},
-                indent=1))
-            pd.DataFrame(record["measurements"]).rename(columns=columns).to_csv(trial / "measurements.csv",
-                                                                               index=False)
+            (trial / "metadata.json").write_text(
+                json.dumps(
+                    {
+                        "trial_id": number,
+                        "status": STATUS_OUT[record["status"]],
+                        "steps": record["steps_run"],
+                        "parameters": {k: record["config"][k] for k in space if k in record["config"]},
+                        "cbs": {"trial_id": trial_id, **{k: v for k, v in record.items() if k != "measurements"}},
+                    },
+                    indent=1,
+                )
+            )
+            pd.DataFrame(record["measurements"]).rename(columns=columns).to_csv(trial / "measurements.csv", index=False)
     return root
 
 
@@ -105,8 +127,12 @@ def _parameter_config(dist) -> dict:
     if isinstance(dist, list):
         return {"type": "DISCRETE", "feasible_points": dist}
     scale = {"linear": "LINEAR_SCALE", "log": "LOG_SCALE", "log1m": "REVERSE_LOG_SCALE"}[dist["scale"]]
-    return {"type": "INTEGER" if dist["integer"] else "DOUBLE", "min_value": dist["min"], "max_value": dist["max"],
-            "scale": scale}
+    return {
+        "type": "INTEGER" if dist["integer"] else "DOUBLE",
+        "min_value": dist["min"],
+        "max_value": dist["max"],
+        "scale": scale,
+    }
 
 
 def is_batch_science(folder) -> bool:
@@ -120,8 +146,10 @@ def read_batch_science(folder) -> tuple[dict, list[tuple[str, dict]]]:
     studies = sorted(Path(folder).glob("**/study.json"))
     workloads = sorted({str(p.parent.parent.relative_to(folder)) for p in studies})
     if len(workloads) != 1:
-        raise UserError(f"{folder}: holds {len(workloads)} batch_science workloads ({', '.join(workloads)}); "
-                        "allowed: one workload folder dataset/model/optimizer")
+        raise UserError(
+            f"{folder}: holds {len(workloads)} batch_science workloads ({', '.join(workloads)}); "
+            "allowed: one workload folder dataset/model/optimizer"
+        )
     metas = [json.loads(p.read_text()) for p in studies]
     spec = metas[0].get("cbs", {}).get("spec") or _foreign_spec(folder, metas, studies)
     records = []
@@ -133,9 +161,12 @@ def read_batch_science(folder) -> tuple[dict, list[tuple[str, dict]]]:
             if "examples" not in rows:
                 rows.insert(1, "examples", rows["step"] * meta["batch_size"])
             ours = metadata.get("cbs")
-            record = ours or {"config": {"batch_size": meta["batch_size"], **metadata["parameters"]},
-                              "status": STATUS_IN[metadata["status"]], "steps_to_target": None,
-                              "steps_run": metadata["steps"]}
+            record = ours or {
+                "config": {"batch_size": meta["batch_size"], **metadata["parameters"]},
+                "status": STATUS_IN[metadata["status"]],
+                "steps_to_target": None,
+                "steps_run": metadata["steps"],
+            }
             trial_id = ours["trial_id"] if ours else f"b{meta['batch_size']:06d}-t{metadata['trial_id']}"
             records.append((trial_id, {**record, "measurements": rows.to_dict("records")}))
     return spec, records
@@ -157,12 +188,23 @@ def _foreign_spec(folder, metas: list[dict], studies: list[Path]) -> dict:
     first = pd.read_csv(next(p for p in studies[0].parent.glob("*/measurements.csv")), nrows=0).columns
     metric = next((m for m in ("error_rate", "cross_entropy") if f"val/{METRIC_NAMES[m]}" in first), None)
     if metric is None:
-        raise UserError(f"{folder}: measurements.csv has neither val/classification_error nor "
-                        f"val/cross_entropy_error; found: {', '.join(first)}")
+        raise UserError(
+            f"{folder}: measurements.csv has neither val/classification_error nor "
+            f"val/cross_entropy_error; found: {', '.join(first)}"
+        )
     space = {}
     for meta in metas:
         space.update(meta.get("parameter_configs") or {})
-    return {"name": Path(folder).name, "description": "", "workload": f"{metas[0]['dataset']}/{metas[0]['model']}",
-            "optimizer": metas[0]["optimizer"], "metric": metric, "direction": METRICS[metric][0], "target": None,
-            "batch_sizes": sorted(m["batch_size"] for m in metas), "prune": any(m.get("early_stopping") for m in metas),
-            "max_steps": max(m.get("train_steps", 0) for m in metas), "search": {"space": space}}
+    return {
+        "name": Path(folder).name,
+        "description": "",
+        "workload": f"{metas[0]['dataset']}/{metas[0]['model']}",
+        "optimizer": metas[0]["optimizer"],
+        "metric": metric,
+        "direction": METRICS[metric][0],
+        "target": None,
+        "batch_sizes": sorted(m["batch_size"] for m in metas),
+        "prune": any(m.get("early_stopping") for m in metas),
+        "max_steps": max(m.get("train_steps", 0) for m in metas),
+        "search": {"space": space},
+    }

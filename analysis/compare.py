@@ -4,6 +4,7 @@ chosen batch sizes, where perfect scaling ends, the maximal useful batch
 size, and the critical batch size
 B_crit = E_min / S_min (McCandlish et al. 2018, Eq. 2.11) with its interval.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -42,14 +43,24 @@ def comparison_table(sweeps, at=None) -> pd.DataFrame:
         spec, fit = sweep.spec, curve.fit
         steps = dict(zip(curve.table["batch_size"].astype(int), curve.table["steps"]))
         swept = spec["batch_sizes"]
-        rows.append({"study": spec.get("name") or sweep.folder.name, "workload": spec["workload"],
-                     "optimizer": spec["optimizer"], "target": curve.target,
-                     "trials": len(sweep.trials) / max(sweep.trials["batch_size"].nunique(), 1),
-                     "batch_sizes": f"{min(swept)}..{max(swept)}",
-                     **{f"steps@{b}": steps.get(b) for b in at},
-                     "perfect_scaling_end": fit.perfect_scaling_end,
-                     "max_useful_batch_size": fit.max_useful_batch_size,
-                     "b_crit": fit.b_crit, "b_crit_lo": fit.b_crit_ci[0], "b_crit_hi": fit.b_crit_ci[1],
-                     "s_min": fit.s_min, "e_min": fit.e_min, "b_crit_bound": bound_text(fit),
-                     "edge_hits": len(edge_hits(sweep, curve))})
+        rows.append(
+            {
+                "study": spec.get("name") or sweep.folder.name,
+                "workload": spec["workload"],
+                "optimizer": spec["optimizer"],
+                "target": curve.target,
+                "trials": len(sweep.trials) / max(sweep.trials["batch_size"].nunique(), 1),
+                "batch_sizes": f"{min(swept)}..{max(swept)}",
+                **{f"steps@{b}": steps.get(b) for b in at},
+                "perfect_scaling_end": fit.perfect_scaling_end,
+                "max_useful_batch_size": fit.max_useful_batch_size,
+                "b_crit": fit.b_crit,
+                "b_crit_lo": fit.b_crit_ci[0],
+                "b_crit_hi": fit.b_crit_ci[1],
+                "s_min": fit.s_min,
+                "e_min": fit.e_min,
+                "b_crit_bound": bound_text(fit),
+                "edge_hits": len(edge_hits(sweep, curve)),
+            }
+        )
     return pd.DataFrame(rows)

@@ -7,6 +7,7 @@ Steps to result per batch size follow Shallue et al. (2019, Sec. 3.1)
 S(B) = S_min (1 + B_crit / B) (analysis.fit). The text that reports them is
 analysis.text; edge hits of the search are analysis.edges.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ from harness.engine.targets import check_target
 from harness.errors import UserError
 
 LOOSER_TARGETS = (0.1, 0.3)  # extra targets for the Pareto plot: fractions of the way
-                             # (in log space) from the target to the first evaluation
+# (in log space) from the target to the first evaluation
 
 
 @dataclass
@@ -37,8 +38,14 @@ class Curve:
     example_budget: int | None = None
 
 
-def analyze(sweep, target: float | None = None, *, step_budget: int | None = None,
-            example_budget: int | None = None, **fit_options) -> Curve:
+def analyze(
+    sweep,
+    target: float | None = None,
+    *,
+    step_budget: int | None = None,
+    example_budget: int | None = None,
+    **fit_options,
+) -> Curve:
     """Steps to result and the fit of a sweep (analysis.load_sweep) at `target`
     (default: the spec's), counting only evaluations within the step and
     example budgets (Shallue et al. 2019, Sec. 3.2; None: no budget). Exact on
@@ -78,10 +85,10 @@ def looser_targets(sweep, fractions=LOOSER_TARGETS) -> list[float]:
 class SweepAnalysis:
     """What a sweep's figures draw (analysis.sweep_figures), computed once."""
 
-    main: Curve                      # at the spec's target
-    others: list[Curve]              # at the further targets, in order
-    within_budgets: pd.DataFrame     # analysis.steps.best_metric_within_budgets
-    noise_scale_study: dict | None   # the folder's `cbs gns` result (analysis.tables.read_noise_scale_study)
+    main: Curve  # at the spec's target
+    others: list[Curve]  # at the further targets, in order
+    within_budgets: pd.DataFrame  # analysis.steps.best_metric_within_budgets
+    noise_scale_study: dict | None  # the folder's `cbs gns` result (analysis.tables.read_noise_scale_study)
 
 
 def analyze_sweep(sweep, targets=None, main: Curve | None = None, **budgets) -> SweepAnalysis:
@@ -90,8 +97,11 @@ def analyze_sweep(sweep, targets=None, main: Curve | None = None, **budgets) -> 
     `analyze`'s step_budget and example_budget; the best metric within step and
     example budgets (Shallue et al. 2019, Fig. 11); the `cbs gns` run in the folder."""
     main = analyze(sweep, **budgets) if main is None else main
-    others = [analyze(sweep, t, **budgets) for t in (looser_targets(sweep) if targets is None else targets)
-              if t != main.target]
+    others = [
+        analyze(sweep, t, **budgets)
+        for t in (looser_targets(sweep) if targets is None else targets)
+        if t != main.target
+    ]
     within = best_metric_within_budgets(sweep.trials, sweep.measurements, sweep.spec["direction"])
     return SweepAnalysis(main, others, within, read_noise_scale_study(sweep.folder))
 
@@ -105,8 +115,9 @@ def evaluated_up_to(sweep, curve: Curve, batch_size: int) -> int | None:
     """The last step at which a non-diverged trial at `batch_size` was
     evaluated within the curve's budgets: where none reached the target,
     steps to result there exceed it (None: no evaluation yet)."""
-    ran = sweep.trials.loc[(sweep.trials["batch_size"] == batch_size) & (sweep.trials["status"] != "diverged"),
-                           "trial_id"]
+    ran = sweep.trials.loc[
+        (sweep.trials["batch_size"] == batch_size) & (sweep.trials["status"] != "diverged"), "trial_id"
+    ]
     steps = sweep.measurements.loc[sweep.measurements["trial_id"].isin(ran), "step"]
     if curve.step_budget is not None:
         steps = steps[steps <= curve.step_budget]

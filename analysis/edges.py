@@ -2,6 +2,7 @@
 takes the largest or the smallest value tried at its batch size may have its
 optimum outside the search space, which must then be widened (Shallue et al.
 2019, Sec. 4.5 and App. D: the best trial should sit strictly inside it)."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -10,8 +11,11 @@ from analysis.curves import Curve, search_space
 
 
 def _searched_numeric(sweep, columns) -> list[str]:
-    return [n for n in search_space(sweep) if n in columns and n in sweep.trials
-            and pd.api.types.is_numeric_dtype(sweep.trials[n])]
+    return [
+        n
+        for n in search_space(sweep)
+        if n in columns and n in sweep.trials and pd.api.types.is_numeric_dtype(sweep.trials[n])
+    ]
 
 
 def _edge(value, values: pd.Series) -> str | None:

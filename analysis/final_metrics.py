@@ -1,6 +1,7 @@
 """The best validation metric at the end of training per batch size, as the
 papers that compare final quality report it (Goyal et al. 2017, Table 2; Lin
 et al. 2020, Table 1), for sweeps whose trials train their whole budget."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -20,9 +21,12 @@ def final_metrics(sweep) -> pd.DataFrame | None:
     ran = trials[~trials["stop_at_target"].astype(bool) & (trials["status"] != "diverged")]
     last = sweep.measurements.sort_values("step").drop_duplicates("trial_id", keep="last")
     rows = ran.merge(last[["trial_id", "step", "val_metric"]], on="trial_id").rename(
-        columns={"val_metric": "final_metric"})
-    rows = rows.sort_values(["batch_size", "final_metric", "trial_id"],
-                            ascending=[True, sweep.spec["direction"] == "min", True])
+        columns={"val_metric": "final_metric"}
+    )
+    rows = rows.sort_values(
+        ["batch_size", "final_metric", "trial_id"], ascending=[True, sweep.spec["direction"] == "min", True]
+    )
     searched = [c for c in search_space(sweep) if c in rows]
-    return rows.drop_duplicates("batch_size")[["batch_size", "final_metric", "step", *searched, "trial_id"]] \
-        .reset_index(drop=True)
+    return rows.drop_duplicates("batch_size")[
+        ["batch_size", "final_metric", "step", *searched, "trial_id"]
+    ].reset_index(drop=True)

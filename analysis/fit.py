@@ -19,11 +19,11 @@ When the data show one regime of Eq. 2.11 only, they do not pin B_crit, and
 the fit reports a one-sided bound instead of an estimate (`FitResult.b_crit_bound`,
 rule in `one_sided_bound`).
 
-Also here: the overhead definition of the critical batch size (Zhang et al.
-2024, Sec. 3.1: steps exceed the perfect-scaling prediction by X %), and
-Shallue et al. 2019's regimes (Sec. 4.1: perfect scaling, diminishing returns,
-maximal data parallelism).
+The fit also reports the regimes of analysis.regimes: the overhead definition
+of the critical batch size (Zhang et al. 2024) and Shallue et al. 2019's
+perfect scaling and maximal useful batch size.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,12 +33,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import elementwise
 
+from analysis.regimes import regimes
 from harness.finite import finite_or_none
 
-SEARCH_FACTOR = 1e4   # B_crit searched in [min B / 1e4, max B * 1e4]
-BOUND_MARGIN = 10     # within this factor of a search bound, an estimate has reached it
-GRID_POINTS = 121     # coarse grid over log B_crit that brackets the minimum
-MIN_NOISE = 0.05      # floor of the relative noise in steps (evaluation cadence, tuning)
+SEARCH_FACTOR = 1e4  # B_crit searched in [min B / 1e4, max B * 1e4]
+BOUND_MARGIN = 10  # within this factor of a search bound, an estimate has reached it
+GRID_POINTS = 121  # coarse grid over log B_crit that brackets the minimum
+MIN_NOISE = 0.05  # floor of the relative noise in steps (evaluation cadence, tuning)
 
 
 @dataclass
@@ -99,11 +100,11 @@ class FitResult:
         lower bound)' / '<= 8 (only the no-scaling regime measured: the data give
         an upper bound)', or why there is no number."""
         if self.b_crit_bound == "lower":
-            return (f">= {self.b_crit_bound_value:.4g} (only perfect scaling measured: "
-                    "the data give a lower bound)")
+            return f">= {self.b_crit_bound_value:.4g} (only perfect scaling measured: the data give a lower bound)"
         if self.b_crit_bound == "upper":
-            return (f"<= {self.b_crit_bound_value:.4g} (only the no-scaling regime measured: "
-                    "the data give an upper bound)")
+            return (
+                f"<= {self.b_crit_bound_value:.4g} (only the no-scaling regime measured: the data give an upper bound)"
+            )
         if not math.isfinite(self.b_crit):
             return f"n/a (no fit: {len(self.batch_sizes)} batch size(s) measured)"
         lo, hi = self.b_crit_ci
@@ -126,7 +127,7 @@ class FitResult:
 def _profile(u, log_b, y, w):
     """Residual sum of squares of log S at log B_crit = u, and the best log S_min.
     Shapes: u (...), log_b (n,), y and w (..., n) (w: 1 where measured, else 0)."""
-    r = y - np.logaddexp(0.0, u[..., None] - log_b)      # log S - log(1 + B_crit/B)
+    r = y - np.logaddexp(0.0, u[..., None] - log_b)  # log S - log(1 + B_crit/B)
     with np.errstate(invalid="ignore", divide="ignore"):  # a replicate with no batch size measured: NaN
         log_s_min = (w * r).sum(-1) / w.sum(-1)
     return (w * (r - log_s_min[..., None]) ** 2).sum(-1), log_s_min
@@ -149,7 +150,7 @@ def fit_log_steps(batch_sizes, log_steps, weights=None):
     w = np.ones_like(y) if weights is None else np.atleast_2d(np.asarray(weights, float))
     y = np.where(w > 0, y, 0.0)
     grid = np.linspace(*search_bounds(log_b), GRID_POINTS)
-    rss, _ = _profile(grid[:, None], log_b, y[None], w[None])          # (grid, N)
+    rss, _ = _profile(grid[:, None], log_b, y[None], w[None])  # (grid, N)
     best = rss.argmin(0)
     k = np.clip(best, 1, GRID_POINTS - 2)
     n = y.shape[1]
@@ -160,7 +161,7 @@ def fit_log_steps(batch_sizes, log_steps, weights=None):
     res = elementwise.find_minimum(f, (grid[k - 1], grid[k], grid[k + 1]), args=(*y.T, *w.T))
     u = np.where((best == k) & res.success, res.x, grid[best])
     rss, log_s_min = _profile(u, log_b, y, w)
-    g = 1 / (1 + np.exp(log_b - u[..., None]))   # d log S / d log B_crit = B_crit / (B + B_crit)
+    g = 1 / (1 + np.exp(log_b - u[..., None]))  # d log S / d log B_crit = B_crit / (B + B_crit)
     a, b, d = w.sum(-1), (w * g).sum(-1), (w * g * g).sum(-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = rss / (a - 2) / (a * d - b * b)
@@ -169,42 +170,9 @@ def fit_log_steps(batch_sizes, log_steps, weights=None):
     return np.where(enough, log_s_min, np.nan), np.where(enough, u, np.nan), cov
 
 
-def perfect_scaling_end(batch_sizes, steps, tolerance=0.2):
-    """Largest measured B such that every B' <= B has steps within `tolerance`
-    of the perfect-scaling line steps[0] * B[0] / B' (Shallue et al. 2019,
-    Sec. 4.1, Fig. 1). Inputs sorted by batch size."""
-    b, s = np.asarray(batch_sizes, float), np.asarray(steps, float)
-    within = s <= (1 + tolerance) * s[0] * b[0] / b
-    return float(b[np.argmin(within) - 1] if not within.all() else b[-1])
-
-
-def max_useful_batch_size(batch_sizes, steps, noise):
-    """Smallest measured B whose steps are within a relative `noise` of the
-    fewest steps at any larger batch size: beyond it, steps stop falling by more
-    than the noise (Shallue et al. 2019's maximal data parallelism regime)."""
-    b, s = np.asarray(batch_sizes, float), np.asarray(steps, float)
-    best_after = np.minimum.accumulate(s[::-1])[::-1]
-    return float(b[np.argmax(s <= (1 + noise) * best_after)])
-
-
-def empirical_overhead(batch_sizes, steps, overhead=20.0):
-    """Batch size where steps exceed the perfect-scaling line through the
-    smallest measured batch size, steps[0] * B[0] / B, by `overhead` % (Zhang
-    et al. 2024's definition with that reference point), linearly interpolated
-    in log B vs log(steps * B). NaN when never exceeded."""
-    b, s = np.asarray(batch_sizes, float), np.asarray(steps, float)
-    log_ratio = np.log(s * b / (s[0] * b[0]))
-    level = math.log1p(overhead / 100)
-    above = np.flatnonzero(log_ratio >= level)
-    if not above.size:
-        return math.nan
-    k = above[0]
-    x = np.log(b[k - 1:k + 1])
-    return float(np.exp(np.interp(level, log_ratio[k - 1:k + 1], x)))
-
-
-def fit_steps(batch_sizes, steps, *, overhead=20.0, confidence=0.9, n_bootstrap=2000,
-              tolerance=0.2, noise=None, seed=0) -> FitResult:
+def fit_steps(
+    batch_sizes, steps, *, overhead=20.0, confidence=0.9, n_bootstrap=2000, tolerance=0.2, noise=None, seed=0
+) -> FitResult:
     """Fit one steps-vs-batch-size curve given as a plain table (one row per
     batch size), with a studentized residual bootstrap on log S (Davison &
     Hinkley 1997, Sec. 6.3 and 5.2.1): residuals inflated by sqrt(n / (n - 2))
@@ -221,20 +189,32 @@ def fit_steps(batch_sizes, steps, *, overhead=20.0, confidence=0.9, n_bootstrap=
     n = len(b)
     intervals, reached = np.full((3, 2), np.nan), (False, False)
     if n < 2:
-        return _result(b, s, np.full(3, np.nan), intervals, np.array([]), reached, overhead,
-                       confidence, tolerance, noise, n_bootstrap)
+        return _result(
+            b,
+            s,
+            np.full(3, np.nan),
+            intervals,
+            np.array([]),
+            reached,
+            overhead,
+            confidence,
+            tolerance,
+            noise,
+            n_bootstrap,
+        )
     log_s = np.log(s)
     theta, cov = _estimates(*fit_log_steps(b, log_s))
     resid = log_s - (theta[0, 0] + np.log1p(np.exp(theta[0, 1]) / b))
     if n > 2:
-        intervals, reached = _bootstrap(b, log_s, theta[0], cov[0], resid, confidence,
-                                        n_bootstrap, seed)
-    return _result(b, s, np.exp(theta[0]), intervals, resid, reached, overhead, confidence,
-                   tolerance, noise, n_bootstrap)
+        intervals, reached = _bootstrap(b, log_s, theta[0], cov[0], resid, confidence, n_bootstrap, seed)
+    return _result(
+        b, s, np.exp(theta[0]), intervals, resid, reached, overhead, confidence, tolerance, noise, n_bootstrap
+    )
 
 
-def one_sided_bound(batch_sizes, b_crit, *, noise=MIN_NOISE, tolerance=0.2,
-                    reached=(False, False)) -> tuple[str | None, float]:
+def one_sided_bound(
+    batch_sizes, b_crit, *, noise=MIN_NOISE, tolerance=0.2, reached=(False, False)
+) -> tuple[str | None, float]:
     """Whether the data give B_crit only as a one-sided bound: ("lower", B_n),
     ("upper", B_1) or (None, NaN), for sorted measured batch sizes B_1 .. B_n.
 
@@ -298,8 +278,7 @@ def _estimates(log_s_min, log_b_crit, cov):
     """(log S_min, log B_crit, log E_min) per replicate and their variances."""
     theta = np.stack([log_s_min, log_b_crit, log_s_min + log_b_crit], -1)
     with np.errstate(invalid="ignore"):
-        var = np.stack([cov[..., 0, 0], cov[..., 1, 1],
-                        cov[..., 0, 0] + cov[..., 1, 1] + 2 * cov[..., 0, 1]], -1)
+        var = np.stack([cov[..., 0, 0], cov[..., 1, 1], cov[..., 0, 0] + cov[..., 1, 1] + 2 * cov[..., 0, 1]], -1)
     return theta, var
 
 
@@ -316,8 +295,9 @@ def _sorted(batch_sizes, steps):
     return b[order], s[order]
 
 
-def _result(b, s, estimates, intervals, resid, reached, overhead, confidence, tolerance, noise,
-            n_bootstrap) -> FitResult:
+def _result(
+    b, s, estimates, intervals, resid, reached, overhead, confidence, tolerance, noise, n_bootstrap
+) -> FitResult:
     """Assemble a FitResult from (S_min, B_crit, E_min), their intervals (3, 2),
     the log residuals, whether the interval of B_crit reached the (lower,
     upper) search bound, and the measured points; add the one-sided bound,
@@ -327,41 +307,37 @@ def _result(b, s, estimates, intervals, resid, reached, overhead, confidence, to
     ps_end = useful = emp = math.nan
     regime_warnings = []
     if n >= 2:
-        sigma = math.sqrt((resid ** 2).sum() / (n - 2)) if n > 2 else 0.0
+        sigma = math.sqrt((resid**2).sum() / (n - 2)) if n > 2 else 0.0
         noise = max(2 * sigma, MIN_NOISE) if noise is None else noise
-        bound, bound_value = one_sided_bound(b, float(estimates[1]), noise=noise,
-                                             tolerance=tolerance, reached=reached)
-        ps_end, useful, emp, regime_warnings = _regimes(b, s, overhead, tolerance, noise)
+        bound, bound_value = one_sided_bound(b, float(estimates[1]), noise=noise, tolerance=tolerance, reached=reached)
+        ps_end, useful, emp, regime_warnings = regimes(b, s, overhead, tolerance, noise)
     if bound:
         estimates, intervals = np.full(3, np.nan), np.full((3, 2), np.nan)
     s_min, b_crit, e_min = (float(v) for v in estimates)
     b_ci = tuple(float(v) for v in intervals[1])
     frac = overhead / 100
     return FitResult(
-        s_min=s_min, e_min=e_min, b_crit=b_crit, b_crit_ci=b_ci,
+        s_min=s_min,
+        e_min=e_min,
+        b_crit=b_crit,
+        b_crit_ci=b_ci,
         s_min_ci=tuple(float(v) for v in intervals[0]),
         e_min_ci=tuple(float(v) for v in intervals[2]),
-        overhead_percent=float(overhead), b_crit_overhead=frac * b_crit,
+        overhead_percent=float(overhead),
+        b_crit_overhead=frac * b_crit,
         b_crit_overhead_ci=(frac * b_ci[0], frac * b_ci[1]),
-        b_crit_overhead_empirical=float(emp), perfect_scaling_end=ps_end,
-        max_useful_batch_size=useful, batch_sizes=b.tolist(), steps=s.tolist(),
-        confidence=confidence, bootstrap="residual", n_bootstrap=n_bootstrap,
+        b_crit_overhead_empirical=float(emp),
+        perfect_scaling_end=ps_end,
+        max_useful_batch_size=useful,
+        batch_sizes=b.tolist(),
+        steps=s.tolist(),
+        confidence=confidence,
+        bootstrap="residual",
+        n_bootstrap=n_bootstrap,
         warnings=_fit_warnings(b, b_crit, b_ci, bound, confidence) + regime_warnings,
-        b_crit_bound=bound, b_crit_bound_value=bound_value)
-
-
-def _regimes(b, s, overhead, tolerance, noise):
-    """Shallue et al. 2019's regimes (Sec. 4.1) and Zhang et al. 2024's
-    empirical overhead batch size from at least 2 measured points, with
-    warnings when the largest batch size is still in a scaling regime."""
-    ps_end, useful = perfect_scaling_end(b, s, tolerance), max_useful_batch_size(b, s, noise)
-    warnings = []
-    if ps_end == b[-1]:
-        warnings.append(f"perfect scaling holds up to the largest batch size {b[-1]:g}")
-    elif useful == b[-1]:
-        warnings.append("steps still fall at the largest batch size: the maximal useful "
-                        f"batch size is at least {b[-1]:g}")
-    return ps_end, useful, empirical_overhead(b, s, overhead), warnings
+        b_crit_bound=bound,
+        b_crit_bound_value=bound_value,
+    )
 
 
 def _fit_warnings(b, b_crit, b_ci, bound, confidence) -> list[str]:
@@ -372,24 +348,32 @@ def _fit_warnings(b, b_crit, b_ci, bound, confidence) -> list[str]:
     if n == 0:
         return ["no batch size measured: no fit"]
     if n == 1:
-        return ["only 1 batch size: no fit (a fit of two parameters needs at least 2 points, "
-                "and an interval at least 3)"]
+        return [
+            "only 1 batch size: no fit (a fit of two parameters needs at least 2 points, and an interval at least 3)"
+        ]
     warnings = []
     if n == 2:
         warnings.append("only 2 batch sizes: no interval (a fit of two parameters needs at least 3)")
     if bound == "lower":
-        warnings.append(f"B_crit >= {b[-1]:g} only: steps follow perfect scaling up to the largest "
-                        "batch size within the noise, so the data give a lower bound, not an estimate")
+        warnings.append(
+            f"B_crit >= {b[-1]:g} only: steps follow perfect scaling up to the largest "
+            "batch size within the noise, so the data give a lower bound, not an estimate"
+        )
     elif bound == "upper":
-        warnings.append(f"B_crit <= {b[0]:g} only: steps stay flat from the smallest batch size on "
-                        "within the noise, so the data give an upper bound, not an estimate")
+        warnings.append(
+            f"B_crit <= {b[0]:g} only: steps stay flat from the smallest batch size on "
+            "within the noise, so the data give an upper bound, not an estimate"
+        )
     elif not b[0] <= b_crit <= b[-1]:
-        warnings.append(f"B_crit = {b_crit:.4g} lies outside the measured batch sizes "
-                        f"[{b[0]:g}, {b[-1]:g}]: no knee in the data, the fit extrapolates")
+        warnings.append(
+            f"B_crit = {b_crit:.4g} lies outside the measured batch sizes "
+            f"[{b[0]:g}, {b[-1]:g}]: no knee in the data, the fit extrapolates"
+        )
     if n > 2 and bound is None and (math.isnan(b_ci[0]) or math.isnan(b_ci[1])):
-        warnings.append(f"the bootstrap gave no {confidence:.0%} interval of B_crit: "
-                        "the data barely constrain it")
+        warnings.append(f"the bootstrap gave no {confidence:.0%} interval of B_crit: the data barely constrain it")
     elif n > 2 and bound is None and (not b_ci[0] > 0 or b_ci[1] / b_ci[0] > 10):
-        warnings.append(f"the {confidence:.0%} interval of B_crit ({b_ci[0]:.4g}, {b_ci[1]:.4g}) "
-                        "spans more than a factor of 10: the data barely constrain it")
+        warnings.append(
+            f"the {confidence:.0%} interval of B_crit ({b_ci[0]:.4g}, {b_ci[1]:.4g}) "
+            "spans more than a factor of 10: the data barely constrain it"
+        )
     return warnings

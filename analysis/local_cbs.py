@@ -5,6 +5,7 @@ scale B_simple of the reference run (McCandlish et al. 2018, Eq. 2.9), its
 offline B_simple and B_noise at the checkpoints (Eq. 2.8 and 2.6, App. A) and a
 swept B_crit (McCandlish et al. 2018, Eq. 2.11; analysis.fit).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def k_star(multipliers, losses, epsilon: float) -> tuple[float | None, float | N
     to compare with) and a larger k was tried, the point is that next k and
     an upper bound ("upper"). (None, None, "exact") when no k has a finite loss."""
     best, chosen = math.inf, None
-    for i, (k, loss) in enumerate(zip(multipliers, losses)):
+    for i, (_k, loss) in enumerate(zip(multipliers, losses)):
         if math.isfinite(loss) and loss <= best + epsilon:
             chosen = i
         best = min(best, loss)
@@ -91,22 +92,40 @@ def load_local_cbs(folder) -> LocalCbs:
     by_step = reference.set_index("step")
     rows, losses = [], []
     for step in lcbs["checkpoint_steps"]:
-        values = [smoothed_final_loss(_record(store, branch_id(step, k)), lcbs["ema"], lcbs["loss"])
-                  for k in lcbs["multipliers"]]
+        values = [
+            smoothed_final_loss(_record(store, branch_id(step, k)), lcbs["ema"], lcbs["loss"])
+            for k in lcbs["multipliers"]
+        ]
         losses += [dict(step=step, k=k, loss=v) for k, v in zip(lcbs["multipliers"], values)]
         k, point, bound = k_star(lcbs["multipliers"], values, lcbs["epsilon"])
         b_simple = by_step["gns_b_simple"].get(step, np.nan) if "gns_b_simple" in by_step else np.nan
-        rows.append(dict(step=step, examples=step * batch, k_star=k, point=point,
-                         local_cbs=np.nan if point is None else point * batch, bound=bound,
-                         b_simple=b_simple))
+        rows.append(
+            dict(
+                step=step,
+                examples=step * batch,
+                k_star=k,
+                point=point,
+                local_cbs=np.nan if point is None else point * batch,
+                bound=bound,
+                b_simple=b_simple,
+            )
+        )
     table = pd.DataFrame(rows)
     noise = store.folder / NOISE_FILE
     if noise.exists():
-        offline = pd.DataFrame([{"step": e["step"], **{f"{name}_offline{end}": e[name][key]
-                                                       for name in ("b_simple", "b_noise")
-                                                       for end, key in (("", "value"), ("_low", "low"),
-                                                                        ("_high", "high"))}}
-                                for e in json.loads(noise.read_text())])
+        offline = pd.DataFrame(
+            [
+                {
+                    "step": e["step"],
+                    **{
+                        f"{name}_offline{end}": e[name][key]
+                        for name in ("b_simple", "b_noise")
+                        for end, key in (("", "value"), ("_low", "low"), ("_high", "high"))
+                    },
+                }
+                for e in json.loads(noise.read_text())
+            ]
+        )
         table = table.merge(offline, on="step", how="left")
     return LocalCbs(spec, table, pd.DataFrame(losses), reference)
 
@@ -114,27 +133,36 @@ def load_local_cbs(folder) -> LocalCbs:
 def heading(result: LocalCbs) -> str:
     """One line naming the study: the reference run and the branch settings."""
     ref, lcbs = result.spec["reference"], result.spec["local_cbs"]
-    return (f"local critical batch size (Merrill et al. 2025): {ref['workload']}, {ref['optimizer']}, reference "
-            f"B = {ref['batch_size']}, lr = {ref['learning_rate']:g}; branches of {lcbs['delta_examples']} examples "
-            f"at k in {', '.join(f'{k:g}' for k in lcbs['multipliers'])}, f(k) {lcbs['lr_scaling']}, "
-            f"EMA {lcbs['ema']:g}, epsilon {lcbs['epsilon']:g} on the {lcbs['loss']} loss")
+    return (
+        f"local critical batch size (Merrill et al. 2025): {ref['workload']}, {ref['optimizer']}, reference "
+        f"B = {ref['batch_size']}, lr = {ref['learning_rate']:g}; branches of {lcbs['delta_examples']} examples "
+        f"at k in {', '.join(f'{k:g}' for k in lcbs['multipliers'])}, f(k) {lcbs['lr_scaling']}, "
+        f"EMA {lcbs['ema']:g}, epsilon {lcbs['epsilon']:g} on the {lcbs['loss']} loss"
+    )
 
 
 def summary_text(result: LocalCbs, b_crit=None) -> str:
     """The table `cbs local-cbs` prints, with the swept B_crit when given
     (b_crit: (value, (lo, hi)))."""
     lcbs = result.spec["local_cbs"]
-    lines = [heading(result),
-             result.table.drop(columns=[c for c in result.table if c.endswith(("_low", "_high"))])
-             .to_string(index=False, float_format=lambda v: f"{v:.4g}")]
+    lines = [
+        heading(result),
+        result.table.drop(columns=[c for c in result.table if c.endswith(("_low", "_high"))]).to_string(
+            index=False, float_format=lambda v: f"{v:.4g}"
+        ),
+    ]
     if "b_noise_offline" in result.table:
-        lines.append(f"b_*_offline: over the {lcbs['noise_window']} steps of the reference run ending at the step, "
-                     f"from {lcbs['noise_samples']} gradients per step (intervals in local_cbs.csv)")
+        lines.append(
+            f"b_*_offline: over the {lcbs['noise_window']} steps of the reference run ending at the step, "
+            f"from {lcbs['noise_samples']} gradients per step (intervals in local_cbs.csv)"
+        )
     if (result.table["bound"] == "lower").any():
         lines.append("bound lower: k* was the largest multiplier tried, so local_cbs is a lower bound")
     if (result.table["bound"] == "upper").any():
-        lines.append("bound upper: k* was the smallest multiplier tried, so the local CBS is below local_cbs "
-                     "(the next k, which hurt the loss)")
+        lines.append(
+            "bound upper: k* was the smallest multiplier tried, so the local CBS is below local_cbs "
+            "(the next k, which hurt the loss)"
+        )
     if b_crit is not None:
         value, (lo, hi) = b_crit
         lines.append(f"swept B_crit (McCandlish fit of the Shallue sweep): {value:.4g} ({lo:.4g} .. {hi:.4g})")
@@ -150,28 +178,48 @@ def local_cbs_plot(result: LocalCbs, b_crit=None) -> Figure:
     ax = fig.subplots()
     table = result.table.dropna(subset=["local_cbs"])
     ax.plot(table["examples"], table["local_cbs"], "-", color="tab:blue")
-    for bound, marker, label in (("exact", "o", "local CBS (branched, k* B)"),
-                                 ("lower", "^", "local CBS, lower bound (k* the largest k)"),
-                                 ("upper", "v", "local CBS, upper bound (k* the smallest k)")):
+    for bound, marker, label in (
+        ("exact", "o", "local CBS (branched, k* B)"),
+        ("lower", "^", "local CBS, lower bound (k* the largest k)"),
+        ("upper", "v", "local CBS, upper bound (k* the smallest k)"),
+    ):
         rows = table[table["bound"] == bound]
         if len(rows):
-            ax.plot(rows["examples"], rows["local_cbs"], marker, color="tab:blue", label=label,
-                    markerfacecolor="tab:blue" if bound == "exact" else "none")
+            ax.plot(
+                rows["examples"],
+                rows["local_cbs"],
+                marker,
+                color="tab:blue",
+                label=label,
+                markerfacecolor="tab:blue" if bound == "exact" else "none",
+            )
     reference = result.reference
     if "gns_b_simple" in reference:
         online = reference.dropna(subset=["gns_b_simple"])
         online = online[online["gns_b_simple"] > 0]
-        ax.plot(online["examples"], online["gns_b_simple"], "-", color="tab:orange",
-                label="B_simple (online, reference run)")
+        ax.plot(
+            online["examples"],
+            online["gns_b_simple"],
+            "-",
+            color="tab:orange",
+            label="B_simple (online, reference run)",
+        )
     for name, color, label in (("b_simple", "tab:orange", "B_simple"), ("b_noise", "tab:red", "B_noise")):
         if f"{name}_offline" in result.table:
             rows = result.table.dropna(subset=[f"{name}_offline"])
             rows = rows[rows[f"{name}_offline"] > 0]
             low = (rows[f"{name}_offline"] - rows[f"{name}_offline_low"]).clip(lower=0)
             high = (rows[f"{name}_offline_high"] - rows[f"{name}_offline"]).clip(lower=0)
-            ax.errorbar(rows["examples"], rows[f"{name}_offline"], yerr=[low, high], fmt="s", color=color,
-                        markerfacecolor="none", capsize=3,
-                        label=f"{label} (offline, {result.spec['local_cbs']['noise_window']} steps)")
+            ax.errorbar(
+                rows["examples"],
+                rows[f"{name}_offline"],
+                yerr=[low, high],
+                fmt="s",
+                color=color,
+                markerfacecolor="none",
+                capsize=3,
+                label=f"{label} (offline, {result.spec['local_cbs']['noise_window']} steps)",
+            )
     if b_crit is not None:
         value, (lo, hi) = b_crit
         if all(math.isfinite(v) for v in (lo, hi)):

@@ -25,6 +25,7 @@ minimised over the learning-rate grid (and momentum grid). A configuration
 whose iteration is unstable, or whose noise floor N(inf)/B is not below C,
 never reaches the target: infinite steps.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,8 @@ TARGET = 0.01
 LEARNING_RATES = np.logspace(-5, 0.5, 100)
 MOMENTA = 1 - np.logspace(-5, 0, 20)
 OPTIMIZERS = ("sgd", "momentum")
-CHUNK = 500_000    # (configuration, coordinate) pairs held in memory at once
-MAX_OCTAVE = 48    # steps searched up to 2^48
+CHUNK = 500_000  # (configuration, coordinate) pairs held in memory at once
+MAX_OCTAVE = 48  # steps searched up to 2^48
 
 
 def curvatures(dims=DIMS):
@@ -58,7 +59,7 @@ class Dynamics:
 
     def __init__(self, lr, beta, h, precondition):
         lr, beta = np.asarray(lr, float)[:, None], np.asarray(beta, float)[:, None]
-        ap = lr * h ** -precondition
+        ap = lr * h**-precondition
         u = ap * h
         tau = 1 - u + beta
         root = np.sqrt((tau * tau - 4 * beta).astype(complex))
@@ -70,16 +71,15 @@ class Dynamics:
         self.c1, self.c2 = (self.mu1 - beta) * inv, (beta - self.mu2) * inv
         d1, d2 = self.mu1 * inv, -self.mu2 * inv
         self.beta = beta[:, 0]
-        self.w = 0.5 * h                                   # loss weight of E[x_i^2]
-        wn = self.w * ap * ap * h                          # times 1/B: noise per step
+        self.w = 0.5 * h  # loss weight of E[x_i^2]
+        wn = self.w * ap * ap * h  # times 1/B: noise per step
         with np.errstate(divide="ignore", invalid="ignore"):
             self.e1 = wn * d1 * d1 / (1 - self.mu1 * self.mu1)
             self.e2 = wn * d2 * d2 / (1 - self.mu2 * self.mu2)
             self.e_beta = 2 * np.einsum("gk,gk->g", wn, d1 * d2).real / (1 - self.beta)
         radius = np.maximum(_abs2(self.mu1), _abs2(self.mu2)).max(1)
         self.stable = radius < 1
-        self.noise_floor = np.where(self.stable, (self.e1 + self.e2).sum(1).real + self.e_beta,
-                                    np.inf)
+        self.noise_floor = np.where(self.stable, (self.e1 + self.e2).sum(1).real + self.e_beta, np.inf)
 
     def take(self, rows):
         """The same dynamics restricted to configurations `rows`."""
@@ -104,7 +104,7 @@ class Dynamics:
         with np.errstate(over="ignore", invalid="ignore"):
             p1, p2 = self.mu1 ** t[:, None], self.mu2 ** t[:, None]
             a = self._deterministic(p1, p2, np.empty_like(p1), np.empty_like(p1))
-            return a, self._noise(p1 * p1, p2 * p2, self.beta ** t)
+            return a, self._noise(p1 * p1, p2 * p2, self.beta**t)
 
     def loss(self, t, batch_size):
         """The expected loss A(t) + N(t) / B at integer steps t, one per configuration."""
@@ -123,11 +123,18 @@ class Dynamics:
                 a = self._deterministic(p1, p2, z, tmp)
                 np.square(p1, out=p1)
                 np.square(p2, out=p2)
-                yield j, a, self._noise(p1, p2, self.beta ** 2.0 ** j)
+                yield j, a, self._noise(p1, p2, self.beta**2.0**j)
 
 
-def nqm_steps(batch_sizes, optimizer="sgd", precondition=0.0, target=TARGET, dims=DIMS,
-              learning_rates=LEARNING_RATES, momenta=MOMENTA) -> list[dict]:
+def nqm_steps(
+    batch_sizes,
+    optimizer="sgd",
+    precondition=0.0,
+    target=TARGET,
+    dims=DIMS,
+    learning_rates=LEARNING_RATES,
+    momenta=MOMENTA,
+) -> list[dict]:
     """Fewest steps to reach `target` over the grid, per batch size.
 
     Returns one dict per batch size: batch_size, steps (math.inf when no
@@ -148,8 +155,11 @@ def nqm_steps(batch_sizes, optimizer="sgd", precondition=0.0, target=TARGET, dim
     best = _search(lr, beta, h, precondition, sizes, target)
     out = []
     for size, (steps, k) in zip(sizes, best):
-        row = {"batch_size": int(size) if size == int(size) else float(size), "steps": steps,
-               "learning_rate": float(lr[k]) if k is not None else None}
+        row = {
+            "batch_size": int(size) if size == int(size) else float(size),
+            "steps": steps,
+            "learning_rate": float(lr[k]) if k is not None else None,
+        }
         if optimizer == "momentum":
             row["momentum"] = float(beta[k]) if k is not None else None
         out.append(row)
@@ -168,17 +178,18 @@ def _search(lr, beta, h, precondition, sizes, target):
     if 0.5 * h.sum() < target:
         return [(0, 0)] * len(sizes)
     n_cfg, n_b = len(lr), len(sizes)
-    hi = np.full((n_cfg, n_b), np.inf)        # first octave below target
+    hi = np.full((n_cfg, n_b), np.inf)  # first octave below target
     best_hi = np.full(n_b, np.inf)
     chunk = max(1, CHUNK // len(h))
     for start in range(0, n_cfg, chunk):
         part = slice(start, start + chunk)
         dyn = Dynamics(lr[part], beta[part], h, precondition)
-        open_ = dyn.noise_floor[:, None] / sizes[None] < target    # reaches it eventually
-        for j, a, n in dyn.octaves(lambda j: not open_.any() or 2.0 ** (j - 1) >= best_hi.max()):
+        open_ = dyn.noise_floor[:, None] / sizes[None] < target  # reaches it eventually
+        # the stop rule runs inside this iteration, so it sees this part's open_ and best_hi
+        for j, a, n in dyn.octaves(lambda j: not open_.any() or 2.0 ** (j - 1) >= best_hi.max()):  # noqa: B023
             crossed = open_ & (a[:, None] + n[:, None] / sizes[None] < target)
-            hi[part][crossed] = 2.0 ** j
-            open_ &= ~crossed & (2.0 ** j < best_hi[None])
+            hi[part][crossed] = 2.0**j
+            open_ &= ~crossed & (2.0**j < best_hi[None])
             best_hi = np.minimum(best_hi, hi[part].min(0))
     return [_bisect(lr, beta, h, precondition, size, target, hi[:, b]) for b, size in enumerate(sizes)]
 

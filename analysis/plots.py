@@ -10,6 +10,7 @@ Figure without touching global state (figures are built with
 can inspect what was drawn and callers decide where it goes: `save` writes PNG
 and PDF. analysis.sweep_figures draws every figure of a sweep's analysis.
 """
+
 from __future__ import annotations
 
 import math

@@ -16,6 +16,7 @@ Kaplan et al. 2020 (Sec. 5.1) write B_crit against the loss as
 B_crit(L) = B* / L^(1/alpha_B), a power law with b = -1/alpha_B
 (analysis.target_ladder).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,7 @@ from harness.errors import UserError
 from harness.finite import finite_or_none
 
 MIN_POINTS = 3
-FEW_POINTS = 8   # below this many groups a case-resampling interval is rough
+FEW_POINTS = 8  # below this many groups a case-resampling interval is rough
 
 
 @dataclass
@@ -45,7 +46,7 @@ class PowerLawFit:
     exponent: float
     prefactor_ci: tuple[float, float]
     exponent_ci: tuple[float, float]
-    sigma: float            # residual standard deviation of log y
+    sigma: float  # residual standard deviation of log y
     x: list[float]
     y: list[float]
     confidence: float
@@ -67,14 +68,30 @@ class PowerLawFit:
     def text(self) -> str:
         """'b_crit = 2.1 * width^0.52 (90% interval of the exponent 0.31 .. 0.70; prefactor 0.9 .. 4.4)'."""
         (blo, bhi), (alo, ahi) = self.exponent_ci, self.prefactor_ci
-        return (f"{self.y_name} = {self.prefactor:.4g} * {self.x_name}^{self.exponent:.3g} "
-                f"({self.confidence:.0%} interval of the exponent {blo:.3g} .. {bhi:.3g}; "
-                f"prefactor {alo:.4g} .. {ahi:.4g}; {len(self.x)} points)")
+        return (
+            f"{self.y_name} = {self.prefactor:.4g} * {self.x_name}^{self.exponent:.3g} "
+            f"({self.confidence:.0%} interval of the exponent {blo:.3g} .. {bhi:.3g}; "
+            f"prefactor {alo:.4g} .. {ahi:.4g}; {len(self.x)} points)"
+        )
 
     def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ("x_name", "y_name", "prefactor", "exponent", "prefactor_ci",
-                                           "exponent_ci", "sigma", "x", "y", "confidence", "n_bootstrap",
-                                           "warnings")}
+        d = {
+            k: getattr(self, k)
+            for k in (
+                "x_name",
+                "y_name",
+                "prefactor",
+                "exponent",
+                "prefactor_ci",
+                "exponent_ci",
+                "sigma",
+                "x",
+                "y",
+                "confidence",
+                "n_bootstrap",
+                "warnings",
+            )
+        }
         return finite_or_none({**d, "bootstrap": "cases", "text": self.text()})
 
 
@@ -87,8 +104,10 @@ def check_points(x, y, x_name="x", y_name="y") -> tuple[np.ndarray, np.ndarray]:
         if bad.size:
             raise UserError(f"{name}: a power law needs finite values > 0, got {bad[0]:g}")
     if len(x) < MIN_POINTS:
-        raise UserError(f"{y_name} vs {x_name}: {len(x)} point(s); allowed: at least {MIN_POINTS} to fit a "
-                        "power law with an interval")
+        raise UserError(
+            f"{y_name} vs {x_name}: {len(x)} point(s); allowed: at least {MIN_POINTS} to fit a "
+            "power law with an interval"
+        )
     if len(np.unique(x)) < 2:
         raise UserError(f"{x_name}: every point has the same value {x[0]:g}; allowed: at least two distinct")
     return x, y
@@ -126,11 +145,25 @@ def fit_power_law(x, y, *, x_name="x", y_name="y", confidence=0.9, n_bootstrap=2
     lo, hi = theta + widen * (np.quantile(boot[ok] - theta, q, axis=0) if ok.any() else np.full((2, 2), np.nan))
     warnings = []
     if n < FEW_POINTS:
-        warnings.append(f"only {n} points: the bootstrap interval is rough ({n_bootstrap - int(ok.sum())} of "
-                        f"{n_bootstrap} resamples had one distinct x and were left out)")
+        warnings.append(
+            f"only {n} points: the bootstrap interval is rough ({n_bootstrap - int(ok.sum())} of "
+            f"{n_bootstrap} resamples had one distinct x and were left out)"
+        )
     resid = log_y - theta[0] - theta[1] * log_x
     with np.errstate(over="ignore"):  # an interval end beyond the float range is unbounded: inf says so
         prefactor_ci = (float(np.exp(lo[0])), float(np.exp(hi[0])))
-    return PowerLawFit(x_name, y_name, float(np.exp(theta[0])), float(theta[1]), prefactor_ci,
-                       (float(lo[1]), float(hi[1])), float(math.sqrt((resid ** 2).sum() / (n - 2))),
-                       x.tolist(), y.tolist(), confidence, n_bootstrap, theta + widen * (boot[ok] - theta), warnings)
+    return PowerLawFit(
+        x_name,
+        y_name,
+        float(np.exp(theta[0])),
+        float(theta[1]),
+        prefactor_ci,
+        (float(lo[1]), float(hi[1])),
+        float(math.sqrt((resid**2).sum() / (n - 2))),
+        x.tolist(),
+        y.tolist(),
+        confidence,
+        n_bootstrap,
+        theta + widen * (boot[ok] - theta),
+        warnings,
+    )

@@ -8,6 +8,7 @@ of `fit_row`: B_crit, S_min, E_min with their intervals, and the one-sided
 bound where the data give only that (such rows stay in the table and are left
 out of the law).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,11 @@ def fit_row(fit: FitResult) -> dict:
     """A McCandlish fit as a table row: batch_sizes (measured), b_crit, s_min,
     e_min and their _lo, _hi interval ends, bound ('lower', 'upper' or '')."""
     row = {"batch_sizes": len(fit.batch_sizes)}
-    for name, value, ci in (("b_crit", fit.b_crit, fit.b_crit_ci), ("s_min", fit.s_min, fit.s_min_ci),
-                            ("e_min", fit.e_min, fit.e_min_ci)):
+    for name, value, ci in (
+        ("b_crit", fit.b_crit, fit.b_crit_ci),
+        ("s_min", fit.s_min, fit.s_min_ci),
+        ("e_min", fit.e_min, fit.e_min_ci),
+    ):
         row.update({name: value, f"{name}_lo": ci[0], f"{name}_hi": ci[1]})
     return {**row, "bound": fit.b_crit_bound or ""}
 
@@ -54,8 +58,10 @@ def steps_groups_table(table: pd.DataFrame, x: str) -> pd.DataFrame:
     """One row per value of column `x` of a steps table (batch_size, steps, x):
     the McCandlish fit of its steps against batch size (analysis.fit.fit_steps)."""
     _require(table, [x, *STEPS_COLUMNS], "the steps table")
-    rows = [{x: value, **fit_row(fit_steps(part["batch_size"].to_numpy(float), part["steps"].to_numpy(float)))}
-            for value, part in table.groupby(x, sort=True)]
+    rows = [
+        {x: value, **fit_row(fit_steps(part["batch_size"].to_numpy(float), part["steps"].to_numpy(float)))}
+        for value, part in table.groupby(x, sort=True)
+    ]
     return pd.DataFrame(rows)
 
 

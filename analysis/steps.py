@@ -25,6 +25,7 @@ per metaparameter; steps_run and max_steps for `unknown_batch_sizes`);
 `measurements` one row per evaluation (trial_id, step, and the metric column,
 `val_metric` by default).
 """
+
 from __future__ import annotations
 
 import math
@@ -57,8 +58,7 @@ def counted_statuses(target, spec_target=None, direction="min") -> tuple[str, ..
     return AT_SPEC_TARGET
 
 
-def within_budget(trials, measurements, step_budget=None, example_budget=None, *,
-                  statuses=AT_SPEC_TARGET):
+def within_budget(trials, measurements, step_budget=None, example_budget=None, *, statuses=AT_SPEC_TARGET):
     """Evaluation rows of the trials with one of `statuses` (complete ones by
     default) inside the budgets (Shallue et al. 2019, Sec. 3.2): a step budget
     keeps step <= budget, an example budget keeps batch_size * step <= budget.
@@ -72,8 +72,17 @@ def within_budget(trials, measurements, step_budget=None, example_budget=None, *
     return rows
 
 
-def first_crossings(trials, measurements, target, direction="min", metric="val_metric",
-                    step_budget=None, example_budget=None, *, spec_target=None) -> pd.DataFrame:
+def first_crossings(
+    trials,
+    measurements,
+    target,
+    direction="min",
+    metric="val_metric",
+    step_budget=None,
+    example_budget=None,
+    *,
+    spec_target=None,
+) -> pd.DataFrame:
     """Each counted trial's first evaluation strictly beyond `target` (complete
     trials; also incomplete and pruned ones when `spec_target` is given and
     `target` is not stricter: `counted_statuses`): columns trial_id,
@@ -90,11 +99,21 @@ def first_crossings(trials, measurements, target, direction="min", metric="val_m
     rows["rounds"] = rows["rounds"] if "rounds" in rows else rows["step"]
     firsts = rows[crossed(rows[metric], target, direction)].drop_duplicates("trial_id")
     return firsts.rename(columns={metric: "value"})[
-        ["trial_id", "batch_size", "step", "rounds", "value", "resolution"]].reset_index(drop=True)
+        ["trial_id", "batch_size", "step", "rounds", "value", "resolution"]
+    ].reset_index(drop=True)
 
 
-def steps_to_result(trials, measurements, target, direction="min", step_budget=None,
-                    example_budget=None, metric="val_metric", *, spec_target=None) -> pd.DataFrame:
+def steps_to_result(
+    trials,
+    measurements,
+    target,
+    direction="min",
+    step_budget=None,
+    example_budget=None,
+    metric="val_metric",
+    *,
+    spec_target=None,
+) -> pd.DataFrame:
     """Steps to result per batch size (Shallue et al. 2019, Sec. 3.1).
 
     One row per batch size that reached the target, sorted by batch size:
@@ -111,18 +130,21 @@ def steps_to_result(trials, measurements, target, direction="min", step_budget=N
     the spec target both give the same table. At a stricter one the answer is
     open where trials stopped early: see `unknown_batch_sizes`.
     """
-    firsts = first_crossings(trials, measurements, target, direction, metric,
-                             step_budget, example_budget, spec_target=spec_target)
-    best = (firsts.sort_values(["batch_size", "step", "trial_id"])
-            .drop_duplicates("batch_size").rename(columns={"step": "steps"}))
+    firsts = first_crossings(
+        trials, measurements, target, direction, metric, step_budget, example_budget, spec_target=spec_target
+    )
+    best = (
+        firsts.sort_values(["batch_size", "step", "trial_id"])
+        .drop_duplicates("batch_size")
+        .rename(columns={"step": "steps"})
+    )
     best["steps"] = best["steps"].astype(int)
     best["examples"] = best["batch_size"] * best["steps"]
     meta = trials.drop(columns=[c for c in OUTCOME_COLUMNS if c != "trial_id"])
     best = best.merge(meta, on="trial_id")
     best["rounds"] = best["rounds"].astype(int)
     first = ["batch_size", "steps", "examples", "rounds", "trial_id", "value", "resolution"]
-    return best[first + [c for c in best.columns if c not in first]].sort_values(
-        "batch_size").reset_index(drop=True)
+    return best[first + [c for c in best.columns if c not in first]].sort_values("batch_size").reset_index(drop=True)
 
 
 def unknown_batch_sizes(trials, target, spec_target, direction="min") -> list:
@@ -139,8 +161,9 @@ def unknown_batch_sizes(trials, target, spec_target, direction="min") -> list:
     return sorted(trials.loc[stopped, "batch_size"].unique().tolist())
 
 
-def best_metric(trials, measurements, direction="min", step_budget=None,
-                example_budget=None, metric="val_metric") -> pd.DataFrame:
+def best_metric(
+    trials, measurements, direction="min", step_budget=None, example_budget=None, metric="val_metric"
+) -> pd.DataFrame:
     """Best validation metric reached per batch size within a step or example
     budget (Shallue et al. 2019, Sec. 4.7 and Fig. 4), over complete trials.
     Columns batch_size, value, step, trial_id; a batch size with no evaluation
@@ -148,8 +171,9 @@ def best_metric(trials, measurements, direction="min", step_budget=None,
     check_direction(direction)
     rows = within_budget(trials, measurements, step_budget, example_budget)
     rows = rows[np.isfinite(rows[metric])]
-    rows = rows.sort_values(["batch_size", metric, "step", "trial_id"],
-                            ascending=[True, direction == "min", True, True])
+    rows = rows.sort_values(
+        ["batch_size", metric, "step", "trial_id"], ascending=[True, direction == "min", True, True]
+    )
     best = rows.drop_duplicates("batch_size").rename(columns={metric: "value"})
     return best[["batch_size", "value", "step", "trial_id"]].reset_index(drop=True)
 
@@ -159,7 +183,7 @@ def _pow2_budgets(largest: float, count: int = 3, spacing: int = 2) -> list[int]
     if not largest >= 1:
         return []
     top = int(math.floor(math.log2(largest)))
-    return [2 ** k for k in range(top, max(top - spacing * count, -1), -spacing)][::-1]
+    return [2**k for k in range(top, max(top - spacing * count, -1), -spacing)][::-1]
 
 
 def best_metric_within_budgets(trials, measurements, direction="min") -> pd.DataFrame:
@@ -171,8 +195,7 @@ def best_metric_within_budgets(trials, measurements, direction="min") -> pd.Data
     if rows.empty:
         return pd.DataFrame(columns=["budget_kind", "budget", "batch_size", "best_metric"])
     parts = []
-    for kind, largest in (("steps", rows["step"].max()),
-                          ("examples", (rows["batch_size"] * rows["step"]).max())):
+    for kind, largest in (("steps", rows["step"].max()), ("examples", (rows["batch_size"] * rows["step"]).max())):
         for budget in _pow2_budgets(largest):
             limit = {"step_budget" if kind == "steps" else "example_budget": budget}
             best = best_metric(trials, measurements, direction, **limit)

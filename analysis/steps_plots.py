@@ -1,6 +1,7 @@
 """Steps to result vs batch size (Shallue et al. 2019, Fig. 1, 5 and 6) and
 steps vs examples with the fitted hyperbola (McCandlish et al. 2018, Eq. 2.11,
 Fig. 7), from steps-to-result tables and their fits (analysis.fit.FitResult)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,9 +27,15 @@ def fit_band(fit, batch_sizes):
     return bounds[0] + bounds[2] / b, bounds[1] + bounds[3] / b
 
 
-def steps_plot(curves: dict[str, pd.DataFrame], fits: dict | None = None, *,
-               normalize_at: int | None = None, axis: str = "steps", ylabel: str | None = None,
-               title: str | None = None) -> Figure:
+def steps_plot(
+    curves: dict[str, pd.DataFrame],
+    fits: dict | None = None,
+    *,
+    normalize_at: int | None = None,
+    axis: str = "steps",
+    ylabel: str | None = None,
+    title: str | None = None,
+) -> Figure:
     """Steps to result vs batch size, both axes log2 (Shallue et al. 2019, Fig. 1).
 
     `curves` maps a label (workload, optimizer, target...) to a table with
@@ -70,48 +77,69 @@ def steps_plot(curves: dict[str, pd.DataFrame], fits: dict | None = None, *,
         handles.append(line)
         labels.append(label)
         if normalize_at is None:
-            ax.plot(b, y[0] * scaling(b) / scaling(b[0]), ":", color=color, alpha=0.8,
-                    label=f"{label}: perfect scaling")
+            ax.plot(
+                b, y[0] * scaling(b) / scaling(b[0]), ":", color=color, alpha=0.8, label=f"{label}: perfect scaling"
+            )
             styles.setdefault("perfect scaling from the smallest B", dict(ls=":"))
         fit = fits.get(label)
         if fit_usable(fit) and axis != "rounds":
             labels[-1] = f"{label} (B_crit = {fit.b_crit:.3g})"
             per_step = (lambda x: x) if axis == "examples" else np.ones_like
             grid = np.geomspace(b[0], b[-1], 200)
-            ax.plot(grid, fit.predict(grid) * per_step(grid) / scale, "--", color=color, alpha=0.8,
-                    label=f"{label}: fit")
+            ax.plot(
+                grid, fit.predict(grid) * per_step(grid) / scale, "--", color=color, alpha=0.8, label=f"{label}: fit"
+            )
             styles.setdefault("fit S_min (1 + B_crit / B)", dict(ls="--"))
             if (band := fit_band(fit, grid)) is not None:
-                ax.fill_between(grid, *(v * per_step(grid) / scale for v in band), color=color, alpha=0.15,
-                                lw=0, label=f"{label}: {fit.confidence:.0%} band")
-                styles.setdefault(f"{fit.confidence:.0%} band (S_min, E_min within their intervals)",
-                                  dict(patch=True))
+                ax.fill_between(
+                    grid,
+                    *(v * per_step(grid) / scale for v in band),
+                    color=color,
+                    alpha=0.15,
+                    lw=0,
+                    label=f"{label}: {fit.confidence:.0%} band",
+                )
+                styles.setdefault(f"{fit.confidence:.0%} band (S_min, E_min within their intervals)", dict(patch=True))
             if b[0] <= fit.b_crit <= b[-1]:
                 mark = np.array([fit.b_crit])
-                ax.plot(mark, 2 * fit.s_min * per_step(mark) / scale, "D", color=color, markeredgecolor="black",
-                        zorder=4, label=f"{label}: B_crit")
+                ax.plot(
+                    mark,
+                    2 * fit.s_min * per_step(mark) / scale,
+                    "D",
+                    color=color,
+                    markeredgecolor="black",
+                    zorder=4,
+                    label=f"{label}: B_crit",
+                )
                 styles.setdefault("B = B_crit: twice the minimal steps", dict(marker="D", ls=""))
     if normalize_at is not None and all_sizes:
         b = np.array(sorted(all_sizes), dtype=float)
         handles += ax.plot(b, scaling(b) / scaling(normalize_at), ":", color="0.4", label="perfect scaling")
         labels.append("perfect scaling")
     for text, style in styles.items():
-        handles.append(Patch(color="0.4", alpha=0.3) if style.pop("patch", False) else
-                       Line2D([], [], color="0.4", markeredgecolor="black", **style))
+        handles.append(
+            Patch(color="0.4", alpha=0.3)
+            if style.pop("patch", False)
+            else Line2D([], [], color="0.4", markeredgecolor="black", **style)
+        )
         labels.append(text)
     log_axis(ax, "x")
     log_axis(ax, "y")
     ax.set_xlabel(BATCH_LABEL)
-    ax.set_ylabel(f"{axis} / {axis} at B = {normalize_at}" if normalize_at is not None
-                  else f"{ylabel or f'{axis} to result'} ({AXES[axis]})")
-    ax.set_title(title or (f"normalised {axis} to result" if normalize_at is not None else f"{axis} to result"),
-                 fontsize="medium")
+    ax.set_ylabel(
+        f"{axis} / {axis} at B = {normalize_at}"
+        if normalize_at is not None
+        else f"{ylabel or f'{axis} to result'} ({AXES[axis]})"
+    )
+    ax.set_title(
+        title or (f"normalised {axis} to result" if normalize_at is not None else f"{axis} to result"),
+        fontsize="medium",
+    )
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     return fig
 
 
-def pareto_plot(curves: dict[str, pd.DataFrame], fits: dict | None = None,
-                title: str | None = None) -> Figure:
+def pareto_plot(curves: dict[str, pd.DataFrame], fits: dict | None = None, title: str | None = None) -> Figure:
     """Steps vs examples to reach each target, with the fitted hyperbola
     (S / S_min - 1)(E / E_min - 1) = 1 (McCandlish et al. 2018, Eq. 2.11, Fig. 7),
     one per target. `curves` maps a target label to a table with columns
@@ -136,16 +164,25 @@ def pareto_plot(curves: dict[str, pd.DataFrame], fits: dict | None = None,
             grid = np.geomspace(b[0] / 4, b[-1] * 4, 300)
             steps = fit.predict(grid)
             ax.plot(grid * steps, steps, "-", color=color, alpha=0.8, label=f"{label}: fit")
-            ax.plot([2 * fit.e_min], [2 * fit.s_min], "D", color=color, markeredgecolor="black",
-                    zorder=4, label=f"{label}: B_crit")
+            ax.plot(
+                [2 * fit.e_min],
+                [2 * fit.s_min],
+                "D",
+                color=color,
+                markeredgecolor="black",
+                zorder=4,
+                label=f"{label}: B_crit",
+            )
     log_axis(ax, "x")
     log_axis(ax, "y")
     ax.set_xlabel("examples processed E = B · S")
     ax.set_ylabel("training steps S")
     ax.set_title(title or "steps vs examples to reach each target", fontsize="medium")
     if any(fit_usable(f) for f in fits.values()):
-        handles += [Line2D([], [], color="0.4"), Line2D([], [], color="0.4", marker="D", ls="",
-                                                         markeredgecolor="black")]
+        handles += [
+            Line2D([], [], color="0.4"),
+            Line2D([], [], color="0.4", marker="D", ls="", markeredgecolor="black"),
+        ]
         labels += ["fit (S / S_min − 1)(E / E_min − 1) = 1", "B = B_crit: 2 S_min, 2 E_min"]
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small", frameon=False)
     return fig

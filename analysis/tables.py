@@ -21,6 +21,7 @@ loads the same way.
 `read_steps_table(path)` reads a user's own steps-vs-batch-size CSV (`cbs fit`);
 `read_noise_scale_study(folder)` the `cbs gns` run kept in a sweep folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,10 @@ def load_sweep(folder) -> SweepTables:
         spec, records = read_batch_science(folder)
         return tables_of(records, spec, Path(folder))
     if stored is None:
-        raise UserError(f"{folder}: not a sweep folder (no spec.json); allowed: a folder written by `cbs sweep`, "
-                        "or one in the batch_science layout (dataset/model/optimizer/batch_size/study.json)")
+        raise UserError(
+            f"{folder}: not a sweep folder (no spec.json); allowed: a folder written by `cbs sweep`, "
+            "or one in the batch_science layout (dataset/model/optimizer/batch_size/study.json)"
+        )
     records = []
     for path in sorted(store.trials_dir.glob("*/record.json")):
         try:
@@ -74,23 +77,54 @@ def tables_of(records, spec: dict, folder: Path, metadata: dict | None = None) -
         config = record["config"]
         if record.get("run"):
             run = record["run"]
-            runs.append({"trial_id": trial_id, **run.get("packages", {}),
-                         **{k: v for k, v in run.items() if k != "packages"}})
-        trials.append({"trial_id": trial_id, "status": record["status"],
-                       "steps_to_target": np.nan if record["steps_to_target"] is None else record["steps_to_target"],
-                       "steps_run": record["steps_run"], "wall_time": record.get("wall_time", np.nan),
-                       **{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()
-                          if k != "workload" and not isinstance(v, dict)}})
-        measurements += [{"trial_id": trial_id, "batch_size": config["batch_size"], "rounds": row["step"], **row}
-                         for row in record["measurements"]]
+            runs.append(
+                {"trial_id": trial_id, **run.get("packages", {}), **{k: v for k, v in run.items() if k != "packages"}}
+            )
+        trials.append(
+            {
+                "trial_id": trial_id,
+                "status": record["status"],
+                "steps_to_target": np.nan if record["steps_to_target"] is None else record["steps_to_target"],
+                "steps_run": record["steps_run"],
+                "wall_time": record.get("wall_time", np.nan),
+                **{
+                    k: tuple(v) if isinstance(v, list) else v
+                    for k, v in config.items()
+                    if k != "workload" and not isinstance(v, dict)
+                },
+            }
+        )
+        measurements += [
+            {"trial_id": trial_id, "batch_size": config["batch_size"], "rounds": row["step"], **row}
+            for row in record["measurements"]
+        ]
     trials = pd.DataFrame(trials, columns=None if trials else FIRST_COLUMNS)
     trials = trials.reindex(columns=FIRST_COLUMNS + [c for c in trials.columns if c not in FIRST_COLUMNS])
     trials["steps_to_target"] = trials["steps_to_target"].astype(float)
-    measurements = pd.DataFrame(measurements, columns=None if measurements else
-                                ["trial_id", "batch_size", "step", "examples", "rounds", "train_loss", "val_loss",
-                                 "val_metric", "wall_time"])
-    return SweepTables(trials.reset_index(drop=True), measurements, spec, folder,
-                       pd.DataFrame(runs, columns=None if runs else ["trial_id"]), metadata or {})
+    measurements = pd.DataFrame(
+        measurements,
+        columns=None
+        if measurements
+        else [
+            "trial_id",
+            "batch_size",
+            "step",
+            "examples",
+            "rounds",
+            "train_loss",
+            "val_loss",
+            "val_metric",
+            "wall_time",
+        ],
+    )
+    return SweepTables(
+        trials.reset_index(drop=True),
+        measurements,
+        spec,
+        folder,
+        pd.DataFrame(runs, columns=None if runs else ["trial_id"]),
+        metadata or {},
+    )
 
 
 def read_steps_table(path) -> pd.DataFrame:
@@ -105,14 +139,17 @@ def read_steps_table(path) -> pd.DataFrame:
         raise UserError(f"cannot read {path} as CSV: {str(e).splitlines()[0]}") from None
     missing = [c for c in STEPS_COLUMNS if c not in table.columns]
     if missing:
-        raise UserError(f"{path} lacks column(s) {', '.join(missing)}; needs batch_size and "
-                        f"steps (optional: group); found: {', '.join(map(str, table.columns))}")
+        raise UserError(
+            f"{path} lacks column(s) {', '.join(missing)}; needs batch_size and "
+            f"steps (optional: group); found: {', '.join(map(str, table.columns))}"
+        )
     for column in STEPS_COLUMNS:
         values = pd.to_numeric(table[column], errors="coerce")
         bad = table[~(values > 0)]
         if len(bad):
-            raise UserError(f"{column} must be a positive number; row {bad.index[0] + 2} of "
-                            f"{path} has {bad[column].iloc[0]!r}")
+            raise UserError(
+                f"{column} must be a positive number; row {bad.index[0] + 2} of {path} has {bad[column].iloc[0]!r}"
+            )
         table[column] = values
     if "group" not in table.columns:
         table["group"] = ""
@@ -120,14 +157,18 @@ def read_steps_table(path) -> pd.DataFrame:
     twice = table[table.duplicated(["group", "batch_size"])]
     if len(twice):
         where = f" in group {twice['group'].iloc[0]!r}" if twice["group"].iloc[0] else ""
-        raise UserError(f"batch_size {twice['batch_size'].iloc[0]:g} appears twice{where} in "
-                        f"{path}: give one row per batch size (its steps to result)")
+        raise UserError(
+            f"batch_size {twice['batch_size'].iloc[0]:g} appears twice{where} in "
+            f"{path}: give one row per batch size (its steps to result)"
+        )
     sizes = table.groupby("group", sort=False).size() if len(table) else pd.Series({"": 0})
     if (sizes < 2).any():
         group, n = sizes.index[sizes < 2][0], sizes[sizes < 2].iloc[0]
         where = f" in group {group!r}" if group else ""
-        raise UserError(f"{path}: {n} row{'' if n == 1 else 's'}{where}; a fit needs at least 2 batch sizes "
-                        "(3 for an interval); allowed: one row per batch size, at least 2 per group")
+        raise UserError(
+            f"{path}: {n} row{'' if n == 1 else 's'}{where}; a fit needs at least 2 batch sizes "
+            "(3 for an interval); allowed: one row per batch size, at least 2 per group"
+        )
     return table
 
 

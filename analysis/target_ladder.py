@@ -12,6 +12,7 @@ The law is analysis.scaling.fit_power_law with x = the target and
 y = B_crit: exponent b = -1/alpha_B, prefactor B*. For a metric other than
 a loss (an error rate) it is the same form, an analogy to their loss law.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,13 +56,21 @@ class TargetLaw:
 
     def text(self) -> str:
         (alo, ahi), (blo, bhi) = self.alpha_b_ci, self.b_star_ci
-        return (f"B_crit = B* / target^(1/alpha_B): B* = {self.b_star:.4g} ({self.fit.confidence:.0%} interval "
-                f"{blo:.4g} .. {bhi:.4g}), alpha_B = {self.alpha_b:.3g} ({alo:.3g} .. {ahi:.3g}); "
-                f"{len(self.fit.x)} targets")
+        return (
+            f"B_crit = B* / target^(1/alpha_B): B* = {self.b_star:.4g} ({self.fit.confidence:.0%} interval "
+            f"{blo:.4g} .. {bhi:.4g}), alpha_B = {self.alpha_b:.3g} ({alo:.3g} .. {ahi:.3g}); "
+            f"{len(self.fit.x)} targets"
+        )
 
     def to_dict(self) -> dict:
-        return {"b_star": self.b_star, "b_star_ci": list(self.b_star_ci), "alpha_b": self.alpha_b,
-                "alpha_b_ci": list(self.alpha_b_ci), "text": self.text(), "power_law": self.fit.to_dict()}
+        return {
+            "b_star": self.b_star,
+            "b_star_ci": list(self.b_star_ci),
+            "alpha_b": self.alpha_b,
+            "alpha_b_ci": list(self.alpha_b_ci),
+            "text": self.text(),
+            "power_law": self.fit.to_dict(),
+        }
 
 
 def _alpha(b: float) -> float:
@@ -81,9 +90,12 @@ def target_table(sweep, targets=None, **fit_options) -> pd.DataFrame:
     The rungs share their trials, so their B_crit are not independent: the
     law's interval, which treats them as independent, is too narrow by an
     unknown amount."""
-    return pd.DataFrame([{"target": t, **fit_row(analyze(sweep, None if t == sweep.spec["target"] else t,
-                                                         **fit_options).fit)}
-                         for t in (ladder_targets(sweep) if targets is None else targets)])
+    return pd.DataFrame(
+        [
+            {"target": t, **fit_row(analyze(sweep, None if t == sweep.spec["target"] else t, **fit_options).fit)}
+            for t in (ladder_targets(sweep) if targets is None else targets)
+        ]
+    )
 
 
 def fit_target_law(table: pd.DataFrame, **options) -> TargetLaw:

@@ -5,6 +5,7 @@ target, the edge hits of the search (analysis.edges), the final metrics
 (analysis.final_metrics) and the fits of the critical batch size (McCandlish
 et al. 2018, Eq. 2.11; Zhang et al. 2024, Sec. 3.1; Shallue et al. 2019,
 Sec. 4.1)."""
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,11 @@ def target_label(spec: dict, target: float) -> str:
 
 def budget_label(curve: Curve) -> str:
     """'within 500 steps and 64,000 examples', or '' without budgets."""
-    parts = [f"{n:,} {unit}" for n, unit in ((curve.step_budget, "steps"), (curve.example_budget, "examples"))
-             if n is not None]
+    parts = [
+        f"{n:,} {unit}"
+        for n, unit in ((curve.step_budget, "steps"), (curve.example_budget, "examples"))
+        if n is not None
+    ]
     return f"within {' and '.join(parts)}" if parts else ""
 
 
@@ -53,10 +57,11 @@ def edge_text(sweep, hits) -> str:
     if not hits:
         return ""
     named = "; ".join(f"B = {b}: {name} at the {edge} value tried" for b, name, edge in hits)
-    chance = "; ".join(f"B = {b}: {k} of {n}" for b in sorted({h[0] for h in hits})
-                       for k, n in [edge_points(sweep, b)])
-    return (f"warning: the best trial sits on an edge of the search ({named}): the optimum may lie beyond; "
-            f"widen the range (points tried that sit on some edge, the odds of an edge hit by chance alone: {chance})")
+    chance = "; ".join(f"B = {b}: {k} of {n}" for b in sorted({h[0] for h in hits}) for k, n in [edge_points(sweep, b)])
+    return (
+        f"warning: the best trial sits on an edge of the search ({named}): the optimum may lie beyond; "
+        f"widen the range (points tried that sit on some edge, the odds of an edge hit by chance alone: {chance})"
+    )
 
 
 def unreached(sweep, curve: Curve) -> str:
@@ -65,13 +70,16 @@ def unreached(sweep, curve: Curve) -> str:
     answer is unknown ('' if none)."""
     missing = sorted(set(sweep.spec["batch_sizes"]) - set(curve.table["batch_size"]) - set(curve.unknown))
     reach = {b: evaluated_up_to(sweep, curve, b) for b in missing}
-    named = ", ".join(f"{b} ({'not evaluated yet' if n is None else f'evaluated up to step {n}'})"
-                      for b, n in reach.items())
+    named = ", ".join(
+        f"{b} ({'not evaluated yet' if n is None else f'evaluated up to step {n}'})" for b, n in reach.items()
+    )
     lines = [f"no trial reached the target at batch size(s) {named}"] if missing else []
     if curve.unknown:
-        lines.append(f"warning: steps to result unknown at batch size(s) {', '.join(map(str, curve.unknown))}: "
-                     "trials there stopped at the sweep's own target, which this target is stricter than "
-                     "(re-run with prune = false and stop_at_target = false to measure it); left out of the fit")
+        lines.append(
+            f"warning: steps to result unknown at batch size(s) {', '.join(map(str, curve.unknown))}: "
+            "trials there stopped at the sweep's own target, which this target is stricter than "
+            "(re-run with prune = false and stop_at_target = false to measure it); left out of the fit"
+        )
     return "\n".join(lines)
 
 
@@ -92,13 +100,16 @@ def interval(lo, hi, confidence) -> str:
 def best_reached(sweep, curve: Curve) -> str:
     """Where no trial reached the target: the best validation metric a complete
     trial reached within the curve's budgets, and its batch size."""
-    best = best_metric(sweep.trials, sweep.measurements, sweep.spec["direction"], curve.step_budget,
-                       curve.example_budget)
+    best = best_metric(
+        sweep.trials, sweep.measurements, sweep.spec["direction"], curve.step_budget, curve.example_budget
+    )
     if best.empty:
         return "no complete trial has been evaluated yet"
     row = best.sort_values("value", ascending=sweep.spec["direction"] == "min").iloc[0]
-    return (f"the best {sweep.spec['metric']} reached was {row['value']:.4g} at B = {row['batch_size']} "
-            f"(step {row['step']}, trial {row['trial_id']})")
+    return (
+        f"the best {sweep.spec['metric']} reached was {row['value']:.4g} at B = {row['batch_size']} "
+        f"(step {row['step']}, trial {row['trial_id']})"
+    )
 
 
 def b_crit_value(fit) -> str:
@@ -113,23 +124,33 @@ def headline(sweep, curve: Curve) -> str:
     and 2 E_min examples), or the one-sided bound, or why there is none."""
     fit, ref, value = curve.fit, "(McCandlish et al. 2018)", b_crit_value(curve.fit)
     if curve.table.empty:
-        return (f"critical batch size: n/a: no trial reached {target_label(sweep.spec, curve.target)}; "
-                f"{best_reached(sweep, curve)}")
+        return (
+            f"critical batch size: n/a: no trial reached {target_label(sweep.spec, curve.target)}; "
+            f"{best_reached(sweep, curve)}"
+        )
     if fit.b_crit_bound == "lower":
-        return (f"critical batch size: {value} (not reached: steps follow perfect scaling up to the largest "
-                "batch size): larger batches still cut the steps about in proportion; measure beyond "
-                f"B = {size(fit.b_crit_bound_value)} to find where that stops {ref}")
+        return (
+            f"critical batch size: {value} (not reached: steps follow perfect scaling up to the largest "
+            "batch size): larger batches still cut the steps about in proportion; measure beyond "
+            f"B = {size(fit.b_crit_bound_value)} to find where that stops {ref}"
+        )
     if fit.b_crit_bound == "upper":
-        return (f"critical batch size: {value} (steps stay flat from the smallest batch size on): larger "
-                f"batches buy few steps anywhere here; measure below B = {size(fit.b_crit_bound_value)} to "
-                f"find it {ref}")
+        return (
+            f"critical batch size: {value} (steps stay flat from the smallest batch size on): larger "
+            f"batches buy few steps anywhere here; measure below B = {size(fit.b_crit_bound_value)} to "
+            f"find it {ref}"
+        )
     if not math.isfinite(fit.b_crit):
-        return (f"critical batch size: n/a: only {len(fit.batch_sizes)} batch size reached the target, "
-                "a fit needs at least 2")
+        return (
+            f"critical batch size: n/a: only {len(fit.batch_sizes)} batch size reached the target, "
+            "a fit needs at least 2"
+        )
     lo, hi = fit.b_crit_ci
-    return (f"critical batch size: {value} ({interval(lo, hi, fit.confidence)}): training at B = {value} "
-            "takes twice the minimal steps and twice the minimal examples; beyond it, larger batches buy few "
-            f"steps {ref}")
+    return (
+        f"critical batch size: {value} ({interval(lo, hi, fit.confidence)}): training at B = {value} "
+        "takes twice the minimal steps and twice the minimal examples; beyond it, larger batches buy few "
+        f"steps {ref}"
+    )
 
 
 def definitions(fit) -> list[str]:
@@ -141,32 +162,42 @@ def definitions(fit) -> list[str]:
         return []
     largest = size(fit.batch_sizes[-1])
     lo, hi = fit.b_crit_overhead_ci
-    empirical = size(fit.b_crit_overhead_empirical) if math.isfinite(fit.b_crit_overhead_empirical) else \
-        "not reached"
-    overhead = (f"  {fit.overhead_percent:g}% step-overhead B_crit (Zhang et al. 2024): "
-                + ("n/a (no fit)" if not math.isfinite(fit.b_crit_overhead) else
-                   f"{size(fit.b_crit_overhead)} ({interval(lo, hi, fit.confidence)})")
-                + f": there steps are {fit.overhead_percent:g}% above perfect scaling (E_min / B); "
-                  f"from the smallest batch size instead: {empirical}")
+    empirical = size(fit.b_crit_overhead_empirical) if math.isfinite(fit.b_crit_overhead_empirical) else "not reached"
+    overhead = (
+        f"  {fit.overhead_percent:g}% step-overhead B_crit (Zhang et al. 2024): "
+        + (
+            "n/a (no fit)"
+            if not math.isfinite(fit.b_crit_overhead)
+            else f"{size(fit.b_crit_overhead)} ({interval(lo, hi, fit.confidence)})"
+        )
+        + f": there steps are {fit.overhead_percent:g}% above perfect scaling (E_min / B); "
+        f"from the smallest batch size instead: {empirical}"
+    )
     shallue = "(Shallue et al. 2019)"
-    ends = (f"perfect scaling ends: not reached {shallue}: it holds up to the largest batch size, {largest}"
-            if fit.perfect_scaling_end == fit.batch_sizes[-1] else
-            f"perfect scaling ends at B = {size(fit.perfect_scaling_end)} {shallue}: up to it, doubling the batch "
-            "size about halves the steps")
-    useful = (f"maximal useful batch size: not reached {shallue}: steps still fall at the largest batch size, "
-              f"{largest}" if fit.max_useful_batch_size == fit.batch_sizes[-1] else
-              f"maximal useful batch size: {size(fit.max_useful_batch_size)} {shallue}: beyond it, larger batches "
-              "save no more steps than the noise")
+    ends = (
+        f"perfect scaling ends: not reached {shallue}: it holds up to the largest batch size, {largest}"
+        if fit.perfect_scaling_end == fit.batch_sizes[-1]
+        else f"perfect scaling ends at B = {size(fit.perfect_scaling_end)} {shallue}: up to it, doubling the batch "
+        "size about halves the steps"
+    )
+    useful = (
+        f"maximal useful batch size: not reached {shallue}: steps still fall at the largest batch size, {largest}"
+        if fit.max_useful_batch_size == fit.batch_sizes[-1]
+        else f"maximal useful batch size: {size(fit.max_useful_batch_size)} {shallue}: beyond it, larger batches "
+        "save no more steps than the noise"
+    )
     return [overhead, f"  {ends}", f"  {useful}"]
 
 
 def fit_details(fit) -> str:
     """How B_crit was fitted: McCandlish et al.'s (2018, Eq. 2.11) curve, S_min
     and E_min, and the bootstrap behind the interval."""
-    return (f"fit S(B) = S_min (1 + B_crit / B) on log steps (McCandlish et al. 2018): S_min = {num(fit.s_min)} "
-            f"steps (the fewest, at very large B), E_min = {num(fit.e_min)} examples (the fewest, at very small B), "
-            f"B_crit = E_min / S_min = {num(fit.b_crit)}; interval: {fit.bootstrap} bootstrap, "
-            f"{fit.n_bootstrap} replicates, fixed seed")
+    return (
+        f"fit S(B) = S_min (1 + B_crit / B) on log steps (McCandlish et al. 2018): S_min = {num(fit.s_min)} "
+        f"steps (the fewest, at very large B), E_min = {num(fit.e_min)} examples (the fewest, at very small B), "
+        f"B_crit = E_min / S_min = {num(fit.b_crit)}; interval: {fit.bootstrap} bootstrap, "
+        f"{fit.n_bootstrap} replicates, fixed seed"
+    )
 
 
 def fit_summary(sweep, curve: Curve) -> list[str]:
@@ -182,8 +213,10 @@ def summary_text(sweep, curve: Curve, notes=()) -> str:
     the fits ending in the headline, as `cbs analyze` and `cbs sweep` print them."""
     spec = sweep.spec
     budget = budget_label(curve)
-    lines = [f"steps to result ({target_label(spec, curve.target)}{' ' + budget if budget else ''}, "
-             f"{spec['workload']}, {spec['optimizer']}; {len(sweep.trials)} trials):"]
+    lines = [
+        f"steps to result ({target_label(spec, curve.target)}{' ' + budget if budget else ''}, "
+        f"{spec['workload']}, {spec['optimizer']}; {len(sweep.trials)} trials):"
+    ]
     if curve.table.empty:
         return "\n".join(lines + ["  no batch size reached the target", *notes, headline(sweep, curve)])
     lines.append(steps_table(sweep, curve).to_string(index=False, na_rep="n/a", float_format=lambda v: f"{v:.4g}"))
@@ -192,6 +225,8 @@ def summary_text(sweep, curve: Curve, notes=()) -> str:
     if edges := edge_text(sweep, edge_hits(sweep, curve)):
         lines.append(edges)
     if (final := final_metrics(sweep)) is not None and len(final):
-        lines += [f"best {spec['metric']} at the end of training (trials trained to their budget, diverged ones "
-                  "left out):", final.to_string(index=False, na_rep="n/a", float_format=lambda v: f"{v:.4g}")]
+        lines += [
+            f"best {spec['metric']} at the end of training (trials trained to their budget, diverged ones left out):",
+            final.to_string(index=False, na_rep="n/a", float_format=lambda v: f"{v:.4g}"),
+        ]
     return "\n".join([*lines, *notes, *fit_summary(sweep, curve)])

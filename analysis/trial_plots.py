@@ -2,6 +2,7 @@
 metaparameters per batch size (Fig. 8), the feasibility of every trial by
 learning rate and momentum (Fig. 9) and the best metric within step and
 example budgets (Fig. 11)."""
+
 from __future__ import annotations
 
 import math
@@ -14,12 +15,13 @@ from analysis.plots import BATCH_LABEL, decades, log_axis, new_figure
 
 STATUS_STYLE = {  # feasibility categories (Shallue et al. 2019, Fig. 9)
     "reached": dict(marker="o", color="tab:blue", label="reached target"),
-    "not reached": dict(marker="o", facecolors="none", edgecolors="tab:gray",
-                        label="did not reach target"),
-    "pruned": dict(marker="s", facecolors="none", edgecolors="tab:orange",
-                   label="pruned (could no longer beat the best)"),
+    "not reached": dict(marker="o", facecolors="none", edgecolors="tab:gray", label="did not reach target"),
+    "pruned": dict(
+        marker="s", facecolors="none", edgecolors="tab:orange", label="pruned (could no longer beat the best)"
+    ),
     "diverged": dict(marker="x", color="tab:red", label="diverged"),
 }
+
 
 def metaparameters_plot(best: pd.DataFrame, title: str | None = None) -> Figure:
     """Optimal learning rate, 1 - momentum and effective learning rate
@@ -34,8 +36,10 @@ def metaparameters_plot(best: pd.DataFrame, title: str | None = None) -> Figure:
     panels = [(lr, "optimal learning rate", True)]
     if "momentum" in best:
         m = best["momentum"].to_numpy(float)
-        panels += [(1 - m, "1 − optimal momentum", False),
-                   (lr / (1 - m), "effective learning rate η / (1 − momentum)", True)]
+        panels += [
+            (1 - m, "1 − optimal momentum", False),
+            (lr / (1 - m), "effective learning rate η / (1 − momentum)", True),
+        ]
     fig, axes = new_figure(ncols=len(panels), width=4.5 if len(panels) > 1 else 6.5)
     for ax, (y, ylabel, heuristics) in zip(axes[0], panels):
         ax.plot(b, y, "o-", color="C0", label="best trial", zorder=3)
@@ -70,8 +74,7 @@ def present_styles(trials: pd.DataFrame) -> dict:
     return {cat: style for cat, style in STATUS_STYLE.items() if trials["category"].eq(cat).any()}
 
 
-def feasibility_plot(trials: pd.DataFrame, best_trial_ids: dict | None = None,
-                     title: str | None = None) -> Figure:
+def feasibility_plot(trials: pd.DataFrame, best_trial_ids: dict | None = None, title: str | None = None) -> Figure:
     """One panel per batch size: learning rate vs 1 - momentum, log-log, each
     trial marked reached / did not reach target / pruned / diverged (x), contours of
     log10(eta / (1 - momentum)), the best trial starred (Shallue et al. 2019,
@@ -91,23 +94,30 @@ def feasibility_plot(trials: pd.DataFrame, best_trial_ids: dict | None = None,
     X, Y = np.meshgrid(xs, ys)
     Z = np.log10(X / Y)
     levels = np.arange(math.floor(Z.min()), math.ceil(Z.max()) + 1)
-    for ax in axes.flat[len(sizes):]:
+    for ax in axes.flat[len(sizes) :]:
         ax.set_visible(False)
     for ax, size in zip(axes.flat, sizes):
         at = trials[trials["batch_size"] == size]
-        cs = ax.contour(X, Y, Z, levels=levels, colors="0.75", linewidths=0.7,
-                        negative_linestyles="solid")
+        cs = ax.contour(X, Y, Z, levels=levels, colors="0.75", linewidths=0.7, negative_linestyles="solid")
         ax.clabel(cs, fmt=lambda v: f"{v:g}", fontsize=7, colors="0.45")
         for cat, style in present_styles(trials).items():
             rows = at[at["category"] == cat]
             ax.scatter(rows["learning_rate"], 1 - rows["momentum"], s=22, zorder=3, **style)
         best = at[at["trial_id"] == best_trial_ids.get(size)]
-        ax.scatter(best["learning_rate"], 1 - best["momentum"], marker="*", s=180,
-                   color="gold", edgecolors="black", zorder=4, label="best trial")
+        ax.scatter(
+            best["learning_rate"],
+            1 - best["momentum"],
+            marker="*",
+            s=180,
+            color="gold",
+            edgecolors="black",
+            zorder=4,
+            label="best trial",
+        )
         log_axis(ax, "x", 10)
         log_axis(ax, "y", 10)
         ax.set_title(f"B = {size}", fontsize="medium")
-    for i, ax in enumerate(axes.flat[:len(sizes)]):
+    for i, ax in enumerate(axes.flat[: len(sizes)]):
         if i + ncols >= len(sizes):  # the lowest panel of its column
             ax.xaxis.set_tick_params(labelbottom=True)
             ax.set_xlabel("learning rate η")
@@ -119,8 +129,7 @@ def feasibility_plot(trials: pd.DataFrame, best_trial_ids: dict | None = None,
     return fig
 
 
-def budget_plot(table: pd.DataFrame, metric: str = "validation metric",
-                title: str | None = None) -> Figure:
+def budget_plot(table: pd.DataFrame, metric: str = "validation metric", title: str | None = None) -> Figure:
     """Best validation metric vs batch size under step and example budgets
     (Shallue et al. 2019, Fig. 11). `table` has columns budget_kind ('steps'
     or 'examples'), budget, batch_size, best_metric; one line per budget."""
@@ -130,8 +139,7 @@ def budget_plot(table: pd.DataFrame, metric: str = "validation metric",
         rows = table[table["budget_kind"] == kind]
         for i, (budget, line) in enumerate(rows.groupby("budget", sort=True)):
             line = line.sort_values("batch_size")
-            ax.plot(line["batch_size"], line["best_metric"], "o-", color=f"C{i % 10}",
-                    label=f"{budget:,.0f} {kind}")
+            ax.plot(line["batch_size"], line["best_metric"], "o-", color=f"C{i % 10}", label=f"{budget:,.0f} {kind}")
         log_axis(ax, "x")
         ax.set_xlabel(BATCH_LABEL)
         ax.set_title(f"{'step' if kind == 'steps' else 'example'} budget")
@@ -141,8 +149,9 @@ def budget_plot(table: pd.DataFrame, metric: str = "validation metric",
     return fig
 
 
-def feasibility_map(trials: pd.DataFrame, parameter: str, best_trial_ids: dict | None = None,
-                    title: str | None = None) -> Figure:
+def feasibility_map(
+    trials: pd.DataFrame, parameter: str, best_trial_ids: dict | None = None, title: str | None = None
+) -> Figure:
     """The feasibility of every trial (Shallue et al. 2019, Fig. 9) when one
     metaparameter was searched: one panel, batch size (log2) against that
     metaparameter (log10; 1 - momentum for momentum), each trial marked by its
@@ -157,8 +166,16 @@ def feasibility_map(trials: pd.DataFrame, parameter: str, best_trial_ids: dict |
         rows = trials[trials["category"] == cat]
         ax.scatter(rows["batch_size"], value(rows), s=30, zorder=3, **style)
     best = trials[trials["trial_id"].isin((best_trial_ids or {}).values())]
-    ax.scatter(best["batch_size"], value(best), marker="*", s=180, color="gold", edgecolors="black", zorder=4,
-               label="best trial")
+    ax.scatter(
+        best["batch_size"],
+        value(best),
+        marker="*",
+        s=180,
+        color="gold",
+        edgecolors="black",
+        zorder=4,
+        label="best trial",
+    )
     log_axis(ax, "x")
     log_axis(ax, "y", 10)
     y = value(trials).to_numpy(float)

@@ -13,6 +13,7 @@ may have been pruned by a later point: such a batch size is marked `?`).
         --batch-sizes 64,128,256,512 --out runs/bench_adaptive_sgd
     # the full study: --batch-sizes all
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,11 @@ from harness.sweep.spec import parse_spec
 def reference_table(folder, batch_sizes) -> dict:
     """batch size -> (steps to result, resolution) of the reference study."""
     table = analyze(load_sweep(folder)).table
-    return {int(r.batch_size): (int(r.steps), int(r.resolution)) for r in table.itertuples()
-            if int(r.batch_size) in batch_sizes}
+    return {
+        int(r.batch_size): (int(r.steps), int(r.resolution))
+        for r in table.itertuples()
+        if int(r.batch_size) in batch_sizes
+    }
 
 
 def fit_text(steps: dict) -> str:
@@ -60,8 +64,16 @@ def quasi_random(folder, batch_sizes, reference) -> list[dict]:
                 steps[b] = min(done)
                 if any(r["status"] == "pruned" and r["steps_run"] < steps[b] for r in first):
                     unsure.add(b)
-        rows.append(dict(n=n, trials=n * len(batch_sizes), examples=examples, steps=steps, unsure=sorted(unsure),
-                         within=within(steps, reference)))
+        rows.append(
+            dict(
+                n=n,
+                trials=n * len(batch_sizes),
+                examples=examples,
+                steps=steps,
+                unsure=sorted(unsure),
+                within=within(steps, reference),
+            )
+        )
     return rows
 
 
@@ -80,9 +92,16 @@ def adaptive(folder, raw: dict, batch_sizes, reference, out, workers) -> list[di
             if rec["status"] == "complete":
                 b = rec["config"]["batch_size"]
                 steps[b] = min(steps.get(b, rec["steps_to_target"]), rec["steps_to_target"])
-        rows.append(dict(round=r["round"], trials=len(ids), examples=sum(
-            records[i]["steps_run"] * records[i]["config"]["batch_size"] for i in ids),
-            ideal_examples=r["examples"], steps=steps, within=within(steps, reference)))
+        rows.append(
+            dict(
+                round=r["round"],
+                trials=len(ids),
+                examples=sum(records[i]["steps_run"] * records[i]["config"]["batch_size"] for i in ids),
+                ideal_examples=r["examples"],
+                steps=steps,
+                within=within(steps, reference),
+            )
+        )
     rows[-1]["stopped"] = search["stopped"]
     return rows
 
@@ -90,8 +109,17 @@ def adaptive(folder, raw: dict, batch_sizes, reference, out, workers) -> list[di
 def adaptive_spec(folder, rounds, per_round, initial, ratio) -> dict:
     raw = tomllib.loads((Path(folder) / "spec.toml").read_text())
     space = raw["search"]["space"]
-    raw["search"] = {"kind": "adaptive", "rounds": rounds, "trials_per_round": per_round, "initial_trials": initial,
-                     "sampler": "tpe", "seed": 0, "patience": 2, "space": space, "stop": {"ratio": ratio}}
+    raw["search"] = {
+        "kind": "adaptive",
+        "rounds": rounds,
+        "trials_per_round": per_round,
+        "initial_trials": initial,
+        "sampler": "tpe",
+        "seed": 0,
+        "patience": 2,
+        "space": space,
+        "stop": {"ratio": ratio},
+    }
     return raw
 
 
@@ -115,12 +143,18 @@ def main(argv=None) -> None:
     qr = quasi_random(args.reference, sizes, reference)
     first_qr = next((r for r in qr if r["within"]), None)
     first_ad = next((r for r in ada if r["within"]), None)
-    report = dict(reference=str(args.reference), batch_sizes=sizes, reference_steps=reference,
-                  reference_examples=full["examples"],
-                  reference_b_crit=fit_text({b: s for b, (s, _) in reference.items()}),
-                  quasi_random_first_within=first_qr, adaptive_rounds=ada, adaptive_first_within=first_ad,
-                  adaptive_b_crit=fit_text(ada[-1]["steps"]) if len(ada[-1]["steps"]) >= 2 else None,
-                  quasi_random_at_adaptive_trials=qr[min(len(qr), max(1, ada[-1]["trials"] // len(sizes))) - 1])
+    report = dict(
+        reference=str(args.reference),
+        batch_sizes=sizes,
+        reference_steps=reference,
+        reference_examples=full["examples"],
+        reference_b_crit=fit_text({b: s for b, (s, _) in reference.items()}),
+        quasi_random_first_within=first_qr,
+        adaptive_rounds=ada,
+        adaptive_first_within=first_ad,
+        adaptive_b_crit=fit_text(ada[-1]["steps"]) if len(ada[-1]["steps"]) >= 2 else None,
+        quasi_random_at_adaptive_trials=qr[min(len(qr), max(1, ada[-1]["trials"] // len(sizes))) - 1],
+    )
     if first_qr:
         report["quasi_random_b_crit"] = fit_text(first_qr["steps"])
     print(json.dumps(report, indent=1, default=str))

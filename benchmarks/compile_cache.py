@@ -9,6 +9,7 @@ benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/compile_cache.py [--spec experiments/quickstart.toml] [--repeats 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ import time
 from pathlib import Path
 
 import jax
-
 from sweep import ROOT, engine_run, report
 
 
@@ -47,21 +47,35 @@ def main():
         timed(args.spec, Path(tmp) / "fill", args.workers, args.data_dir, cache)
         for i in range(args.repeats):
             for kind in runs:
-                runs[kind].append(timed(args.spec, Path(tmp) / f"{kind}{i}", args.workers, args.data_dir,
-                                        cache if kind == "shared" else None))
+                runs[kind].append(
+                    timed(
+                        args.spec,
+                        Path(tmp) / f"{kind}{i}",
+                        args.workers,
+                        args.data_dir,
+                        cache if kind == "shared" else None,
+                    )
+                )
     own, shared = (statistics.median(w for w, _ in runs[k]) for k in runs)
     same = len({str(c) for k in runs for _, c in runs[k]}) == 1
-    lines = [f"### Shared compilation cache: {Path(args.spec).name} ({time.strftime('%Y-%m-%d')})", "",
-             f"Machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
-             f"{jax.default_backend()}, jax {jax.__version__}; load average at the end {os.getloadavg()[0]:.1f}. "
-             f"Median of {args.repeats} alternated runs of each kind, each into a fresh sweep folder.", "",
-             "| run | wall time (s) | runs (s) |", "|---|---:|---|",
-             f"| (a) the sweep folder's own cache (compiles every program) | {own:.1f} | "
-             f"{', '.join(f'{w:.1f}' for w, _ in runs['own'])} |",
-             f"| (b) `JAX_COMPILATION_CACHE_DIR` filled by an earlier sweep | {shared:.1f} | "
-             f"{', '.join(f'{w:.1f}' for w, _ in runs['shared'])} |",
-             "", f"Speed-up (a)/(b): **{own / shared:.2f}x**. Same steps-to-result in every run: "
-             f"{'yes' if same else 'NO'} ({runs['own'][0][1]}).", ""]
+    lines = [
+        f"### Shared compilation cache: {Path(args.spec).name} ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+        f"{jax.default_backend()}, jax {jax.__version__}; load average at the end {os.getloadavg()[0]:.1f}. "
+        f"Median of {args.repeats} alternated runs of each kind, each into a fresh sweep folder.",
+        "",
+        "| run | wall time (s) | runs (s) |",
+        "|---|---:|---|",
+        f"| (a) the sweep folder's own cache (compiles every program) | {own:.1f} | "
+        f"{', '.join(f'{w:.1f}' for w, _ in runs['own'])} |",
+        f"| (b) `JAX_COMPILATION_CACHE_DIR` filled by an earlier sweep | {shared:.1f} | "
+        f"{', '.join(f'{w:.1f}' for w, _ in runs['shared'])} |",
+        "",
+        f"Speed-up (a)/(b): **{own / shared:.2f}x**. Same steps-to-result in every run: "
+        f"{'yes' if same else 'NO'} ({runs['own'][0][1]}).",
+        "",
+    ]
     report(lines, record=not args.no_record)
 
 

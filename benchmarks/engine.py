@@ -13,6 +13,7 @@ own subprocess so the peak is its own).
 
     python benchmarks/engine.py [--seconds 3] [--batch-sizes 1,8,64,512] [--workloads mnist_fc1024,mnist_simple_cnn]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ def matmul_peak(n=2048, repeats=5, rounds=5) -> float:
         t = time.perf_counter()
         for _ in range(repeats):
             f(a).block_until_ready()
-        best = max(best, 2 * n ** 3 * repeats / (time.perf_counter() - t))
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - t))
     return best
 
 
@@ -93,7 +94,7 @@ def run_plain(workload, batch_size, data_dir, seconds):
         while True:
             perm = rng.permutation(len(train_x))
             for i in range(len(train_x) // batch_size):
-                idx = perm[i * batch_size:(i + 1) * batch_size]
+                idx = perm[i * batch_size : (i + 1) * batch_size]
                 yield train_x[idx][None, None], train_y[idx][None, None]
 
     batches = epoch_batches()
@@ -135,10 +136,14 @@ def main():
         return one(args)
     peak = matmul_peak()
     device = jax.devices()[0]
-    print(f"device: {device.platform} {device.device_kind}, {platform.processor() or platform.machine()}, "
-          f"measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s")
-    print(f"| workload | B | plain loop ex/s | engine ex/s | speed-up | plain % peak | engine % peak "
-          f"| plain peak mem (MB) | engine peak mem (MB) |")
+    print(
+        f"device: {device.platform} {device.device_kind}, {platform.processor() or platform.machine()}, "
+        f"measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s"
+    )
+    print(
+        "| workload | B | plain loop ex/s | engine ex/s | speed-up | plain % peak | engine % peak "
+        "| plain peak mem (MB) | engine peak mem (MB) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for workload in args.workloads.split(","):
         for b in (int(b) for b in args.batch_sizes.split(",")):
@@ -150,10 +155,13 @@ def main():
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 res[loop] = json.loads(out.stdout.strip().splitlines()[-1])
             pl, en = res["plain"], res["engine"]
-            print(f"| {workload} | {b} | {pl['examples_per_s']:,.0f} | {en['examples_per_s']:,.0f} "
-                  f"| {en['examples_per_s'] / pl['examples_per_s']:.1f}x | {100 * pl['flop_rate'] / peak:.1f} "
-                  f"| {100 * en['flop_rate'] / peak:.1f} | {pl['peak_memory'] / 2**20:,.0f} "
-                  f"| {en['peak_memory'] / 2**20:,.0f} |", flush=True)
+            print(
+                f"| {workload} | {b} | {pl['examples_per_s']:,.0f} | {en['examples_per_s']:,.0f} "
+                f"| {en['examples_per_s'] / pl['examples_per_s']:.1f}x | {100 * pl['flop_rate'] / peak:.1f} "
+                f"| {100 * en['flop_rate'] / peak:.1f} | {pl['peak_memory'] / 2**20:,.0f} "
+                f"| {en['peak_memory'] / 2**20:,.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

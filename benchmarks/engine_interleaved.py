@@ -6,6 +6,7 @@ pack axis (a pack of one), to measure what that axis costs.
 
     python benchmarks/engine_interleaved.py [--workload mnist_simple_cnn] [--batch-sizes 8,64,512]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,9 @@ def measure(workload: str, batch_size: int, steps: int, rounds: int = 7) -> dict
     def plain(state, n):  # the Flax MNIST example's loop: host batches, one device_put and jitted step per step
         for _ in range(n):
             idx = rng.permutation(len(train_x))[:batch_size]
-            state, loss = plain_step(state, jax.device_put(train_x[idx][None, None]),
-                                     jax.device_put(train_y[idx][None, None]))
+            state, loss = plain_step(
+                state, jax.device_put(train_x[idx][None, None]), jax.device_put(train_y[idx][None, None])
+            )
         loss.block_until_ready()
         return state
 
@@ -72,9 +74,12 @@ def main():
     print("|---|---:|---:|---:|---:|---:|---|")
     for b in (int(b) for b in args.batch_sizes.split(",")):
         r = measure(args.workload, b, steps=max(4, 2048 // b))
-        print(f"| {args.workload} | {b} | {r['plain'][0]:,.0f} | {r['engine'][0]:,.0f} | "
-              f"{r['engine'][0] / r['plain'][0]:.2f}x | {r['unvmapped'][0]:,.0f} | best: plain {r['plain'][1]:,.0f}, "
-              f"engine {r['engine'][1]:,.0f}, unvmapped {r['unvmapped'][1]:,.0f} |", flush=True)
+        print(
+            f"| {args.workload} | {b} | {r['plain'][0]:,.0f} | {r['engine'][0]:,.0f} | "
+            f"{r['engine'][0] / r['plain'][0]:.2f}x | {r['unvmapped'][0]:,.0f} | best: plain {r['plain'][1]:,.0f}, "
+            f"engine {r['engine'][1]:,.0f}, unvmapped {r['unvmapped'][1]:,.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

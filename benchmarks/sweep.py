@@ -7,6 +7,7 @@ appends the result to benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/sweep.py [--spec experiments/quickstart.toml] [--workers N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,8 @@ import jax
 
 from analysis import load_sweep
 from analysis.steps import steps_to_result
-from harness.sweep.spec import load_spec
 from harness.sweep.run import run_sweep
+from harness.sweep.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_TRIAL = """
@@ -51,8 +52,13 @@ def one_at_a_time(spec, data_dir):
     steps, best = 0, {}
     for trial in load_spec(spec, data_dir).trials():
         config = {**trial.config.to_dict(), "checkpoint_every": None}
-        out = subprocess.run([sys.executable, "-c", ONE_TRIAL, json.dumps(config), data_dir or ""],
-                             capture_output=True, text=True, check=True, cwd=ROOT)
+        out = subprocess.run(
+            [sys.executable, "-c", ONE_TRIAL, json.dumps(config), data_dir or ""],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
         result = json.loads(out.stdout.strip().splitlines()[-1])
         steps += result["steps_run"]
         if result["status"] == "complete":
@@ -84,18 +90,29 @@ def main():
     same = {int(k): int(v) for k, v in curve_a.items()} == {int(k): int(v) for k, v in curve_b.items()}
     cores = len(os.sched_getaffinity(0))
     load = os.getloadavg()[0]
-    rows = [("(a) engine: parallel workers + exact pruning", wall_a, steps_a),
-            ("(b) one trial per process, no pruning", wall_b, steps_b)]
-    lines = [f"### Sweep engine vs one trial at a time: {Path(args.spec).name} ({time.strftime('%Y-%m-%d')})", "",
-             f"Machine: {platform.processor() or platform.machine()}, {cores} cores, {jax.default_backend()}, "
-             f"jax {jax.__version__}; load average at the end {load:.1f} (the machine is shared). "
-             f"{trials} trials; (a) used {args.workers or cores} worker processes "
-             f"and pruned {outcome.by_status.get('pruned', 0)} trials.", "",
-             "| run | wall time (s) | trials / hour | training steps executed |", "|---|---:|---:|---:|"]
+    rows = [
+        ("(a) engine: parallel workers + exact pruning", wall_a, steps_a),
+        ("(b) one trial per process, no pruning", wall_b, steps_b),
+    ]
+    lines = [
+        f"### Sweep engine vs one trial at a time: {Path(args.spec).name} ({time.strftime('%Y-%m-%d')})",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {cores} cores, {jax.default_backend()}, "
+        f"jax {jax.__version__}; load average at the end {load:.1f} (the machine is shared). "
+        f"{trials} trials; (a) used {args.workers or cores} worker processes "
+        f"and pruned {outcome.by_status.get('pruned', 0)} trials.",
+        "",
+        "| run | wall time (s) | trials / hour | training steps executed |",
+        "|---|---:|---:|---:|",
+    ]
     lines += [f"| {name} | {wall:.1f} | {trials / wall * 3600:.0f} | {steps} |" for name, wall, steps in rows]
-    lines += ["", f"Speed-up (b)/(a): **{wall_b / wall_a:.2f}x** wall time, {steps_b / steps_a:.2f}x fewer steps. "
-              f"Same steps-to-result per batch size in both: {'yes' if same else 'NO'} "
-              f"({dict(sorted((int(k), int(v)) for k, v in curve_a.items()))}).", ""]
+    lines += [
+        "",
+        f"Speed-up (b)/(a): **{wall_b / wall_a:.2f}x** wall time, {steps_b / steps_a:.2f}x fewer steps. "
+        f"Same steps-to-result per batch size in both: {'yes' if same else 'NO'} "
+        f"({dict(sorted((int(k), int(v)) for k, v in curve_a.items()))}).",
+        "",
+    ]
     report(lines, record=not args.no_record)
 
 

@@ -6,6 +6,7 @@ Bring a Flax model, your data as arrays in a `harness.engine.data.Dataset` (or a
 dataset tensorflow-datasets serves: `load_dataset("tfds:<name>", data_dir)`),
 and name the loss and the validation metric.
 """
+
 import flax.linen as nn
 
 from harness.engine.data import Dataset, load_dataset
@@ -25,8 +26,9 @@ class TinyCNN(nn.Module):
 def load(data_dir=None) -> Dataset:
     """Any arrays will do; here, the first 20,000 Fashion-MNIST training images."""
     full = load_dataset("fashion_mnist", data_dir)
-    return Dataset("fashion_mnist_20k", full.train_x[:20000], full.train_y[:20000], full.val_x, full.val_y,
-                   full.num_classes)
+    return Dataset(
+        "fashion_mnist_20k", full.train_x[:20000], full.train_y[:20000], full.val_x, full.val_y, full.num_classes
+    )
 
 
 workload = Workload(

@@ -1,6 +1,7 @@
 """The one exception type for bad user input (the CLI prints it as one line),
 the one for SIGINT and SIGTERM, the one line an OSError is shown as, and the
 one way to print a warning, and the one "did you mean" of an unknown name."""
+
 import difflib
 import signal
 import sys

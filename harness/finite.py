@@ -1,4 +1,5 @@
 """Strict JSON from results that may hold NaN or infinities."""
+
 from __future__ import annotations
 
 import math

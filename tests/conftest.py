@@ -1,4 +1,5 @@
 """Shared fixtures: the folder of real datasets (../shared/data or $CBS_DATA_DIR)."""
+
 import os
 import shutil
 import tempfile

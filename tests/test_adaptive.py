@@ -3,6 +3,7 @@ are pure functions of the earlier records, whatever order the trials finished
 in; censored and diverged trials; transfer across batch sizes; the stop rules;
 bad input. Most tests use a synthetic model of steps to the target (no
 training); one runs a tiny sweep end to end and resumes it."""
+
 import json
 import math
 
@@ -17,11 +18,23 @@ from harness.sweep.spec import parse_spec
 from harness.sweep.store import RecordIndex, Store, Summary
 
 SPEC = {
-    "workload": "mnist_fc32x1", "optimizer": "sgd", "batch_sizes": [32, 64, 128], "target": 0.15,
-    "max_steps": 400, "eval_every": 20,
-    "search": {"kind": "adaptive", "rounds": 4, "trials_per_round": 2, "initial_trials": 3, "seed": 1,
-               "space": {"learning_rate": {"min": 0.001, "max": 10.0, "scale": "log"},
-                         "end_lr_factor": {"min": 0.01, "max": 0.1, "scale": "log"}}},
+    "workload": "mnist_fc32x1",
+    "optimizer": "sgd",
+    "batch_sizes": [32, 64, 128],
+    "target": 0.15,
+    "max_steps": 400,
+    "eval_every": 20,
+    "search": {
+        "kind": "adaptive",
+        "rounds": 4,
+        "trials_per_round": 2,
+        "initial_trials": 3,
+        "seed": 1,
+        "space": {
+            "learning_rate": {"min": 0.001, "max": 10.0, "scale": "log"},
+            "end_lr_factor": {"min": 0.01, "max": 0.1, "scale": "log"},
+        },
+    },
     "fixed": {"schedule": "linear_decay", "decay_fraction": 1.0},
 }
 
@@ -52,15 +65,24 @@ def outcome(config, bound):
 
 def fake_execute(store, order=sorted):
     """An executor that writes synthetic records, running the trials one by one in `order` with exact pruning."""
+
     def execute(trials):
         pending = [t for t in trials if not store.is_done(t.id)]
         for t in order(pending, key=lambda t: t.id):
             bound = RecordIndex(store).refresh().best_steps(t.config.batch_size)
             status, steps, run = outcome(t.config, bound)
-            store.write_record(t.id, {"config": {"batch_size": t.config.batch_size, "max_steps": t.config.max_steps},
-                                      "status": status, "steps_to_target": steps, "measurements": [],
-                                      "steps_run": run})
+            store.write_record(
+                t.id,
+                {
+                    "config": {"batch_size": t.config.batch_size, "max_steps": t.config.max_steps},
+                    "status": status,
+                    "steps_to_target": steps,
+                    "measurements": [],
+                    "steps_run": run,
+                },
+            )
         return len(pending)
+
     return execute
 
 
@@ -110,8 +132,12 @@ def test_a_new_batch_size_starts_from_its_neighbours_best_moved_by_the_scaling_r
         history = [planner.plan(0, start, [], {})]
         assert {p.batch_size for p in history[0]} == {32, 128}
         summaries = summaries_of(history)
-        best = {b: planner.best_points([p for p in history[0] if p.batch_size == b],
-                                       planner.observations(history, summaries))[b] for b in (32, 128)}
+        best = {
+            b: planner.best_points(
+                [p for p in history[0] if p.batch_size == b], planner.observations(history, summaries)
+            )[b]
+            for b in (32, 128)
+        }
         new = [p for p in planner.plan(1, start, history, summaries) if p.batch_size == 64]
         lrs = [p.trial.config.learning_rate for p in new]
         assert len(new) == 3  # two moved points, one quasi-random
@@ -127,11 +153,14 @@ def test_a_batch_size_stops_after_patience_rounds_without_improvement():
     assert all(later <= earlier for earlier, later in zip(per_batch, per_batch[1:]))
 
 
-@pytest.mark.parametrize("stop, reason", [
-    ({"ratio": 2.0}, "the 90% interval of B_crit is within a ratio of 2"),
-    ({"max_examples": 1}, "the example budget is spent"),
-    ({}, "the rounds are spent (2)"),
-])
+@pytest.mark.parametrize(
+    "stop, reason",
+    [
+        ({"ratio": 2.0}, "the 90% interval of B_crit is within a ratio of 2"),
+        ({"max_examples": 1}, "the example budget is spent"),
+        ({}, "the rounds are spent (2)"),
+    ],
+)
 def test_the_sweep_stops_where_its_rule_says(tmp_path, stop, reason):
     spec = spec_with(rounds=2, stop=stop)
     store = Store(tmp_path)
@@ -152,13 +181,18 @@ def test_patience_stops_the_sweep_and_a_resumed_or_extended_one_replays_its_roun
     longer = spec_with(patience=1, rounds=8)
     assert store.open(longer, "") == ["search.rounds"]
     extended = run_rounds(longer, store, fake_execute(store), None, lambda line: None)
-    assert [t.id for t in extended.trials][:len(first.trials)] == [t.id for t in first.trials]
+    assert [t.id for t in extended.trials][: len(first.trials)] == [t.id for t in first.trials]
     assert "out of patience" in extended.stopped
 
 
 def test_a_tiny_sweep_runs_its_rounds_and_resumes_to_the_same_records(tmp_path):
-    raw = {**SPEC, "batch_sizes": [64], "max_steps": 40, "checkpoint_every": 40,
-           "search": {**SPEC["search"], "rounds": 2, "trials_per_round": 1, "initial_trials": 2}}
+    raw = {
+        **SPEC,
+        "batch_sizes": [64],
+        "max_steps": 40,
+        "checkpoint_every": 40,
+        "search": {**SPEC["search"], "rounds": 2, "trials_per_round": 1, "initial_trials": 2},
+    }
     run_sweep(raw, tmp_path / "sweep", workers=1, data_dir=DATA)
     records = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("trials/*/record.json")}
     search = json.loads((tmp_path / "sweep" / "search.json").read_text())
@@ -168,15 +202,21 @@ def test_a_tiny_sweep_runs_its_rounds_and_resumes_to_the_same_records(tmp_path):
     assert json.loads((tmp_path / "sweep" / "search.json").read_text()) == search
 
 
-@pytest.mark.parametrize("search, message", [
-    ({"kind": "bayes"}, "spec: search.kind: unknown value 'bayes'; allowed: grid, quasi_random, adaptive"),
-    ({"stop": {"ratio": 1.0}}, "spec: search.stop.ratio: must be > 1"),
-    ({"stop": {"max_examples": -5}}, "spec: search.stop.max_examples: must be >= 1, got -5; allowed: integers >= 1"),
-    ({"rounds": 0}, "spec: search.rounds: must be >= 1, got 0; allowed: integers >= 1"),
-    ({"trials": 8}, "spec: search.trials: only for kind = quasi_random; allowed: rounds"),
-    ({"sampler": "cmaes"}, "spec: search.sampler: unknown value 'cmaes'; allowed: tpe, gp"),
-    ({"kind": "quasi_random", "trials": 4}, "spec: search.rounds: only for kind = adaptive; allowed: kind, space"),
-])
+@pytest.mark.parametrize(
+    "search, message",
+    [
+        ({"kind": "bayes"}, "spec: search.kind: unknown value 'bayes'; allowed: grid, quasi_random, adaptive"),
+        ({"stop": {"ratio": 1.0}}, "spec: search.stop.ratio: must be > 1"),
+        (
+            {"stop": {"max_examples": -5}},
+            "spec: search.stop.max_examples: must be >= 1, got -5; allowed: integers >= 1",
+        ),
+        ({"rounds": 0}, "spec: search.rounds: must be >= 1, got 0; allowed: integers >= 1"),
+        ({"trials": 8}, "spec: search.trials: only for kind = quasi_random; allowed: rounds"),
+        ({"sampler": "cmaes"}, "spec: search.sampler: unknown value 'cmaes'; allowed: tpe, gp"),
+        ({"kind": "quasi_random", "trials": 4}, "spec: search.rounds: only for kind = adaptive; allowed: kind, space"),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_field(search, message):
     with pytest.raises(UserError) as e:
         spec_with(**search)

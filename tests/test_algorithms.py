@@ -1,5 +1,6 @@
 """Local SGD, post-local SGD and Crossbow SMA against mini-batch SGD and
 their formulas (Lin et al. 2020, Alg. 1; Koliousis et al. 2019, Alg. 1)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +13,15 @@ from harness.engine.step import Engine
 from harness.engine.trial import TrialConfig
 from harness.engine.workloads import get_workload
 
-BASE = dict(workload="mnist_fc128x1", batch_size=64, learning_rate=0.05, optimizer="nesterov", max_steps=20,
-            eval_every=10, stop_at_target=False)
+BASE = dict(
+    workload="mnist_fc128x1",
+    batch_size=64,
+    learning_rate=0.05,
+    optimizer="nesterov",
+    max_steps=20,
+    eval_every=10,
+    stop_at_target=False,
+)
 MEASURED = ("step", "examples", "train_loss", "val_loss", "val_metric")
 
 
@@ -53,8 +61,16 @@ def test_post_local_sgd_is_minibatch_until_the_switch_then_local(data_dir):
     assert _rows(post)[2] != pytest.approx(_rows(sgd)[2], rel=1e-4)
     # Rounds: one per step up to the switch, then one per H steps.
     assert [r["rounds"] for r in post.measurements] == [0, 10, 13]  # averages at 12, 16, 20
-    step_schedule = TrialConfig(algorithm="post_local_sgd", replicas=2, local_steps=4, schedule="step",
-                                boundaries=(30, 60), warmup="linear", warmup_steps=5, **BASE)
+    step_schedule = TrialConfig(
+        algorithm="post_local_sgd",
+        replicas=2,
+        local_steps=4,
+        schedule="step",
+        boundaries=(30, 60),
+        warmup="linear",
+        warmup_steps=5,
+        **BASE,
+    )
     assert algorithms.switch_step(step_schedule) == 35  # the first decay, after the warmup
 
 
@@ -68,8 +84,16 @@ def test_sma_with_one_learner_and_no_correction_is_sgd(data_dir):
 
 
 def test_sma_step_follows_crossbow_algorithm_1():
-    config = TrialConfig(workload="x", batch_size=2, learning_rate=0.1, optimizer="sgd", algorithm="sma",
-                         replicas=2, sma_alpha=0.25, sma_momentum=0.5)
+    config = TrialConfig(
+        workload="x",
+        batch_size=2,
+        learning_rate=0.1,
+        optimizer="sgd",
+        algorithm="sma",
+        replicas=2,
+        sma_alpha=0.25,
+        sma_momentum=0.5,
+    )
     before = {"w": jnp.array([[1.0], [3.0]])}
     after = {"w": jnp.array([[0.8], [2.5]])}  # w_j - g_j
     center = {"z": {"w": jnp.array([2.0])}, "z_prev": {"w": jnp.array([1.5])}}
@@ -80,23 +104,42 @@ def test_sma_step_follows_crossbow_algorithm_1():
     np.testing.assert_allclose(new["z_prev"]["w"], [2.0])
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--algorithm", "easgd"], "unknown algorithm 'easgd'; allowed: minibatch, local_sgd, post_local_sgd, sma"),
-    (["--algorithm", "local_sgd", "--replicas", "3"], "replicas must divide batch_size 64"),
-    (["--replicas", "2"], "replicas must be 1 with algorithm 'minibatch'"),
-    (["--algorithm", "local_sgd", "--local-steps", "0"], "local_steps must be >= 1, got 0"),
-    (["--algorithm", "sma", "--optimizer", "sgd", "--sma-alpha", "1.5"], "sma_alpha must be in (0, 1], got 1.5"),
-    (["--algorithm", "sma", "--optimizer", "adam"],
-     "optimizer 'adam' is not supported by algorithm 'sma'; allowed: sgd"),
-    (["--algorithm", "local_sgd", "--optimizer", "lamb"],
-     "optimizer 'lamb' is not supported by algorithm 'local_sgd'; allowed: sgd, momentum, nesterov"),
-    (["--algorithm", "post_local_sgd", "--replicas", "2"], "algorithm 'post_local_sgd' needs switch_step >= 1"),
-    (["--algorithm", "local_sgd", "--replicas", "2", "--gns", "--microbatches", "2"],
-     "gns needs algorithm 'minibatch'"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--algorithm", "easgd"], "unknown algorithm 'easgd'; allowed: minibatch, local_sgd, post_local_sgd, sma"),
+        (["--algorithm", "local_sgd", "--replicas", "3"], "replicas must divide batch_size 64"),
+        (["--replicas", "2"], "replicas must be 1 with algorithm 'minibatch'"),
+        (["--algorithm", "local_sgd", "--local-steps", "0"], "local_steps must be >= 1, got 0"),
+        (["--algorithm", "sma", "--optimizer", "sgd", "--sma-alpha", "1.5"], "sma_alpha must be in (0, 1], got 1.5"),
+        (
+            ["--algorithm", "sma", "--optimizer", "adam"],
+            "optimizer 'adam' is not supported by algorithm 'sma'; allowed: sgd",
+        ),
+        (
+            ["--algorithm", "local_sgd", "--optimizer", "lamb"],
+            "optimizer 'lamb' is not supported by algorithm 'local_sgd'; allowed: sgd, momentum, nesterov",
+        ),
+        (["--algorithm", "post_local_sgd", "--replicas", "2"], "algorithm 'post_local_sgd' needs switch_step >= 1"),
+        (
+            ["--algorithm", "local_sgd", "--replicas", "2", "--gns", "--microbatches", "2"],
+            "gns needs algorithm 'minibatch'",
+        ),
+    ],
+)
 def test_bad_algorithm_input_is_one_clear_line(args, expected, capsys, data_dir):
-    argv = ["train", "--workload", "mnist_fc128x1", "--batch-size", "64", "--learning-rate", "0.1",
-            "--data-dir", str(data_dir), *args]
+    argv = [
+        "train",
+        "--workload",
+        "mnist_fc128x1",
+        "--batch-size",
+        "64",
+        "--learning-rate",
+        "0.1",
+        "--data-dir",
+        str(data_dir),
+        *args,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
@@ -106,8 +149,12 @@ def test_spec_sets_the_algorithm_and_rejects_bad_replicas_before_training():
     from harness.errors import UserError
     from harness.sweep.spec import parse_spec
 
-    raw = dict(workload="mnist_fc128x1", batch_sizes=[64, 128], max_steps=100,
-               fixed=dict(learning_rate=0.1, algorithm="local_sgd", replicas=4, local_steps=8))
+    raw = dict(
+        workload="mnist_fc128x1",
+        batch_sizes=[64, 128],
+        max_steps=100,
+        fixed=dict(learning_rate=0.1, algorithm="local_sgd", replicas=4, local_steps=8),
+    )
     configs = [t.config for t in parse_spec(raw).trials()]
     assert [(c.algorithm, c.replicas, c.local_steps) for c in configs] == [("local_sgd", 4, 8)] * 2
     with pytest.raises(UserError, match=r"fixed.algorithm: unknown value 'easgd'; allowed: minibatch, local_sgd"):

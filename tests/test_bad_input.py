@@ -1,13 +1,14 @@
 """The bad-input promise, as a battery: for every bad input below, every `cbs`
 command exits non-zero with one `cbs: error:` line on stderr, no traceback,
 and leaves existing results byte-identical."""
+
 import hashlib
 import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA_DIR as DATA
+
 from harness.cli import main
 from harness.sweep.run import run_sweep
 
@@ -44,6 +45,7 @@ def world(tmp_path_factory):
 
 def spec(text: str):
     """A spec file with `text` in place of GOOD_SPEC's matching lines (or added)."""
+
     def make(root: Path) -> str:
         lines = GOOD_SPEC.splitlines()
         for new in text.splitlines():
@@ -56,12 +58,20 @@ def spec(text: str):
         path = root / f"spec-{hashlib.md5(text.encode()).hexdigest()[:8]}.toml"
         path.write_text("\n".join(lines) + "\n")
         return str(path)
+
     return make
 
 
 def sweep(make_spec, *extra):
-    return lambda root: ["sweep", make_spec(root) if callable(make_spec) else make_spec.format(root=root),
-                         "--out", str(root / "new"), "--data-dir", DATA, *extra]
+    return lambda root: [
+        "sweep",
+        make_spec(root) if callable(make_spec) else make_spec.format(root=root),
+        "--out",
+        str(root / "new"),
+        "--data-dir",
+        DATA,
+        *extra,
+    ]
 
 
 def text_file(name: str, content: str):
@@ -72,6 +82,7 @@ def binary_file(name: str, content: bytes):
     def make(root: Path) -> str:
         (root / name).write_bytes(content)
         return str(root / name)
+
     return make
 
 
@@ -105,13 +116,30 @@ CASES = {
     "gpus not on this machine": sweep(spec(""), "--gpus", "99"),
     "workload file with a syntax error": sweep(lambda root: spec(f'workload = "{broken_workload(root)}"')(root)),
     # (MNIST ships with the package: a dataset that does not)
-    "data folder missing": lambda root: ["sweep", spec('workload = "fashion_mnist_fc32x1"')(root), "--out",
-                                         str(root / "new"),
-                                         "--data-dir", str(root / "no_data")],
-    "truncated dataset file": lambda root: ["sweep", spec("")(root), "--out", str(root / "new"),
-                                            "--data-dir", str(root / "bad_data")],
-    "changed spec on an existing folder": lambda root: ["sweep", spec("target = 0.4")(root), "--out",
-                                                        str(root / "sweep"), "--data-dir", DATA],
+    "data folder missing": lambda root: [
+        "sweep",
+        spec('workload = "fashion_mnist_fc32x1"')(root),
+        "--out",
+        str(root / "new"),
+        "--data-dir",
+        str(root / "no_data"),
+    ],
+    "truncated dataset file": lambda root: [
+        "sweep",
+        spec("")(root),
+        "--out",
+        str(root / "new"),
+        "--data-dir",
+        str(root / "bad_data"),
+    ],
+    "changed spec on an existing folder": lambda root: [
+        "sweep",
+        spec("target = 0.4")(root),
+        "--out",
+        str(root / "sweep"),
+        "--data-dir",
+        DATA,
+    ],
     "out is a file": lambda root: ["sweep", spec("")(root), "--out", str(root / "file"), "--data-dir", DATA],
     # cbs train
     "train batch size zero": lambda root: TRAIN + ["--batch-size", "0", "--data-dir", DATA],
@@ -121,15 +149,19 @@ CASES = {
     "train microbatches not dividing": lambda root: TRAIN + ["--microbatches", "3", "--data-dir", DATA],
     "train max steps zero": lambda root: TRAIN + ["--max-steps", "0", "--data-dir", DATA],
     "train truncated dataset file": lambda root: TRAIN + ["--data-dir", str(root / "bad_data")],
-    "train checkpoint dir is a file": lambda root: TRAIN + ["--checkpoint-every", "10", "--checkpoint-dir",
-                                                            str(root / "file"), "--data-dir", DATA],
+    "train checkpoint dir is a file": lambda root: (
+        TRAIN + ["--checkpoint-every", "10", "--checkpoint-dir", str(root / "file"), "--data-dir", DATA]
+    ),
     "train out is a file": lambda root: TRAIN + ["--out", str(root / "file"), "--data-dir", DATA],
-    "train learning rate zero with out": lambda root: TRAIN + ["--learning-rate", "0", "--out", str(root / "new"),
-                                                               "--data-dir", DATA],
-    "train batch size above the training set with out": lambda root: TRAIN + [
-        "--batch-size", "100000", "--out", str(root / "new"), "--data-dir", DATA],
-    "train workload file with a syntax error": lambda root: TRAIN + [
-        "--workload", broken_workload(root), "--data-dir", DATA],
+    "train learning rate zero with out": lambda root: (
+        TRAIN + ["--learning-rate", "0", "--out", str(root / "new"), "--data-dir", DATA]
+    ),
+    "train batch size above the training set with out": lambda root: (
+        TRAIN + ["--batch-size", "100000", "--out", str(root / "new"), "--data-dir", DATA]
+    ),
+    "train workload file with a syntax error": lambda root: (
+        TRAIN + ["--workload", broken_workload(root), "--data-dir", DATA]
+    ),
     # cbs analyze
     "analyze missing folder": lambda root: ["analyze", str(root / "nowhere")],
     "analyze not a sweep": lambda root: ["analyze", str(root / "bad_data")],
@@ -148,8 +180,9 @@ CASES = {
     "fit a folder": lambda root: ["fit", str(root / "sweep")],
     # cbs gns
     "gns unknown workload": lambda root: ["gns"] + TRAIN[1:] + ["--workload", "mnist_rnn", "--data-dir", DATA],
-    "gns samples negative": lambda root: ["gns"] + TRAIN[1:] + ["--microbatches", "2", "--num-samples", "-1",
-                                                                "--data-dir", DATA],
+    "gns samples negative": lambda root: (
+        ["gns"] + TRAIN[1:] + ["--microbatches", "2", "--num-samples", "-1", "--data-dir", DATA]
+    ),
     # cbs nqm
     "nqm batch sizes not integers": lambda root: ["nqm", "--batch-sizes", "a,b"],
     "nqm batch sizes empty": lambda root: ["nqm", "--batch-sizes", ""],
@@ -162,8 +195,11 @@ CASES = {
 
 
 def snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and ".jax_cache" not in p.parts}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".jax_cache" not in p.parts
+    }
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -190,30 +226,58 @@ def test_bad_input_is_one_error_line_and_touches_nothing(case, world, capsys):
 SPEC_KEYS = "name, description, workload, workload_options, optimizer, batch_sizes, target, max_steps, max_examples, "
 
 
-@pytest.mark.parametrize("make_argv, line", [
-    (sweep(text_file("max_step.toml", GOOD_SPEC.replace("max_steps", "max_step"))),
-     "{root}/max_step.toml: max_step: unknown key; did you mean max_steps? allowed: " + SPEC_KEYS),
-    (sweep(text_file("typo.toml", GOOD_SPEC.replace("mnist_fc32x1", "mnist_simple_cn"))),
-     "{root}/typo.toml: workload: unknown workload 'mnist_simple_cn'; did you mean mnist_simple_cnn? allowed: "
-     "mnist_simple_cnn, mnist_fc1024, "),
-    (sweep(text_file("lr.toml", GOOD_SPEC.replace("learning_rate", "learning_rat"))),
-     "{root}/lr.toml: search.space.learning_rat: unknown metaparameter; did you mean learning_rate? allowed: "
-     "algorithm, b1, b2, "),
-    (sweep(text_file("five.toml", GOOD_SPEC.replace("target = 0.5", "target = 5"))),
-     "{root}/five.toml: target: 5 is outside the range of error_rate (0 to 1): every error_rate is below it; "
-     "allowed: (0.0, 1.0]"),
-    (sweep(binary_file("latin1.toml", GOOD_SPEC.encode() + b"# caf\xe9\n")),
-     "{root}/latin1.toml: line 12: not valid UTF-8 (byte 0xe9); allowed: a spec file in UTF-8, as TOML requires"),
-    (lambda root: TRAIN + ["--workload", broken_workload(root)],
-     "workload file {root}/broken_workload.py, line 2: SyntaxError: '(' was never closed"),
-    (lambda root: ["fit", text_file("header.csv", "batch_size,steps\n")(root)],
-     "{root}/header.csv: 0 rows; a fit needs at least 2 batch sizes (3 for an interval); allowed: one row per "
-     "batch size, at least 2 per group"),
-    (lambda root: ["fit", text_file("one.csv", "batch_size,steps\n32,100\n")(root)],
-     "{root}/one.csv: 1 row; a fit needs at least 2 batch sizes (3 for an interval); allowed: one row per "
-     "batch size, at least 2 per group"),
-], ids=["misspelt key", "misspelt workload", "misspelt metaparameter", "target above an error rate's range",
-        "spec not UTF-8", "workload file syntax error", "fit header only", "fit one row"])
+@pytest.mark.parametrize(
+    "make_argv, line",
+    [
+        (
+            sweep(text_file("max_step.toml", GOOD_SPEC.replace("max_steps", "max_step"))),
+            "{root}/max_step.toml: max_step: unknown key; did you mean max_steps? allowed: " + SPEC_KEYS,
+        ),
+        (
+            sweep(text_file("typo.toml", GOOD_SPEC.replace("mnist_fc32x1", "mnist_simple_cn"))),
+            "{root}/typo.toml: workload: unknown workload 'mnist_simple_cn'; did you mean mnist_simple_cnn? allowed: "
+            "mnist_simple_cnn, mnist_fc1024, ",
+        ),
+        (
+            sweep(text_file("lr.toml", GOOD_SPEC.replace("learning_rate", "learning_rat"))),
+            "{root}/lr.toml: search.space.learning_rat: unknown metaparameter; did you mean learning_rate? allowed: "
+            "algorithm, b1, b2, ",
+        ),
+        (
+            sweep(text_file("five.toml", GOOD_SPEC.replace("target = 0.5", "target = 5"))),
+            "{root}/five.toml: target: 5 is outside the range of error_rate (0 to 1): every error_rate is below it; "
+            "allowed: (0.0, 1.0]",
+        ),
+        (
+            sweep(binary_file("latin1.toml", GOOD_SPEC.encode() + b"# caf\xe9\n")),
+            "{root}/latin1.toml: line 12: not valid UTF-8 (byte 0xe9); allowed: a spec file in UTF-8, as TOML requires",
+        ),
+        (
+            lambda root: TRAIN + ["--workload", broken_workload(root)],
+            "workload file {root}/broken_workload.py, line 2: SyntaxError: '(' was never closed",
+        ),
+        (
+            lambda root: ["fit", text_file("header.csv", "batch_size,steps\n")(root)],
+            "{root}/header.csv: 0 rows; a fit needs at least 2 batch sizes (3 for an interval); allowed: one row per "
+            "batch size, at least 2 per group",
+        ),
+        (
+            lambda root: ["fit", text_file("one.csv", "batch_size,steps\n32,100\n")(root)],
+            "{root}/one.csv: 1 row; a fit needs at least 2 batch sizes (3 for an interval); allowed: one row per "
+            "batch size, at least 2 per group",
+        ),
+    ],
+    ids=[
+        "misspelt key",
+        "misspelt workload",
+        "misspelt metaparameter",
+        "target above an error rate's range",
+        "spec not UTF-8",
+        "workload file syntax error",
+        "fit header only",
+        "fit one row",
+    ],
+)
 def test_the_line_a_user_sees(make_argv, line, tmp_path, capsys):
     """The whole error line (its start, where the allowed list runs on), exit status 2, nothing left behind."""
     assert main(make_argv(tmp_path)) == 2
@@ -225,8 +289,9 @@ def test_the_line_a_user_sees(make_argv, line, tmp_path, capsys):
 def test_gpus_on_a_machine_without_one_leaves_no_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("harness.sweep.executors.shutil.which", lambda name: None)  # no nvidia-smi: no GPU
     assert main(sweep(text_file("good.toml", GOOD_SPEC), "--gpus", "0")(tmp_path)) == 2
-    assert capsys.readouterr().err == ("cbs: error: --gpus 0: nvidia-smi lists no GPU on this machine; "
-                                       "allowed: leave --gpus out\n")
+    assert capsys.readouterr().err == (
+        "cbs: error: --gpus 0: nvidia-smi lists no GPU on this machine; allowed: leave --gpus out\n"
+    )
     assert not (tmp_path / "new").exists()
 
 

@@ -1,6 +1,7 @@
 """The `cbs` command as a user meets it: the command list, the version, one-line
 errors, the options of `cbs train` and `cbs gns`, and the JSON of `cbs fit`
 and `cbs analyze`."""
+
 import argparse
 import dataclasses
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_plots import make_sweep
 
 from harness import __version__
 from harness.cli import COMMANDS, main
@@ -19,7 +21,6 @@ from harness.engine.evaluation import EVAL_SCHEDULES
 from harness.engine.optimizers import BATCH_LR_RULES, BETA2_RULES, LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
 from harness.engine.trial import OPTIONS, TrialConfig
 from harness.sweep.tracking import TRACKERS
-from test_plots import make_sweep
 
 TRAIN = ["--workload", "linear_regression", "--batch-size", "64", "--learning-rate", "0.1"]
 
@@ -50,17 +51,22 @@ def test_version_is_the_packages(capsys):
     assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "harness.__version__"}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["bogus"], "cbs: error: argument COMMAND: unknown command 'bogus'; allowed: workloads, train, gns, sweep"),
-    (["train", *TRAIN, "--optimizer", "adagrad"],
-     "cbs: error: train: argument --optimizer: unknown optimizer 'adagrad'; allowed: sgd, momentum, nesterov"),
-    (["train", *TRAIN, "--stop-at-target"], "cbs: error: unrecognized arguments: --stop-at-target"),
-    (["train", "--batch-size", "8"], "cbs: error: train: the following arguments are required: --workload, "),
-    (["gns", *TRAIN, "--checkpoint-every", "5"], "cbs: error: unrecognized arguments: --checkpoint-every 5"),
-    (["gns", *TRAIN, "--no-stop-at-target"], "cbs: error: unrecognized arguments: --no-stop-at-target"),
-    (["sweep", "x.toml", "--gpus", "0", "--executor", "ray"], "cbs: error: --gpus: only with --executor local"),
-    (["fit", "absent.csv"], "cbs: error: no such file: absent.csv"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bogus"], "cbs: error: argument COMMAND: unknown command 'bogus'; allowed: workloads, train, gns, sweep"),
+        (
+            ["train", *TRAIN, "--optimizer", "adagrad"],
+            "cbs: error: train: argument --optimizer: unknown optimizer 'adagrad'; allowed: sgd, momentum, nesterov",
+        ),
+        (["train", *TRAIN, "--stop-at-target"], "cbs: error: unrecognized arguments: --stop-at-target"),
+        (["train", "--batch-size", "8"], "cbs: error: train: the following arguments are required: --workload, "),
+        (["gns", *TRAIN, "--checkpoint-every", "5"], "cbs: error: unrecognized arguments: --checkpoint-every 5"),
+        (["gns", *TRAIN, "--no-stop-at-target"], "cbs: error: unrecognized arguments: --no-stop-at-target"),
+        (["sweep", "x.toml", "--gpus", "0", "--executor", "ray"], "cbs: error: --gpus: only with --executor local"),
+        (["fit", "absent.csv"], "cbs: error: no such file: absent.csv"),
+    ],
+)
 def test_every_error_is_one_line_starting_cbs_error(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -74,10 +80,17 @@ def test_every_train_option_has_a_one_line_description_and_choices_from_the_engi
     assert {a.dest for a in options.values()} >= fields
     assert all(options[o].help.startswith(OPTIONS[a.dest].help) for o, a in options.items() if a.dest in fields)
     choices = {a.dest: tuple(a.choices) for a in options.values() if a.choices}
-    assert choices == {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "warmup": WARMUPS,
-                       "lr_scaling": tuple(LR_SCALINGS), "eval_schedule": tuple(EVAL_SCHEDULES),
-                       "algorithm": ALGORITHMS, "track": TRACKERS, "batch_lr_rule": BATCH_LR_RULES,
-                       "batch_beta2_rule": BETA2_RULES}
+    assert choices == {
+        "optimizer": OPTIMIZERS,
+        "schedule": SCHEDULES,
+        "warmup": WARMUPS,
+        "lr_scaling": tuple(LR_SCALINGS),
+        "eval_schedule": tuple(EVAL_SCHEDULES),
+        "algorithm": ALGORITHMS,
+        "track": TRACKERS,
+        "batch_lr_rule": BATCH_LR_RULES,
+        "batch_beta2_rule": BETA2_RULES,
+    }
     # a boolean field is one flag that turns its default around
     assert "--stop-at-target" not in options and options["--no-stop-at-target"].const is False
     assert "--no-gns" not in options and options["--gns"].const is True
@@ -85,18 +98,19 @@ def test_every_train_option_has_a_one_line_description_and_choices_from_the_engi
 
 def test_train_flags_reach_the_config():
     parser = _parser(train_command.add_arguments)
-    config = train_command.config_from_args(parser.parse_args([*TRAIN, "--no-stop-at-target", "--gns",
-                                                               "--microbatches", "2", "--optimizer", "adam"]))
+    config = train_command.config_from_args(
+        parser.parse_args([*TRAIN, "--no-stop-at-target", "--gns", "--microbatches", "2", "--optimizer", "adam"])
+    )
     assert (config.stop_at_target, config.gns, config.microbatches, config.optimizer) == (False, True, 2, "adam")
     assert train_command.config_from_args(parser.parse_args(TRAIN)) == TrialConfig(
-        workload="linear_regression", batch_size=64, learning_rate=0.1)
+        workload="linear_regression", batch_size=64, learning_rate=0.1
+    )
 
 
 def test_gns_offers_no_option_it_fixes_and_fixes_them():
     parser = _parser(gns_command.add_arguments)
     options = _options(parser)
-    fixed = {"--gns", "--no-stop-at-target", "--checkpoint-every", "--coordinator", "--num-processes",
-             "--process-id"}
+    fixed = {"--gns", "--no-stop-at-target", "--checkpoint-every", "--coordinator", "--num-processes", "--process-id"}
     assert not fixed & set(options) and "--gns-ema" in options and "--microbatches" in options
     assert all(a.help and "\n" not in a.help for a in options.values())
     config = gns_command._config(parser.parse_args([*TRAIN, "--max-steps", "30"]))
@@ -127,6 +141,7 @@ def test_plot_axis_choices_are_the_axes_the_figures_draw():
 def test_train_says_when_the_target_is_not_reached(capsys):
     assert main(["train", *TRAIN, "--learning-rate", "1e-6", "--max-steps", "2", "--eval-every", "1"]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
-    assert last.startswith("linear_regression B=64: incomplete, target not reached (squared_error < 0.13); "
-                           "final squared_error "), last
+    assert last.startswith(
+        "linear_regression B=64: incomplete, target not reached (squared_error < 0.13); final squared_error "
+    ), last
     assert last.endswith(" at step 2") and "None" not in last

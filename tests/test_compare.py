@@ -1,6 +1,7 @@
 """`cbs compare`: several committed studies side by side (analysis.compare).
 Every number in a row is the one `cbs analyze --json` committed for that
 study (analysis.json); the one-sided bound follows from a closed form."""
+
 import io
 import json
 from pathlib import Path
@@ -14,8 +15,14 @@ from analysis.fit import fit_steps
 from harness.cli import main
 
 RESULTS = Path(__file__).resolve().parent.parent / "experiments" / "shallue2019" / "results"
-STUDIES = [RESULTS / name for name in ("shallue_cpu_mnist_fc1024_sgd", "shallue_cpu_mnist_fc1024_nesterov",
-                                       "shallue_cpu_mnist_fc1024x3_nesterov")]
+STUDIES = [
+    RESULTS / name
+    for name in (
+        "shallue_cpu_mnist_fc1024_sgd",
+        "shallue_cpu_mnist_fc1024_nesterov",
+        "shallue_cpu_mnist_fc1024x3_nesterov",
+    )
+]
 
 
 def compare(capsys, *args):
@@ -33,8 +40,10 @@ def test_each_row_carries_its_studys_committed_analysis(capsys):
         assert row.study == folder.name and row.target == committed["target"]
         assert [row[f"steps@{b}"] for b in (64, 256, 1024, 4096)] == [steps[b] for b in (64, 256, 1024, 4096)]
         assert (row.b_crit, row.b_crit_lo, row.b_crit_hi) == pytest.approx((fit["b_crit"], *fit["b_crit_ci"]), rel=1e-6)
-        assert (row.perfect_scaling_end, row.max_useful_batch_size) == \
-            (fit["perfect_scaling_end"], fit["max_useful_batch_size"])
+        assert (row.perfect_scaling_end, row.max_useful_batch_size) == (
+            fit["perfect_scaling_end"],
+            fit["max_useful_batch_size"],
+        )
         assert row.edge_hits == len(committed["edge_hits"])
     assert list(table["trials"]) == [24, 24, 16]
 
@@ -60,10 +69,13 @@ def test_only_perfect_scaling_gives_a_lower_bound():
     assert bound_text(fit) == ">= 256" and np.isnan(fit.b_crit)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--at", "16,x"], "--at must be comma-separated positive integers, got '16,x'"),
-    (["--at", "0"], "--at must be comma-separated positive integers, got '0'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--at", "16,x"], "--at must be comma-separated positive integers, got '16,x'"),
+        (["--at", "0"], "--at must be comma-separated positive integers, got '0'"),
+    ],
+)
 def test_a_bad_batch_size_list_is_named(capsys, args, message):
     assert main(["compare", str(STUDIES[0]), *args]) == 2
     assert message in capsys.readouterr().err

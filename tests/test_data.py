@@ -1,5 +1,6 @@
 """harness.engine.data on the real datasets, on files written in the official formats,
 and on tensorflow-datasets builders prepared locally."""
+
 import gzip
 import hashlib
 import http.server
@@ -79,20 +80,26 @@ def test_shakespeare_split_and_decode_round_trip(data_dir):
     assert decode(ds.train_x[0]) == text[:64] and decode(ds.train_y[0]) == text[1:65]
     assert decode(ds.train_x[1]) == text[65:129]
     last = len(ds.train_x) - 1
-    assert decode(ds.train_y[last]) == text[65 * last + 1: 65 * last + 65]
-    assert decode(ds.val_x[0]) == text[split: split + 64] and decode(ds.val_y[0]) == text[split + 1: split + 65]
+    assert decode(ds.train_y[last]) == text[65 * last + 1 : 65 * last + 65]
+    assert decode(ds.val_x[0]) == text[split : split + 64] and decode(ds.val_y[0]) == text[split + 1 : split + 65]
 
     short = load_dataset("tiny_shakespeare", data_dir, seq_len=8)
-    assert short.train_x.shape == (split // 9, 8) and decode(short.val_y[2]) == text[split + 19: split + 27]
+    assert short.train_x.shape == (split // 9, 8) and decode(short.val_y[2]) == text[split + 19 : split + 27]
 
 
-@pytest.mark.parametrize("name, options, message", [
-    ("imagenet", {},
-     "unknown dataset 'imagenet'; allowed: mnist, fashion_mnist, tiny_shakespeare, cifar10, tfds:<name>"),
-    ("mnist", {"seq_len": 8}, "dataset 'mnist' has no option(s) seq_len; allowed: none"),
-    ("tiny_shakespeare", {"seq_length": 8}, "has no option(s) seq_length; allowed: seq_len"),
-    ("tiny_shakespeare", {"seq_len": 0}, "seq_len must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        (
+            "imagenet",
+            {},
+            "unknown dataset 'imagenet'; allowed: mnist, fashion_mnist, tiny_shakespeare, cifar10, tfds:<name>",
+        ),
+        ("mnist", {"seq_len": 8}, "dataset 'mnist' has no option(s) seq_len; allowed: none"),
+        ("tiny_shakespeare", {"seq_length": 8}, "has no option(s) seq_length; allowed: seq_len"),
+        ("tiny_shakespeare", {"seq_len": 0}, "seq_len must be a positive integer, got 0"),
+    ],
+)
 def test_bad_dataset_arguments(data_dir, name, options, message):
     with pytest.raises(UserError) as e:
         load_dataset(name, data_dir, **options)
@@ -181,10 +188,14 @@ def test_missing_file_without_network_says_where_files_go(tmp_path, mirror):
     with pytest.raises(UserError) as e:
         load_dataset("tiny_shakespeare", tmp_path)
     message = str(e.value)
-    assert message.startswith("tiny_shakespeare/input.txt is missing and its download from "
-                              "https://raw.githubusercontent.com/karpathy/char-rnn/")
-    assert ("put the official file (sha256 86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed) "
-            f"at {tmp_path / 'tiny_shakespeare' / 'input.txt'}") in message
+    assert message.startswith(
+        "tiny_shakespeare/input.txt is missing and its download from "
+        "https://raw.githubusercontent.com/karpathy/char-rnn/"
+    )
+    assert (
+        "put the official file (sha256 86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed) "
+        f"at {tmp_path / 'tiny_shakespeare' / 'input.txt'}"
+    ) in message
     assert f"the data folder is {tmp_path} (choose it with --data-dir or the CBS_DATA_DIR" in message
     assert not (tmp_path / "tiny_shakespeare" / "input.txt").exists()
 
@@ -221,16 +232,22 @@ def test_a_download_that_mismatches_is_refused(data_dir, tmp_path, mirror):
     url, _ = data.FILES["fashion_mnist/train-labels-idx1-ubyte.gz"]
     mirror[url] = b"not the labels"
     (tmp_path / "fashion_mnist").mkdir()
-    shutil.copyfile(data_dir / "fashion_mnist" / "train-images-idx3-ubyte.gz",
-                    tmp_path / "fashion_mnist" / "train-images-idx3-ubyte.gz")
-    with pytest.raises(UserError, match=r"fashion_mnist/train-labels-idx1-ubyte.gz is missing and its download "
-                       r"from http://fashion-mnist\S+ failed \(ValueError\): put the official file "
-                       r"\(sha256 a04f17134ac0"):
+    shutil.copyfile(
+        data_dir / "fashion_mnist" / "train-images-idx3-ubyte.gz",
+        tmp_path / "fashion_mnist" / "train-images-idx3-ubyte.gz",
+    )
+    with pytest.raises(
+        UserError,
+        match=r"fashion_mnist/train-labels-idx1-ubyte.gz is missing and its download "
+        r"from http://fashion-mnist\S+ failed \(ValueError\): put the official file "
+        r"\(sha256 a04f17134ac0",
+    ):
         load_dataset("fashion_mnist", tmp_path)
     assert not (tmp_path / "fashion_mnist" / "train-labels-idx1-ubyte.gz").exists()
 
 
 # --- tensorflow-datasets: builders defined here, prepared into tmp_path -------------
+
 
 def _png(value):
     f = io.BytesIO()
@@ -246,9 +263,12 @@ class _TinyImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     SPLITS = {"train": range(20)}
 
     def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(4, 4, 1)),
-            "label": tfds.features.ClassLabel(num_classes=3)}))
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict(
+                {"image": tfds.features.Image(shape=(4, 4, 1)), "label": tfds.features.ClassLabel(num_classes=3)}
+            ),
+        )
 
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(ids) for split, ids in self.SPLITS.items()}
@@ -315,10 +335,16 @@ def test_tfds_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="'tfds:lm1b' has features text; tfds datasets need 'image' and 'label'"):
         load_dataset("tfds:lm1b", tmp_path)
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # TensorFlow not installed
-    with pytest.raises(UserError, match=r"^dataset 'tfds:cbs_numpy_images' needs TensorFlow to be built, prepared "
-                       r"or read from .* \(.*tensorflow.*\): pip install tensorflow$"):
+    with pytest.raises(
+        UserError,
+        match=r"^dataset 'tfds:cbs_numpy_images' needs TensorFlow to be built, prepared "
+        r"or read from .* \(.*tensorflow.*\): pip install tensorflow$",
+    ):
         load_dataset("tfds:cbs_numpy_images", tmp_path)
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # tensorflow-datasets not installed
-    with pytest.raises(UserError, match=r"^dataset 'tfds:cifar10' needs tensorflow-datasets: "
-                       r"pip install 'critical-batch-size\[tfds\]'$"):
+    with pytest.raises(
+        UserError,
+        match=r"^dataset 'tfds:cifar10' needs tensorflow-datasets: "
+        r"pip install 'critical-batch-size\[tfds\]'$",
+    ):
         load_dataset("tfds:cifar10", tmp_path)

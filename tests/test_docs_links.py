@@ -1,6 +1,7 @@
 """Every relative link and image in the repository's markdown (README.md,
 docs/, experiments/<family>/README.md, ...) points to a file that exists,
 and a `#anchor` into a markdown file names one of its headings."""
+
 import re
 from pathlib import Path
 
@@ -8,9 +9,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIP = {".git", ".venv", "runs", "node_modules", "build", "dist"}
-PAGES = sorted(p for p in ROOT.rglob("*.md")
-               if not SKIP.intersection(p.relative_to(ROOT).parts[:-1])
-               and not any(part.startswith(".") for part in p.relative_to(ROOT).parts[:-1]))
+PAGES = sorted(
+    p
+    for p in ROOT.rglob("*.md")
+    if not SKIP.intersection(p.relative_to(ROOT).parts[:-1])
+    and not any(part.startswith(".") for part in p.relative_to(ROOT).parts[:-1])
+)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 CODE = re.compile(r"`[^`\n]*`")

@@ -1,4 +1,5 @@
 """Where local workers run: the GPUs they may use and each worker's placement."""
+
 import pytest
 
 from harness.errors import UserError
@@ -17,14 +18,22 @@ def test_cuda_visible_devices_is_respected_and_gpus_overrides_it():
     assert visible_gpus(4, None, "3") == ["3"]
 
 
-@pytest.mark.parametrize("requested, problem", [
-    ("4", "no GPU 4 on this machine"), ("1,x", "no GPU x on this machine"),
-    ("1,1", "empty or repeated GPUs"), (",", "empty or repeated GPUs")])
+@pytest.mark.parametrize(
+    "requested, problem",
+    [
+        ("4", "no GPU 4 on this machine"),
+        ("1,x", "no GPU x on this machine"),
+        ("1,1", "empty or repeated GPUs"),
+        (",", "empty or repeated GPUs"),
+    ],
+)
 def test_gpus_naming_no_gpu_of_the_machine_is_refused(requested, problem):
     with pytest.raises(UserError) as e:
         visible_gpus(4, None, requested)
-    assert str(e.value) == (f"--gpus {requested}: {problem}; allowed: distinct GPU indices 0..3 (nvidia-smi -L) "
-                            "or GPU-/MIG- UUIDs, comma-separated")
+    assert str(e.value) == (
+        f"--gpus {requested}: {problem}; allowed: distinct GPU indices 0..3 (nvidia-smi -L) "
+        "or GPU-/MIG- UUIDs, comma-separated"
+    )
 
 
 def test_workers_take_the_visible_gpus_in_turn_and_share_their_memory(tmp_path):

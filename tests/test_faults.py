@@ -2,24 +2,41 @@
 from the previous good one or from scratch, results unchanged), Ctrl-C /
 SIGTERM (every worker ends, one line, a re-run resumes to the same results)
 and a full disk (one line, records intact, a re-run finishes)."""
+
 import json
 import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA_DIR as DATA
-from harness.cli import main
-from harness.sweep.run import run_sweep
 from test_sweep_run import cbs_sweep, outcome_of, records, wait_for, write_spec
 
-TRAIN = ["train", "--workload", "mnist_fc32x1", "--optimizer", "sgd", "--batch-size", "32", "--learning-rate",
-         "0.05", "--max-steps", "120", "--eval-every", "20", "--checkpoint-every", "40", "--no-stop-at-target",
-         "--data-dir", DATA]
+from harness.cli import main
+from harness.sweep.run import run_sweep
+
+TRAIN = [
+    "train",
+    "--workload",
+    "mnist_fc32x1",
+    "--optimizer",
+    "sgd",
+    "--batch-size",
+    "32",
+    "--learning-rate",
+    "0.05",
+    "--max-steps",
+    "120",
+    "--eval-every",
+    "20",
+    "--checkpoint-every",
+    "40",
+    "--no-stop-at-target",
+    "--data-dir",
+    DATA,
+]
 SWEEP = """
 workload = "mnist_fc32x1"
 optimizer = "sgd"
@@ -105,8 +122,11 @@ def undamaged_sweep(tmp_path_factory):
 
 
 def unfinished_checkpoints(out: Path) -> list[Path]:
-    return [p for p in out.glob("trials/*/checkpoints/*")
-            if p.name.isdigit() and not (p.parent.parent / "record.json").exists()]
+    return [
+        p
+        for p in out.glob("trials/*/checkpoints/*")
+        if p.name.isdigit() and not (p.parent.parent / "record.json").exists()
+    ]
 
 
 @pytest.mark.slow  # ~45 s; test_train_sets_a_damaged_checkpoint_aside covers the same by default
@@ -125,8 +145,11 @@ def test_sweep_sets_a_damaged_checkpoint_aside(kind, undamaged_sweep, tmp_path):
     assert proc.returncode == 0, stderr
     warnings = [line for line in stderr.splitlines() if "cbs: warning" in line]
     assert len(warnings) == 1 and "Traceback" not in stderr, stderr
-    assert f"unreadable checkpoint of {out / 'trials' / trial / 'checkpoints'} at step {step_folder.name} " \
-           "set aside: " in warnings[0] and warnings[0].endswith("resuming from scratch"), warnings[0]
+    assert (
+        f"unreadable checkpoint of {out / 'trials' / trial / 'checkpoints'} at step {step_folder.name} set aside: "
+        in warnings[0]
+        and warnings[0].endswith("resuming from scratch")
+    ), warnings[0]
     done = records(out)
     assert done.keys() == undamaged_sweep.keys()
     for trial_id, record in undamaged_sweep.items():
@@ -138,34 +161,40 @@ def session_alive(sid: int) -> list[int]:
     alive = []
     for p in Path("/proc").iterdir():
         try:
-            if p.name.isdigit() and os.getsid(int(p.name)) == sid and \
-                    (p / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            if (
+                p.name.isdigit()
+                and os.getsid(int(p.name)) == sid
+                and (p / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            ):
                 alive.append(int(p.name))
         except (ProcessLookupError, FileNotFoundError, PermissionError):
             pass
     return alive
 
 
-@pytest.mark.parametrize("signum,to_group", [(signal.SIGINT, True),
-                                              pytest.param(signal.SIGTERM, False, marks=pytest.mark.slow)],  # ~20 s each
-                         ids=["SIGINT to the process group", "SIGTERM to the sweep process"])
+@pytest.mark.parametrize(
+    "signum,to_group",
+    [(signal.SIGINT, True), pytest.param(signal.SIGTERM, False, marks=pytest.mark.slow)],  # ~20 s each
+    ids=["SIGINT to the process group", "SIGTERM to the sweep process"],
+)
 def test_a_signal_stops_the_sweep_cleanly_and_a_rerun_resumes(signum, to_group, undamaged_sweep, tmp_path):
     spec, out = write_spec(tmp_path, text=SWEEP), tmp_path / "sweep"
     proc = cbs_sweep(spec, out, "--workers", "2", start_new_session=True)
     # The signal lands while the long trial (400 steps, never at the target) runs: the
     # short one may finish, and drop its checkpoints, at any moment.
     [long] = [t for t, r in undamaged_sweep.items() if r["status"] != "complete"]
-    wait_for(lambda: any(p.parent.parent.name == long for p in unfinished_checkpoints(out))
-             or proc.poll() is not None)
+    wait_for(lambda: any(p.parent.parent.name == long for p in unfinished_checkpoints(out)) or proc.poll() is not None)
     before = {p.parent: int(p.name) for p in unfinished_checkpoints(out) if p.parent.parent.name == long}
     (os.killpg if to_group else os.kill)(proc.pid, signum)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signum, stderr
     assert "Traceback" not in stderr, stderr
     interrupted = [line for line in stderr.splitlines() if "interrupted" in line]
-    assert interrupted == [f"cbs: sweep interrupted by {signal.Signals(signum).name}; finished trials and "
-                           "in-flight checkpoints are kept; resume with the same command: cbs sweep "
-                           f"{spec} --out {out} --data-dir {DATA} --workers 2"], stderr
+    assert interrupted == [
+        f"cbs: sweep interrupted by {signal.Signals(signum).name}; finished trials and "
+        "in-flight checkpoints are kept; resume with the same command: cbs sweep "
+        f"{spec} --out {out} --data-dir {DATA} --workers 2"
+    ], stderr
     assert all(line.startswith("[") for line in stderr.splitlines() if line not in interrupted), stderr
     wait_for(lambda: not session_alive(proc.pid), timeout=5)
     [(folder, step)] = before.items()
@@ -179,8 +208,9 @@ def small_disk(tmp_path):
     """An 8 MiB tmpfs, or a skip where this machine cannot mount one."""
     folder = tmp_path / "disk"
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or 'mount failed'}")
     yield folder

@@ -1,5 +1,6 @@
 """The McCandlish fit, its intervals, the overhead definition, Shallue's regimes
 and `cbs fit`."""
+
 import json
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 from scipy.optimize import brentq, least_squares
 
 from analysis.curves import analyze
-from analysis.fit import empirical_overhead, fit_steps, max_useful_batch_size, perfect_scaling_end
+from analysis.fit import fit_steps
+from analysis.regimes import empirical_overhead, max_useful_batch_size, perfect_scaling_end
 from analysis.tables import SweepTables
 from harness.cli import main
 
@@ -45,8 +47,14 @@ def test_interval_covers_the_truth_at_its_confidence():
 def test_agrees_with_scipy_least_squares_on_log_steps():
     rng = np.random.default_rng(3)
     steps = curve(700, 40) * np.exp(rng.normal(0, 0.1, SIZES.size))
-    ref = least_squares(lambda p: np.log(p[0] + p[1] / SIZES) - np.log(steps), [500, 5000],
-                        bounds=(0, np.inf), x_scale=[500, 5000], xtol=1e-14, ftol=1e-14)
+    ref = least_squares(
+        lambda p: np.log(p[0] + p[1] / SIZES) - np.log(steps),
+        [500, 5000],
+        bounds=(0, np.inf),
+        x_scale=[500, 5000],
+        xtol=1e-14,
+        ftol=1e-14,
+    )
     fit = fit_steps(SIZES, steps, n_bootstrap=10)
     assert fit.s_min == pytest.approx(ref.x[0], rel=1e-5)
     assert fit.e_min == pytest.approx(ref.x[1], rel=1e-5)
@@ -61,8 +69,7 @@ def test_overhead_definition_against_its_analytic_value():
     assert fit.to_dict()["b_crit_overhead20"] == fit.b_crit_overhead
     # reference at the smallest measured B0: S(B) B / (S(B0) B0) = 1.2 at 0.2 B_crit + 1.2 B0
     dense = 2.0 ** np.arange(0, 12, 1 / 16)
-    assert empirical_overhead(dense, curve(1000, 64, dense), 20) == pytest.approx(
-        0.2 * 64 + 1.2, rel=1e-3)
+    assert empirical_overhead(dense, curve(1000, 64, dense), 20) == pytest.approx(0.2 * 64 + 1.2, rel=1e-3)
     assert np.isnan(empirical_overhead(SIZES, 1000 / SIZES, 20))
 
 
@@ -72,8 +79,8 @@ def test_shallue_regimes():
     # the perfect-scaling line is 1000 / B: 150 at B = 8 is 1.2 times its 125, 99 at 16 is 1.58
     assert perfect_scaling_end(sizes, steps, tolerance=0.2) == 8
     assert perfect_scaling_end(sizes, steps, tolerance=0.1) == 4
-    assert max_useful_batch_size(sizes, steps, noise=0.05) == 16      # 99 <= 1.05 * 95
-    assert max_useful_batch_size(sizes, steps, noise=0.02) == 32      # 96 <= 1.02 * 95
+    assert max_useful_batch_size(sizes, steps, noise=0.05) == 16  # 99 <= 1.05 * 95
+    assert max_useful_batch_size(sizes, steps, noise=0.02) == 32  # 96 <= 1.02 * 95
     assert max_useful_batch_size(sizes, steps, noise=0.001) == 64
 
 
@@ -95,20 +102,39 @@ def synthetic_sweep(spread, trials_per_size=8, seed=0):
         for k in range(trials_per_size):
             cross = int(curve(1000, 64, b) * (1 + spread * rng.exponential()))
             tid = f"{int(b):05d}-{k}"
-            t.append({"trial_id": tid, "batch_size": int(b), "status": "complete", "seed": k,
-                      "steps_to_target": cross, "learning_rate": 0.1})
-            m += [{"trial_id": tid, "batch_size": int(b), "step": s, "val_metric": v}
-                  for s, v in [(cross - 1, 0.5), (cross, 0.05)]]
-    t.append({"trial_id": "zz", "batch_size": 1, "status": "diverged", "seed": 0,
-              "steps_to_target": np.nan, "learning_rate": 9.0})
+            t.append(
+                {
+                    "trial_id": tid,
+                    "batch_size": int(b),
+                    "status": "complete",
+                    "seed": k,
+                    "steps_to_target": cross,
+                    "learning_rate": 0.1,
+                }
+            )
+            m += [
+                {"trial_id": tid, "batch_size": int(b), "step": s, "val_metric": v}
+                for s, v in [(cross - 1, 0.5), (cross, 0.05)]
+            ]
+    t.append(
+        {
+            "trial_id": "zz",
+            "batch_size": 1,
+            "status": "diverged",
+            "seed": 0,
+            "steps_to_target": np.nan,
+            "learning_rate": 9.0,
+        }
+    )
     m.append({"trial_id": "zz", "batch_size": 1, "step": 1, "val_metric": 0.0})
     return pd.DataFrame(t), pd.DataFrame(m)
 
 
 def sweep_fit(trials, measurements):
     """The fit `cbs analyze` gives (analysis.curves.analyze) of a synthetic sweep at its target 0.1."""
-    sweep = SweepTables(trials, measurements, {"target": 0.1, "direction": "min", "metric": "error_rate"},
-                        Path("synthetic"))
+    sweep = SweepTables(
+        trials, measurements, {"target": 0.1, "direction": "min", "metric": "error_rate"}, Path("synthetic")
+    )
     return analyze(sweep, n_bootstrap=300).fit
 
 
@@ -133,8 +159,14 @@ def prune_slower_trials(trials, measurements, every=2):
     slower = complete[complete.steps_to_target > complete.batch_size.map(best)].iloc[::every]
     trials = trials.copy()
     trials.loc[slower.index, ["status", "steps_to_target"]] = ["pruned", np.nan]
-    stopped = pd.DataFrame({"trial_id": slower.trial_id, "batch_size": slower.batch_size,
-                            "step": slower.batch_size.map(best), "val_metric": 0.5})
+    stopped = pd.DataFrame(
+        {
+            "trial_id": slower.trial_id,
+            "batch_size": slower.batch_size,
+            "step": slower.batch_size.map(best),
+            "val_metric": 0.5,
+        }
+    )
     kept = measurements[~measurements.trial_id.isin(slower.trial_id)]
     return trials, pd.concat([kept, stopped], ignore_index=True)
 
@@ -175,14 +207,19 @@ def test_cbs_fit_table(tmp_path, capsys):
     assert "B_crit(10%)" in out and " 64 " in out and "6.4" in out
 
 
-@pytest.mark.parametrize("text,message", [
-    (None, "no such file"),
-    ("bs,steps\n1,2\n", "lacks column(s) batch_size; needs batch_size and steps (optional: group); "
-                        "found: bs, steps"),
-    ("batch_size,steps\n1,10\n2,-5\n", "steps must be a positive number; row 3"),
-    ("batch_size,steps\n1,10\nfour,5\n", "batch_size must be a positive number; row 3"),
-    ("group,batch_size,steps\nx,1,10\nx,1,5\n", "batch_size 1 appears twice in group 'x'"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (None, "no such file"),
+        (
+            "bs,steps\n1,2\n",
+            "lacks column(s) batch_size; needs batch_size and steps (optional: group); found: bs, steps",
+        ),
+        ("batch_size,steps\n1,10\n2,-5\n", "steps must be a positive number; row 3"),
+        ("batch_size,steps\n1,10\nfour,5\n", "batch_size must be a positive number; row 3"),
+        ("group,batch_size,steps\nx,1,10\nx,1,5\n", "batch_size 1 appears twice in group 'x'"),
+    ],
+)
 def test_cbs_fit_errors(tmp_path, capsys, text, message):
     path = str(tmp_path / "missing.csv") if text is None else write(tmp_path, text)
     assert main(["fit", path]) == 2

@@ -1,5 +1,6 @@
 """Fits on data that cannot pin B_crit: one regime of McCandlish et al. 2018,
 Eq. 2.11 only gives a one-sided bound, two batch sizes give no interval."""
+
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ from analysis.fit import fit_steps, one_sided_bound
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
-SIZES = 2.0 ** np.arange(3, 11)    # 8 .. 1024
+SIZES = 2.0 ** np.arange(3, 11)  # 8 .. 1024
 
 
 def noisy(steps, noise, seed):
@@ -18,8 +19,16 @@ def noisy(steps, noise, seed):
 
 
 def assert_no_numbers(fit):
-    numbers = [fit.b_crit, fit.s_min, fit.e_min, fit.b_crit_overhead,
-               *fit.b_crit_ci, *fit.s_min_ci, *fit.e_min_ci, *fit.b_crit_overhead_ci]
+    numbers = [
+        fit.b_crit,
+        fit.s_min,
+        fit.e_min,
+        fit.b_crit_overhead,
+        *fit.b_crit_ci,
+        *fit.s_min_ci,
+        *fit.e_min_ci,
+        *fit.b_crit_overhead_ci,
+    ]
     assert all(math.isnan(v) for v in numbers)
     d = fit.to_dict()
     assert d["b_crit"] is d["s_min"] is d["e_min"] is d["b_crit_overhead20"] is None
@@ -34,8 +43,7 @@ def test_only_perfect_scaling_gives_a_lower_bound(sizes, seed, noise):
     fit = fit_steps(sizes, noisy(1e5 / sizes, noise, seed), n_bootstrap=300)
     assert (fit.b_crit_bound, fit.b_crit_bound_value) == ("lower", sizes[-1])
     assert_no_numbers(fit)
-    assert fit.b_crit_text() == (f">= {sizes[-1]:g} (only perfect scaling measured: "
-                                 "the data give a lower bound)")
+    assert fit.b_crit_text() == (f">= {sizes[-1]:g} (only perfect scaling measured: the data give a lower bound)")
     assert fit.to_dict()["b_crit_bound"] == "lower"
     assert fit.to_dict()["b_crit_text"] == fit.b_crit_text()
     assert any(w.startswith(f"B_crit >= {sizes[-1]:g} only") for w in fit.warnings)
@@ -52,8 +60,7 @@ def test_only_the_no_scaling_regime_gives_an_upper_bound(seed, noise):
 
 
 def two_regime_fits(b_crit, seeds=10):
-    return [fit_steps(SIZES, noisy(1000 * (1 + b_crit / SIZES), 0.05, seed), n_bootstrap=500)
-            for seed in range(seeds)]
+    return [fit_steps(SIZES, noisy(1000 * (1 + b_crit / SIZES), 0.05, seed), n_bootstrap=500) for seed in range(seeds)]
 
 
 def assert_two_sided(fit):
@@ -70,7 +77,7 @@ def test_a_knee_inside_the_data_gives_a_two_sided_interval_covering_the_truth():
     assert sum(fit.b_crit_ci[0] <= 64 <= fit.b_crit_ci[1] for fit in fits) >= 8
 
 
-@pytest.mark.parametrize("b_crit", [4.0, 2048.0])   # half the smallest B, twice the largest
+@pytest.mark.parametrize("b_crit", [4.0, 2048.0])  # half the smallest B, twice the largest
 def test_a_knee_just_beyond_the_data_is_still_estimated(b_crit):
     for fit in two_regime_fits(b_crit):
         assert_two_sided(fit)
@@ -91,7 +98,7 @@ def test_the_rule_of_one_sided_bounds():
 
 
 def test_two_batch_sizes_give_a_fit_without_an_interval():
-    fit = fit_steps([1, 2], [100, 60], n_bootstrap=10)    # S = 20 + 80 / B exactly
+    fit = fit_steps([1, 2], [100, 60], n_bootstrap=10)  # S = 20 + 80 / B exactly
     assert fit.b_crit == pytest.approx(4) and fit.b_crit_bound is None
     assert all(math.isnan(v) for v in (*fit.b_crit_ci, *fit.s_min_ci, *fit.e_min_ci))
     assert "only 2 batch sizes: no interval (a fit of two parameters needs at least 3)" in fit.warnings
@@ -105,11 +112,16 @@ def test_two_batch_sizes_in_perfect_scaling_give_a_bound_without_an_interval():
     assert "only 2 batch sizes: no interval (a fit of two parameters needs at least 3)" in fit.warnings
 
 
-@pytest.mark.parametrize("sizes,message", [
-    ([], "no batch size measured: no fit"),
-    ([64], "only 1 batch size: no fit (a fit of two parameters needs at least 2 points, "
-           "and an interval at least 3)"),
-])
+@pytest.mark.parametrize(
+    "sizes,message",
+    [
+        ([], "no batch size measured: no fit"),
+        (
+            [64],
+            "only 1 batch size: no fit (a fit of two parameters needs at least 2 points, and an interval at least 3)",
+        ),
+    ],
+)
 def test_fewer_than_two_batch_sizes_give_no_fit(sizes, message):
     fit = fit_steps(sizes, [100.0] * len(sizes), n_bootstrap=10)
     assert math.isnan(fit.b_crit) and fit.b_crit_bound is None

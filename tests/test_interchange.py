@@ -1,5 +1,6 @@
 """Live per-trial logs (measurements.csv, TensorBoard), the batch_science
 export and import, and run metadata, on a small real MNIST sweep."""
+
 import json
 import shutil
 import subprocess
@@ -7,6 +8,7 @@ import subprocess
 import jax
 import pandas as pd
 import pytest
+from conftest import DATA_DIR as DATA
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -14,7 +16,6 @@ from analysis import load_sweep
 from analysis.curves import analyze
 from analysis.report import render_report
 from analysis.steps import steps_to_result
-from conftest import DATA_DIR as DATA
 from harness.cli import main
 from harness.engine.loop import TrialRun, run_trial
 from harness.engine.trial import TrialConfig
@@ -63,8 +64,16 @@ class Crash(Exception):
 
 
 def test_the_log_is_live_and_a_resumed_trial_repeats_no_row(tmp_path):
-    config = TrialConfig(workload="mnist_fc32x1", batch_size=64, learning_rate=0.1, optimizer="sgd",
-                         max_steps=100, eval_every=20, checkpoint_every=40, target=0.01)
+    config = TrialConfig(
+        workload="mnist_fc32x1",
+        batch_size=64,
+        learning_rate=0.1,
+        optimizer="sgd",
+        max_steps=100,
+        eval_every=20,
+        checkpoint_every=40,
+        target=0.01,
+    )
     path = tmp_path / "measurements.csv"
 
     def crash_at_60(log):
@@ -91,11 +100,11 @@ def test_tensorboard_runs_read_back(sweep):
         acc.Reload()
         events = acc.Scalars("val/metric")
         assert [e.step for e in events] == [r["step"] for r in record["measurements"]]
-        assert [e.value for e in events] == pytest.approx([r["val_metric"] for r in record["measurements"]],
-                                                          rel=1e-6)
+        assert [e.value for e in events] == pytest.approx([r["val_metric"] for r in record["measurements"]], rel=1e-6)
         assert [e.step for e in acc.Scalars("train/loss")] == [r["step"] for r in record["measurements"][1:]]
         start = plugin_data_pb2.HParamsPluginData.FromString(
-            acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+            acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        ).session_start_info
         assert start.hparams["learning_rate"].number_value == record["config"]["learning_rate"]
         assert start.hparams["batch_size"].number_value == record["config"]["batch_size"]
 
@@ -106,8 +115,10 @@ def test_batch_science_round_trip(sweep, tmp_path):
     study = json.loads((workload / "32" / "study.json").read_text())
     assert (study["batch_size"], study["optimizer"], study["early_stopping"]) == (32, "sgd", True)
     assert study["parameter_configs"] == {"learning_rate": {"type": "DISCRETE", "feasible_points": [0.5, 0.05, 0.003]}}
-    statuses = {json.loads(p.read_text())["cbs"]["status"]: json.loads(p.read_text())["status"]
-                for p in workload.glob("*/*/metadata.json")}
+    statuses = {
+        json.loads(p.read_text())["cbs"]["status"]: json.loads(p.read_text())["status"]
+        for p in workload.glob("*/*/metadata.json")
+    }
     assert statuses == {"complete": "COMPLETE", "pruned": "INCOMPLETE"}
     original, back = load_sweep(sweep), load_sweep(tmp_path / "bs")
     pd.testing.assert_frame_equal(back.trials, original.trials)
@@ -148,14 +159,54 @@ def test_run_metadata_in_records_folder_and_report(sweep):
 
 
 def test_cbs_train_prints_each_evaluation(tmp_path, capsys):
-    assert main(["train", "--workload", "mnist_fc32x1", "--batch-size", "64", "--learning-rate", "0.1",
-                 "--max-steps", "40", "--eval-every", "20", "--target", "0.01", "--data-dir", DATA,
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--workload",
+                "mnist_fc32x1",
+                "--batch-size",
+                "64",
+                "--learning-rate",
+                "0.1",
+                "--max-steps",
+                "40",
+                "--eval-every",
+                "20",
+                "--target",
+                "0.01",
+                "--data-dir",
+                DATA,
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("step ")] == ["0", "20", "40"]
     record = json.loads((tmp_path / "record.json").read_text())
     log = pd.read_csv(tmp_path / "measurements.csv")
     pd.testing.assert_frame_equal(log[ROW_KEYS], pd.DataFrame(record["measurements"])[ROW_KEYS], check_dtype=False)
-    assert main(["train", "--workload", "mnist_fc32x1", "--batch-size", "64", "--learning-rate", "0.1",
-                 "--max-steps", "20", "--eval-every", "20", "--data-dir", DATA, "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--workload",
+                "mnist_fc32x1",
+                "--batch-size",
+                "64",
+                "--learning-rate",
+                "0.1",
+                "--max-steps",
+                "20",
+                "--eval-every",
+                "20",
+                "--data-dir",
+                DATA,
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert not any(line.startswith("step ") for line in capsys.readouterr().out.splitlines())

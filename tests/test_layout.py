@@ -1,14 +1,18 @@
 """The layers import one way: cli -> analysis / sweep -> engine (plus the
 shared leaves harness.errors and harness.finite), and no module-level import
 cycle exists, so every module imports alone."""
+
 import ast
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).parent.parent
-FILES = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-         for folder in ("harness", "analysis") for p in (ROOT / folder).rglob("*.py")}
+FILES = {
+    ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+    for folder in ("harness", "analysis")
+    for p in (ROOT / folder).rglob("*.py")
+}
 # A module of the layer on the left may import from the layers on the right.
 ALLOWED = {
     "harness.engine": ("harness.engine",),
@@ -49,7 +53,7 @@ def test_no_import_cycle():
 
     def visit(m):
         if m in path:
-            raise AssertionError(f"import cycle: {' -> '.join(path[path.index(m):] + [m])}")
+            raise AssertionError(f"import cycle: {' -> '.join(path[path.index(m) :] + [m])}")
         if m in done:
             return
         path.append(m)
@@ -76,15 +80,35 @@ def test_no_private_name_is_imported_across_modules(module):
     """`from a.b import _name` and `a.b._name` reach into another module's
     internals: a name another module needs is public."""
     tree = ast.parse(FILES[module].read_text())
-    private = [f"{node.module}.{a.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-               for a in node.names if _private(a.name) and node.module in FILES]
-    modules = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names
-               if a.name in FILES}
-    modules |= {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                for a in node.names if node.module and f"{node.module}.{a.name}" in FILES}
-    private += [f"{node.value.id}.{node.attr}" for node in ast.walk(tree)
-                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
-                and _private(node.attr)]
+    private = [
+        f"{node.module}.{a.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for a in node.names
+        if _private(a.name) and node.module in FILES
+    ]
+    modules = {
+        a.asname or a.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for a in node.names
+        if a.name in FILES
+    }
+    modules |= {
+        a.asname or a.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for a in node.names
+        if node.module and f"{node.module}.{a.name}" in FILES
+    }
+    private += [
+        f"{node.value.id}.{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in modules
+        and _private(node.attr)
+    ]
     assert not private, f"{module} uses private names of other modules: {sorted(set(private))}"
 
 

@@ -3,6 +3,7 @@ exact branching from a snapshot, the estimate on linear regression against
 the closed-form noise scale, `cbs local-cbs` end to end on MNIST (with the
 offline noise scale at each checkpoint, and resumed after kill -9 to the same
 numbers), and the one-line errors of its spec."""
+
 import dataclasses
 import html
 import json
@@ -19,28 +20,41 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pandas as pd
 import pytest
+from conftest import DATA_DIR as DATA
+from test_report import _chromium
+from test_sweep_run import outcome_of, records, wait_for
 
 from analysis.local_cbs import k_star, load_local_cbs
-from conftest import DATA_DIR as DATA
 from harness.cli import main
-from harness.engine.noise_scale_study import windowed_noise_scale
 from harness.engine.loop import TrialRun, run_trial
+from harness.engine.noise_scale_study import windowed_noise_scale
 from harness.engine.trial import TrialConfig
 from harness.engine.workloads import get_workload
 from harness.errors import UserError
 from harness.sweep.local_cbs import NOISE_FILE, REFERENCE_ID, load_local_cbs_spec, parse_local_cbs_spec
 from harness.sweep.store import Store
 from harness.sweep.worker import work
-from test_report import _chromium
-from test_sweep_run import outcome_of, records, wait_for
 
-REFERENCE = {"workload": "linear_regression", "optimizer": "sgd", "batch_size": 2, "learning_rate": 0.1,
-             "max_steps": 20, "eval_every": 10}
+REFERENCE = {
+    "workload": "linear_regression",
+    "optimizer": "sgd",
+    "batch_size": 2,
+    "learning_rate": 0.1,
+    "max_steps": 20,
+    "eval_every": 10,
+}
 
 
 def _raw(**section):
-    return {"local_cbs": {"checkpoint_steps": [10], "multipliers": [1, 2, 4], "delta_examples": 64,
-                          "reference": dict(REFERENCE), **section}}
+    return {
+        "local_cbs": {
+            "checkpoint_steps": [10],
+            "multipliers": [1, 2, 4],
+            "delta_examples": 64,
+            "reference": dict(REFERENCE),
+            **section,
+        }
+    }
 
 
 def test_k_star_takes_the_largest_k_within_epsilon_of_every_smaller_one():
@@ -55,11 +69,11 @@ def test_k_star_takes_the_largest_k_within_epsilon_of_every_smaller_one():
 
 
 def test_branch_at_k1_reproduces_the_reference_continuation(tmp_path):
-    reference = TrialConfig(**{**REFERENCE, "max_steps": 40}, stop_at_target=False, snapshot_steps=(20,),
-                            gns=True, microbatches=2)
+    reference = TrialConfig(
+        **{**REFERENCE, "max_steps": 40}, stop_at_target=False, snapshot_steps=(20,), gns=True, microbatches=2
+    )
     ref = run_trial(TrialRun(reference, snapshot_dir=tmp_path))
-    branch = dataclasses.replace(reference, snapshot_steps=(), gns=False, init_from=str(tmp_path / "20"),
-                                 init_step=20)
+    branch = dataclasses.replace(reference, snapshot_steps=(), gns=False, init_from=str(tmp_path / "20"), init_step=20)
     rows = run_trial(branch).measurements
     later = [r for r in ref.measurements if r["step"] >= 20]
     assert [r["step"] for r in rows] == [20, 30, 40]
@@ -89,8 +103,13 @@ def test_branched_estimate_is_within_4x_of_the_noise_scale_on_linear_regression(
     x, y = data.train_x.astype(np.float64), data.train_y.astype(np.float64)
     batch = 2
     lr = batch / (batch + _b_noise(np.zeros(x.shape[1]), x, y))  # the model starts at w = 0
-    raw = _raw(checkpoint_steps=[1], multipliers=[0.5, 1, 2, 4, 8, 16], delta_examples=1024, loss="val",
-               reference={**REFERENCE, "batch_size": batch, "learning_rate": lr, "max_steps": 1, "eval_every": 1})
+    raw = _raw(
+        checkpoint_steps=[1],
+        multipliers=[0.5, 1, 2, 4, 8, 16],
+        delta_examples=1024,
+        loss="val",
+        reference={**REFERENCE, "batch_size": batch, "learning_rate": lr, "max_steps": 1, "eval_every": 1},
+    )
     spec = parse_local_cbs_spec(raw, tmp_path)
     Store(tmp_path).open(spec, "")
     work(tmp_path, [spec.reference()], prune=False)
@@ -103,16 +122,22 @@ def test_branched_estimate_is_within_4x_of_the_noise_scale_on_linear_regression(
     assert truth / 4 <= local["local_cbs"] <= truth * 4, (local["local_cbs"], truth)
 
 
-@pytest.mark.parametrize("section, message", [
-    (dict(checkpoint_steps=[10, 30]), "local_cbs.checkpoint_steps: step 30 is beyond the reference run (max_steps 20)"),
-    (dict(multipliers=[]), "local_cbs.multipliers: empty list"),
-    (dict(epsilon=-0.1), "local_cbs.epsilon: must be >= 0"),
-    (dict(ema=1.0), "local_cbs.ema: must be in [0, 1)"),
-    (dict(multipliers=[0.3, 1]), "local_cbs.multipliers: k = 0.3 gives batch size 0.6"),
-    (dict(delta_examples=12), "local_cbs.delta_examples: 12 is not a positive multiple of the batch size 8"),
-    (dict(lr_scaling="cubic"), "local_cbs.lr_scaling: unknown value 'cubic'; allowed: none, linear, sqrt"),
-    (dict(checkpoint_steps={"min": 1, "max": 16}), "local_cbs.checkpoint_steps: a geometric range needs"),
-])
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        (
+            dict(checkpoint_steps=[10, 30]),
+            "local_cbs.checkpoint_steps: step 30 is beyond the reference run (max_steps 20)",
+        ),
+        (dict(multipliers=[]), "local_cbs.multipliers: empty list"),
+        (dict(epsilon=-0.1), "local_cbs.epsilon: must be >= 0"),
+        (dict(ema=1.0), "local_cbs.ema: must be in [0, 1)"),
+        (dict(multipliers=[0.3, 1]), "local_cbs.multipliers: k = 0.3 gives batch size 0.6"),
+        (dict(delta_examples=12), "local_cbs.delta_examples: 12 is not a positive multiple of the batch size 8"),
+        (dict(lr_scaling="cubic"), "local_cbs.lr_scaling: unknown value 'cubic'; allowed: none, linear, sqrt"),
+        (dict(checkpoint_steps={"min": 1, "max": 16}), "local_cbs.checkpoint_steps: a geometric range needs"),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_field(section, message):
     with pytest.raises(UserError) as e:
         parse_local_cbs_spec(_raw(**section), "out")
@@ -122,8 +147,9 @@ def test_bad_input_is_one_line_naming_the_field(section, message):
 def test_geometric_checkpoint_steps_and_default_lr_scaling(tmp_path):
     spec = parse_local_cbs_spec(_raw(checkpoint_steps={"min": 1, "max": 16, "count": 5}), tmp_path)
     Store(tmp_path).open(spec, "")
-    Store(tmp_path).open(parse_local_cbs_spec(_raw(checkpoint_steps={"min": 1, "max": 16, "count": 5}), tmp_path),
-                         "")  # resuming: the same spec is the stored one
+    Store(tmp_path).open(
+        parse_local_cbs_spec(_raw(checkpoint_steps={"min": 1, "max": 16, "count": 5}), tmp_path), ""
+    )  # resuming: the same spec is the stored one
     assert spec.normalized["local_cbs"]["checkpoint_steps"] == [1, 2, 4, 8, 16]
     assert spec.normalized["local_cbs"]["lr_scaling"] == "linear"
     adam = parse_local_cbs_spec(_raw(reference={**REFERENCE, "optimizer": "adam"}), tmp_path)
@@ -159,9 +185,26 @@ microbatches = 2
 
 
 def _cbs_local_cbs(spec, out, *args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", "local-cbs", str(spec), "--out", str(out),
-                             "--data-dir", DATA, "--workers", "2", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "local-cbs",
+            str(spec),
+            "--out",
+            str(out),
+            "--data-dir",
+            DATA,
+            "--workers",
+            "2",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +267,11 @@ def test_kill_9_then_resume_equals_uninterrupted(study, tmp_path):
     assert pd.read_csv(out / "local_cbs.csv").equals(pd.read_csv(expected / "local_cbs.csv"))
 
 
-@pytest.mark.parametrize("path", [p for p in sorted(Path(__file__).parent.parent.glob("experiments/*/*.toml"))
-                                  if "[local_cbs]" in p.read_text()], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    [p for p in sorted(Path(__file__).parent.parent.glob("experiments/*/*.toml")) if "[local_cbs]" in p.read_text()],
+    ids=lambda p: p.name,
+)
 def test_every_committed_local_cbs_spec_validates(path, tmp_path):
     spec = load_local_cbs_spec(path, tmp_path, DATA)
     assert spec.branches() and spec.normalized["local_cbs"]["noise_window"] >= 0
@@ -256,7 +302,8 @@ def test_report_page_as_rendered_by_chromium(study, tmp_path):
     assert header == list(table.columns)
     assert [float(r[header.index("local_cbs")]) for r in rows] == pytest.approx(table["local_cbs"], rel=1e-3)
     assert [float(r[header.index("b_noise_offline")]) for r in rows] == pytest.approx(
-        table["b_noise_offline"], rel=1e-3)
+        table["b_noise_offline"], rel=1e-3
+    )
     header, *rows = seen["losses"]
     assert header == ["step", "k = 0.5", "k = 1", "k = 2", "k = 4"] and [r[0] for r in rows] == ["20", "60"]
     assert [(alt, complete) for alt, complete, _ in seen["images"]] == [("local_cbs", True)]

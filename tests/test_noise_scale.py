@@ -7,6 +7,7 @@ g = x (x.delta - eps), so G = Lambda delta, H = Lambda and, by Isserlis'
 theorem, Sigma = (delta' Lambda delta + s^2) Lambda + Lambda delta delta' Lambda.
 Lambda = I gives the closed form Sigma = (|delta|^2 + s^2) I + delta delta'.
 """
+
 import json
 
 import jax
@@ -33,6 +34,7 @@ def _sampler(scale):
         kx, ke = jax.random.split(key)
         x = jax.random.normal(kx, (batch_size, D)) * scale
         return x, x @ W_STAR + NOISE_STD * jax.random.normal(ke, (batch_size,))
+
     return sample_batch
 
 
@@ -44,7 +46,7 @@ def closed_form(delta, lam):
     """(|G|^2, tr Sigma, G'HG, tr(H Sigma)) for the model above."""
     delta, lam = np.asarray(delta, np.float64), np.asarray(lam, np.float64)
     dld = delta @ (lam * delta)
-    sigma = (dld + NOISE_STD ** 2) * np.diag(lam) + np.outer(lam * delta, lam * delta)
+    sigma = (dld + NOISE_STD**2) * np.diag(lam) + np.outer(lam * delta, lam * delta)
     g = lam * delta
     return g @ g, np.trace(sigma), g @ (lam * g), np.trace(np.diag(lam) @ sigma)
 
@@ -58,8 +60,9 @@ def delta_at(scale):
 def test_offline_estimates_match_closed_form_isotropic(scale, batch_size):
     delta = delta_at(scale)
     g2, trace, _, _ = closed_form(delta, np.ones(D))
-    est = ns.offline_noise_scales(loss_fn, W_STAR + delta, isotropic_batch, batch_size, 2048,
-                                  jax.random.key(int(scale * 10) + batch_size))
+    est = ns.offline_noise_scales(
+        loss_fn, W_STAR + delta, isotropic_batch, batch_size, 2048, jax.random.key(int(scale * 10) + batch_size)
+    )
     for name in ("b_simple", "b_noise"):  # H = I: B_noise = B_simple
         e = est[name]
         assert abs(e.value - trace / g2) < 3 * e.stderr, (name, e, trace / g2)
@@ -72,8 +75,7 @@ def test_offline_estimates_match_closed_form_isotropic(scale, batch_size):
 def test_offline_b_noise_differs_from_b_simple_with_curvature(scale):
     delta = delta_at(scale)
     g2, trace, ghg, htrace = closed_form(delta, ANISOTROPIC)
-    est = ns.offline_noise_scales(loss_fn, W_STAR + delta, anisotropic_batch, 4, 4096,
-                                  jax.random.key(7))
+    est = ns.offline_noise_scales(loss_fn, W_STAR + delta, anisotropic_batch, 4, 4096, jax.random.key(7))
     simple, noise = est["b_simple"], est["b_noise"]
     assert abs(simple.value - trace / g2) < 3 * simple.stderr
     assert abs(noise.value - htrace / ghg) < 3 * noise.stderr
@@ -89,8 +91,7 @@ def test_offline_standard_errors_are_calibrated():
     g2, trace, ghg, htrace = closed_form(delta, ANISOTROPIC)
     z = {"b_simple": [], "b_noise": []}
     for seed in range(40):
-        est = ns.offline_noise_scales(loss_fn, W_STAR + delta, anisotropic_batch, 2, 512,
-                                      jax.random.key(100 + seed))
+        est = ns.offline_noise_scales(loss_fn, W_STAR + delta, anisotropic_batch, 2, 512, jax.random.key(100 + seed))
         z["b_simple"].append((est["b_simple"].value - trace / g2) / est["b_simple"].stderr)
         z["b_noise"].append((est["b_noise"].value - htrace / ghg) / est["b_noise"].stderr)
     for name, values in z.items():
@@ -114,7 +115,7 @@ def _two_batch_draw(key, w, b_small, microbatches):
     """One training-step measurement: per-micro-batch gradients at the same w."""
     keys = jax.random.split(key, microbatches)
     grads = jax.vmap(lambda k: jax.grad(loss_fn)(w, isotropic_batch(k, b_small)))(keys)
-    g_small_sq = jnp.mean(jnp.sum(grads ** 2, axis=1))
+    g_small_sq = jnp.mean(jnp.sum(grads**2, axis=1))
     g_big_sq = jnp.sum(jnp.mean(grads, axis=0) ** 2)
     return g_small_sq, g_big_sq
 
@@ -168,8 +169,21 @@ def test_ema_is_a_ratio_of_averages_and_a_scan_carry():
 def _cbs_gns(capsys, *args):
     from harness.cli import main
 
-    code = main(["gns", "--workload", "linear_regression", "--batch-size", "64", "--microbatches", "4",
-                 "--eval-every", "5", "--json", *args])
+    code = main(
+        [
+            "gns",
+            "--workload",
+            "linear_regression",
+            "--batch-size",
+            "64",
+            "--microbatches",
+            "4",
+            "--eval-every",
+            "5",
+            "--json",
+            *args,
+        ]
+    )
     assert code == 0
     return json.loads(capsys.readouterr().out)
 
@@ -201,8 +215,19 @@ def test_cbs_gns_offline_estimates_match_the_exact_values_at_the_final_weights(c
     from harness.engine.trial import TrialConfig
     from harness.engine.workloads import get_workload
 
-    out = _cbs_gns(capsys, "--learning-rate", "0.02", "--max-steps", "20", "--num-samples", "1024", "--window", "1",
-                   "--checkpoint-dir", str(tmp_path))
+    out = _cbs_gns(
+        capsys,
+        "--learning-rate",
+        "0.02",
+        "--max-steps",
+        "20",
+        "--num-samples",
+        "1024",
+        "--window",
+        "1",
+        "--checkpoint-dir",
+        str(tmp_path),
+    )
     config = TrialConfig(workload="linear_regression", batch_size=64, learning_rate=0.02, microbatches=4, gns=True)
     workload = get_workload("linear_regression")
     engine = Engine(workload, workload.load_data(), config)
@@ -233,23 +258,55 @@ def test_cbs_gns_online_estimate_matches_the_exact_value_at_fixed_weights(capsys
 def test_cbs_gns_rejects_a_sample_count_before_training(capsys):
     from harness.cli import main
 
-    assert main(["gns", "--workload", "linear_regression", "--batch-size", "64", "--learning-rate", "0.1",
-                 "--num-samples", "100"]) == 2
+    assert (
+        main(
+            [
+                "gns",
+                "--workload",
+                "linear_regression",
+                "--batch-size",
+                "64",
+                "--learning-rate",
+                "0.1",
+                "--num-samples",
+                "100",
+            ]
+        )
+        == 2
+    )
     assert "num_samples must be a multiple of 16" in capsys.readouterr().err
 
 
 def test_cbs_gns_on_mnist_matches_b_simple_from_every_per_example_gradient(capsys, tmp_path, data_dir):
     """On real data: the offline B_simple of a trained MLP against the exact
     B_simple of the 55,000-example training set, from all per-example gradients."""
-    from harness.engine import checkpoint
     from harness.cli import main
+    from harness.engine import checkpoint
     from harness.engine.step import Engine
     from harness.engine.trial import TrialConfig
     from harness.engine.workloads import get_workload
 
     args = dict(workload="mnist_fc16x1", batch_size=64, learning_rate=0.05, microbatches=4, max_steps=100)
-    assert main(["gns", "--json", "--eval-every", "50", "--num-samples", "512", "--window", "1", "--data-dir", str(data_dir),
-                 "--checkpoint-dir", str(tmp_path), *(f"--{k.replace('_', '-')}={v}" for k, v in args.items())]) == 0
+    assert (
+        main(
+            [
+                "gns",
+                "--json",
+                "--eval-every",
+                "50",
+                "--num-samples",
+                "512",
+                "--window",
+                "1",
+                "--data-dir",
+                str(data_dir),
+                "--checkpoint-dir",
+                str(tmp_path),
+                *(f"--{k.replace('_', '-')}={v}" for k, v in args.items()),
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     workload = get_workload(args["workload"])
     data = workload.load_data(data_dir)
@@ -263,11 +320,11 @@ def test_cbs_gns_on_mnist_matches_b_simple_from_every_per_example_gradient(capsy
     @jax.jit
     def sums(x, y):
         g = jax.vmap(example_grad)(x, y)
-        return jax.tree.map(lambda a: a.sum(0), g), sum(jnp.sum(a ** 2) for a in jax.tree.leaves(g))
+        return jax.tree.map(lambda a: a.sum(0), g), sum(jnp.sum(a**2) for a in jax.tree.leaves(g))
 
     total, sq = None, 0.0
     for start in range(0, len(data.train_x), 1000):
-        s, q = sums(data.train_x[start:start + 1000], data.train_y[start:start + 1000])
+        s, q = sums(data.train_x[start : start + 1000], data.train_y[start : start + 1000])
         total, sq = s if total is None else jax.tree.map(jnp.add, total, s), sq + float(q)
     n = len(data.train_x)
     g2 = sum(float(jnp.sum((a / n) ** 2)) for a in jax.tree.leaves(total))
@@ -313,8 +370,9 @@ def test_windowed_noise_scale_matches_the_exact_window_on_linear_regression(lear
     from harness.engine.trial import TrialConfig
     from harness.engine.workloads import get_workload
 
-    config = TrialConfig(workload="linear_regression", batch_size=64, learning_rate=learning_rate, microbatches=4,
-                         gns=True, max_steps=20)
+    config = TrialConfig(
+        workload="linear_regression", batch_size=64, learning_rate=learning_rate, microbatches=4, gns=True, max_steps=20
+    )
     out = windowed_noise_scale(config, 13, 20, num_samples=128)
     assert out["window"]["first"] == 13 and out["window"]["last"] == 20
     assert [p["step"] for p in out["points"]] == list(range(13, 21))
@@ -331,15 +389,21 @@ def test_windowed_noise_scale_matches_the_exact_window_on_linear_regression(lear
         e = out[name]
         assert e["low"] <= truth <= e["high"], (name, e, truth)
         assert e["high"] - e["low"] < width * truth
-    assert out[name]["value"] == pytest.approx(np.mean([p[name]["noise"] for p in out["points"]])
-                                               / np.mean([p[name]["signal"] for p in out["points"]]), rel=1e-5)
+    assert out[name]["value"] == pytest.approx(
+        np.mean([p[name]["noise"] for p in out["points"]]) / np.mean([p[name]["signal"] for p in out["points"]]),
+        rel=1e-5,
+    )
 
 
 def test_cbs_gns_rejects_a_window_before_training(capsys):
     from harness.cli import main
 
-    assert main(["gns", "--workload", "linear_regression", "--batch-size", "64", "--learning-rate", "0.1",
-                 "--window", "0"]) == 2
+    assert (
+        main(
+            ["gns", "--workload", "linear_regression", "--batch-size", "64", "--learning-rate", "0.1", "--window", "0"]
+        )
+        == 2
+    )
     assert "window must be an integer number of steps >= 1, got 0" in capsys.readouterr().err
 
 
@@ -351,10 +415,23 @@ def test_cbs_gns_prediction_does_not_swing_with_the_stopping_step_under_momentum
     from harness.engine.noise_scale_study import measure_noise_scale
     from harness.engine.trial import TrialConfig
 
-    results = [measure_noise_scale(TrialConfig(workload="mnist_fc128x1", optimizer="nesterov", momentum=0.9,
-                                               batch_size=128, learning_rate=0.3, microbatches=2, gns=True,
-                                               stop_at_target=False, max_steps=n), data_dir=data_dir)
-               for n in (100, 110, 120)]
+    results = [
+        measure_noise_scale(
+            TrialConfig(
+                workload="mnist_fc128x1",
+                optimizer="nesterov",
+                momentum=0.9,
+                batch_size=128,
+                learning_rate=0.3,
+                microbatches=2,
+                gns=True,
+                stop_at_target=False,
+                max_steps=n,
+            ),
+            data_dir=data_dir,
+        )
+        for n in (100, 110, 120)
+    ]
     for r, n in zip(results, (100, 110, 120)):
         assert r["offline"]["window"]["first"] == n - 19 and r["offline"]["window"]["last"] == n
         assert r["b_crit_basis"] == f"offline b_noise over steps {n - 19}..{n}"

@@ -2,35 +2,49 @@
 program, stepped as one, give every trial the record it gets alone; a copy
 that diverges or is pruned stops counting while the others go on; a stopped
 pack resumes. Real MNIST, a small FC net."""
+
 import math
 
 import numpy as np
 import pytest
-
 from conftest import DATA_DIR as DATA
+
 from harness.engine.loop import Hooks, Stopped, TrialRun, run_trial, run_trials
 from harness.engine.resume import PackMismatch
 from harness.engine.step import Engine
 from harness.engine.trial import TrialConfig
+from harness.errors import UserError
 from harness.sweep.packing import PackSize, fastest, measure_packs, packs
 from harness.sweep.spec import PlannedTrial, parse_spec
-from harness.errors import UserError
 
-BASE = dict(workload="mnist_fc32x1", batch_size=64, optimizer="nesterov", schedule="linear_decay", target=0.2,
-            max_steps=120, eval_every=20, checkpoint_every=20)
+BASE = dict(
+    workload="mnist_fc32x1",
+    batch_size=64,
+    optimizer="nesterov",
+    schedule="linear_decay",
+    target=0.2,
+    max_steps=120,
+    eval_every=20,
+    checkpoint_every=20,
+)
 # Different learning rates, momenta, decay lengths and end factors share one program; the last one diverges.
-POINTS = [dict(learning_rate=0.1, momentum=0.9, decay_steps=120, end_lr_factor=0.01),
-          dict(learning_rate=0.02, momentum=0.8, decay_steps=60, end_lr_factor=0.1),
-          dict(learning_rate=0.005, momentum=0.95, decay_steps=100, end_lr_factor=0.001),
-          dict(learning_rate=30.0, momentum=0.99, decay_steps=120, end_lr_factor=0.1)]
+POINTS = [
+    dict(learning_rate=0.1, momentum=0.9, decay_steps=120, end_lr_factor=0.01),
+    dict(learning_rate=0.02, momentum=0.8, decay_steps=60, end_lr_factor=0.1),
+    dict(learning_rate=0.005, momentum=0.95, decay_steps=100, end_lr_factor=0.001),
+    dict(learning_rate=30.0, momentum=0.99, decay_steps=120, end_lr_factor=0.1),
+]
 CONFIGS = [TrialConfig(**BASE, **p) for p in POINTS]
 RUNS = [TrialRun(c) for c in CONFIGS]
 COMPARED = ("step", "examples", "rounds", "train_loss", "val_loss", "val_metric")
 
 
 def assert_same_record(packed, alone):
-    assert (packed.status, packed.steps_to_target, packed.steps_run) == \
-        (alone.status, alone.steps_to_target, alone.steps_run)
+    assert (packed.status, packed.steps_to_target, packed.steps_run) == (
+        alone.status,
+        alone.steps_to_target,
+        alone.steps_run,
+    )
     rows = lambda r: np.array([[np.nan if row[k] is None else row[k] for k in COMPARED] for row in r.measurements])
     np.testing.assert_allclose(rows(packed), rows(alone), rtol=2e-5, atol=1e-6, equal_nan=True)
 
@@ -70,9 +84,11 @@ def test_a_stopped_pack_resumes_to_the_uninterrupted_records(alone, tmp_path):
     dirs = [str(tmp_path / str(i)) for i in range(len(CONFIGS))]
     evaluations, finished = [], {}
     with pytest.raises(Stopped):
-        run_trials([TrialRun(c, d) for c, d in zip(CONFIGS, dirs)],
-                   Hooks(should_stop=lambda: evaluations.append(1) or len(evaluations) >= 3,
-                         on_record=finished.__setitem__), data_dir=DATA)
+        run_trials(
+            [TrialRun(c, d) for c, d in zip(CONFIGS, dirs)],
+            Hooks(should_stop=lambda: evaluations.append(1) or len(evaluations) >= 3, on_record=finished.__setitem__),
+            data_dir=DATA,
+        )
     assert sorted(finished) == [0, 3]  # crossed at step 20, diverged at 20; the others checkpointed at 60
     rest = [i for i in range(len(CONFIGS)) if i not in finished]
     resumed = run_trials([TrialRun(CONFIGS[i], dirs[i]) for i in rest], data_dir=DATA)
@@ -84,14 +100,18 @@ def test_checkpoints_at_different_steps_do_not_pack(tmp_path):
     with pytest.raises(Stopped):
         run_trial(TrialRun(CONFIGS[1], str(tmp_path / "a")), Hooks(should_stop=lambda: True), data_dir=DATA)
     with pytest.raises(PackMismatch):
-        run_trials([TrialRun(CONFIGS[1], str(tmp_path / "a")), TrialRun(CONFIGS[2], str(tmp_path / "b"))], data_dir=DATA)
+        run_trials(
+            [TrialRun(CONFIGS[1], str(tmp_path / "a")), TrialRun(CONFIGS[2], str(tmp_path / "b"))], data_dir=DATA
+        )
 
 
 def test_only_trials_of_one_program_pack():
     with pytest.raises(ValueError, match="cannot be packed"):
         Engine(None, None, [CONFIGS[0], TrialConfig(**{**BASE, "batch_size": 32}, **POINTS[0])])
-    trials = [PlannedTrial(f"t{i}", TrialConfig(**{**BASE, "batch_size": b}, **POINTS[i % 4]))
-              for i, b in enumerate([64, 32, 64, 64, 32, 64, 64])]
+    trials = [
+        PlannedTrial(f"t{i}", TrialConfig(**{**BASE, "batch_size": b}, **POINTS[i % 4]))
+        for i, b in enumerate([64, 32, 64, 64, 32, 64, 64])
+    ]
     grouped = packs(trials, lambda group: 2)
     assert [[t.id for t in p] for p in grouped] == [["t0", "t2"], ["t1", "t4"], ["t3", "t5"], ["t6"]]
 
@@ -120,10 +140,12 @@ def test_a_pack_on_eight_devices_equals_the_trials_alone_on_one(alone):
     import subprocess
     import sys
 
-    code = ("import json, sys; sys.path.insert(0, 'tests'); import jax; "
-            "from test_packing import RUNS, DATA; from harness.engine.loop import run_trials; "
-            "records = run_trials(RUNS, data_dir=DATA); "
-            "print(json.dumps([jax.device_count(), [r.measurements for r in records]]))")
+    code = (
+        "import json, sys; sys.path.insert(0, 'tests'); import jax; "
+        "from test_packing import RUNS, DATA; from harness.engine.loop import run_trials; "
+        "records = run_trials(RUNS, data_dir=DATA); "
+        "print(json.dumps([jax.device_count(), [r.measurements for r in records]]))"
+    )
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     devices, measurements = json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,13 +1,14 @@
 """What the figures draw: the plotted arrays against the input numbers and the
 formulas (perfect scaling, McCandlish curve, heuristics), axis scales, labels,
 marker counts per category."""
+
 from pathlib import Path
 
 import matplotlib.image
-from matplotlib.markers import MarkerStyle
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.markers import MarkerStyle
 
 from analysis import noise_scale_plot, plots, steps_plots, sweep_figures, trial_plots
 from analysis.curves import analyze_sweep, looser_targets
@@ -19,8 +20,7 @@ B = 2 ** np.arange(0, 10)
 
 def _curve(s_min, b_crit, noise=0.03, seed=0):
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({"batch_size": B,
-                         "steps": s_min * (1 + b_crit / B) * rng.lognormal(0, noise, len(B))})
+    return pd.DataFrame({"batch_size": B, "steps": s_min * (1 + b_crit / B) * rng.lognormal(0, noise, len(B))})
 
 
 def _line(ax, label):
@@ -55,16 +55,28 @@ def test_steps_plot_draws_data_perfect_scaling_and_fit():
     assert "batch size" in ax.get_xlabel() and "steps" in ax.get_ylabel()
     # one legend entry per curve, one per line style: no repeated "nesterov:" prefix
     legend = [t.get_text() for t in ax.figure.legends[0].texts]
-    assert legend == [f"nesterov (B_crit = {fit.b_crit:.3g})", "perfect scaling from the smallest B",
-                      "fit S_min (1 + B_crit / B)", "90% band (S_min, E_min within their intervals)",
-                      "B = B_crit: twice the minimal steps"]
+    assert legend == [
+        f"nesterov (B_crit = {fit.b_crit:.3g})",
+        "perfect scaling from the smallest B",
+        "fit S_min (1 + B_crit / B)",
+        "90% band (S_min, E_min within their intervals)",
+        "B = B_crit: twice the minimal steps",
+    ]
     ax.figure.canvas.draw()
     assert {"1", "4", "16", "256"} <= {t.get_text() for t in ax.get_xticklabels()}
 
 
 def test_tick_labels_are_plain_numbers():
-    assert [plots.tick_label(v) for v in (1, 16, 1024, 65536, 0.0625, 0.001, 1e6, 0)] == \
-        ["1", "16", "1024", "65536", "0.0625", "0.001", "1e+06", ""]
+    assert [plots.tick_label(v) for v in (1, 16, 1024, 65536, 0.0625, 0.001, 1e6, 0)] == [
+        "1",
+        "16",
+        "1024",
+        "65536",
+        "0.0625",
+        "0.001",
+        "1e+06",
+        "",
+    ]
 
 
 def test_steps_plot_normalised_several_curves():
@@ -78,7 +90,6 @@ def test_steps_plot_normalised_several_curves():
     assert ax.get_ylabel() == "steps / steps at B = 4"
     with pytest.raises(ValueError, match="no steps at batch size 3"):
         steps_plots.steps_plot(curves, normalize_at=3)
-
 
 
 def test_steps_plot_counts_examples_or_communication_rounds():
@@ -104,12 +115,13 @@ def test_steps_plot_counts_examples_or_communication_rounds():
 
 
 def test_metaparameters_plot_heuristics_anchored_at_smallest_batch():
-    best = pd.DataFrame({"batch_size": B[::-1], "learning_rate": 0.01 * B[::-1] ** 0.7,
-                         "momentum": 1 - 0.1 / np.sqrt(B[::-1])})
+    best = pd.DataFrame(
+        {"batch_size": B[::-1], "learning_rate": 0.01 * B[::-1] ** 0.7, "momentum": 1 - 0.1 / np.sqrt(B[::-1])}
+    )
     fig = trial_plots.metaparameters_plot(best)
     lr_ax, mom_ax, eff_ax = fig.axes
     _, lr = _line(lr_ax, "best trial")
-    np.testing.assert_allclose(lr, 0.01 * B ** 0.7)
+    np.testing.assert_allclose(lr, 0.01 * B**0.7)
     x, y = _line(lr_ax, "linear scaling")
     np.testing.assert_allclose(y, 0.01 * x)
     x, y = _line(lr_ax, "square-root scaling")
@@ -117,7 +129,7 @@ def test_metaparameters_plot_heuristics_anchored_at_smallest_batch():
     _, y = _line(mom_ax, "best trial")
     np.testing.assert_allclose(y, 0.1 / np.sqrt(B))
     _, y = _line(eff_ax, "best trial")
-    np.testing.assert_allclose(y, 0.01 * B ** 0.7 / (0.1 / np.sqrt(B)))
+    np.testing.assert_allclose(y, 0.01 * B**0.7 / (0.1 / np.sqrt(B)))
     x, y = _line(eff_ax, "linear scaling")
     np.testing.assert_allclose(y, 0.1 * x)
     assert "effective learning rate" in eff_ax.get_ylabel()
@@ -142,15 +154,22 @@ def test_one_searched_metaparameter_draws_no_degenerate_panel_or_axis(sweep_fold
 
 def _trials():
     rows = [  # batch size, status, steps_to_target, learning rate, momentum
-        (8, "complete", 120, 0.1, 0.9), (8, "complete", 90, 0.3, 0.99),
-        (8, "complete", np.nan, 0.001, 0.9), (8, "pruned", np.nan, 0.01, 0.5),
-        (8, "diverged", np.nan, 3.0, 0.999), (8, "incomplete", np.nan, 0.05, 0.9),
-        (16, "complete", 60, 0.2, 0.95), (16, "diverged", np.nan, 2.0, 0.99),
+        (8, "complete", 120, 0.1, 0.9),
+        (8, "complete", 90, 0.3, 0.99),
+        (8, "complete", np.nan, 0.001, 0.9),
+        (8, "pruned", np.nan, 0.01, 0.5),
+        (8, "diverged", np.nan, 3.0, 0.999),
+        (8, "incomplete", np.nan, 0.05, 0.9),
+        (16, "complete", 60, 0.2, 0.95),
+        (16, "diverged", np.nan, 2.0, 0.99),
         (16, "diverged", np.nan, 5.0, 0.9),
     ]
-    return pd.DataFrame([dict(trial_id=f"t{i}", batch_size=b, status=st, steps_to_target=s,
-                              learning_rate=lr, momentum=m)
-                         for i, (b, st, s, lr, m) in enumerate(rows)])
+    return pd.DataFrame(
+        [
+            dict(trial_id=f"t{i}", batch_size=b, status=st, steps_to_target=s, learning_rate=lr, momentum=m)
+            for i, (b, st, s, lr, m) in enumerate(rows)
+        ]
+    )
 
 
 def _offsets(ax, label):
@@ -164,18 +183,24 @@ def test_feasibility_plot_marks_each_category_and_stars_best():
     ax8, ax16 = [ax for ax in fig.axes if ax.get_visible()]
     assert (ax8.get_title(), ax16.get_title()) == ("B = 8", "B = 16")
     pruned = "pruned (could no longer beat the best)"
-    counts = {label: (len(_offsets(ax8, label)), len(_offsets(ax16, label)))
-              for label in ("reached target", "did not reach target", pruned, "diverged", "best trial")}
+    counts = {
+        label: (len(_offsets(ax8, label)), len(_offsets(ax16, label)))
+        for label in ("reached target", "did not reach target", pruned, "diverged", "best trial")
+    }
     # the incomplete trial (t5) is ignored, as in Shallue et al.'s protocol; the pruned one (t3) is its own category
-    assert counts == {"reached target": (2, 1), "did not reach target": (1, 0), pruned: (1, 0),
-                      "diverged": (1, 2), "best trial": (1, 1)}
+    assert counts == {
+        "reached target": (2, 1),
+        "did not reach target": (1, 0),
+        pruned: (1, 0),
+        "diverged": (1, 2),
+        "best trial": (1, 1),
+    }
     np.testing.assert_allclose(_offsets(ax8, pruned), [[0.01, 0.5]])
     np.testing.assert_allclose(_offsets(ax8, "best trial"), [[0.3, 0.01]])
     np.testing.assert_allclose(_offsets(ax8, "diverged"), [[3.0, 0.001]])
     (diverged,) = [c for c in ax16.collections if c.get_label() == "diverged"]
     x = MarkerStyle("x")
-    np.testing.assert_allclose(diverged.get_paths()[0].vertices,
-                               x.get_path().transformed(x.get_transform()).vertices)
+    np.testing.assert_allclose(diverged.get_paths()[0].vertices, x.get_path().transformed(x.get_transform()).vertices)
     assert ax8.get_xscale() == ax8.get_yscale() == "log"
     assert ax8.get_xlabel() == ax16.get_xlabel() == "learning rate η"
     assert (ax8.get_ylabel(), ax16.get_ylabel()) == ("1 − momentum", "")
@@ -185,15 +210,27 @@ def test_feasibility_plot_marks_each_category_and_stars_best():
 
 def test_feasibility_category():
     assert trial_plots.feasibility_category(_trials()).tolist() == [
-        "reached", "reached", "not reached", "pruned", "diverged", np.nan,
-        "reached", "diverged", "diverged"]
+        "reached",
+        "reached",
+        "not reached",
+        "pruned",
+        "diverged",
+        np.nan,
+        "reached",
+        "diverged",
+        "diverged",
+    ]
 
 
 def test_budget_plot_one_line_per_budget():
-    table = pd.DataFrame([dict(budget_kind=kind, budget=budget, batch_size=b,
-                               best_metric=1 / np.log2(2 * b * budget))
-                          for kind, budgets in (("steps", (100, 1000)), ("examples", (1e5,)))
-                          for budget in budgets for b in B])
+    table = pd.DataFrame(
+        [
+            dict(budget_kind=kind, budget=budget, batch_size=b, best_metric=1 / np.log2(2 * b * budget))
+            for kind, budgets in (("steps", (100, 1000)), ("examples", (1e5,)))
+            for budget in budgets
+            for b in B
+        ]
+    )
     fig = trial_plots.budget_plot(table, "validation error")
     steps_ax, examples_ax = fig.axes
     x, y = _line(steps_ax, "1,000 steps")
@@ -221,12 +258,16 @@ def test_pareto_plot_hyperbola():
 
 
 def test_noise_scale_plot_medians_and_measured_b_crit():
-    rows = [dict(trial_id=f"{b}-{k}", batch_size=b, step=step, gns_b_simple=(k + 1) * step)
-            for b in (16, 64) for k in range(3) for step in (0, 10, 20, 40)]
+    rows = [
+        dict(trial_id=f"{b}-{k}", batch_size=b, step=step, gns_b_simple=(k + 1) * step)
+        for b in (16, 64)
+        for k in range(3)
+        for step in (0, 10, 20, 40)
+    ]
     ax = noise_scale_plot.noise_scale_plot(pd.DataFrame(rows), 100.0, (70.0, 150.0)).axes[0]
     x, y = _line(ax, "B = 16")
-    np.testing.assert_array_equal(x, [10, 20, 40])   # step 0 has no place on a log axis
-    np.testing.assert_allclose(y, [20, 40, 80])      # median over the three trials
+    np.testing.assert_array_equal(x, [10, 20, 40])  # step 0 has no place on a log axis
+    np.testing.assert_allclose(y, [20, 40, 80])  # median over the three trials
     _, y = _line(ax, "measured B_crit = 100")
     np.testing.assert_allclose(y, 100)
     (band,) = [p for p in ax.patches if p.get_label().startswith("90% CI")]
@@ -267,7 +308,7 @@ def designed_steps(batch_size, quality):
     return round(S_MIN * (1 + B_CRIT / batch_size) * (1, 1.5)[quality])
 
 
-def make_sweep(folder, gns=True, batch_sizes=tuple(2 ** k for k in range(9))):
+def make_sweep(folder, gns=True, batch_sizes=tuple(2**k for k in range(9))):
     """A sweep folder in the store's format (harness.sweep.store) whose trials have
     hand-made metric curves: at each batch size, trial 0 crosses the target at
     `designed_steps(B, 0)`, trial 1 later, trial 2 never (complete), trial 3
@@ -286,22 +327,41 @@ def make_sweep(folder, gns=True, batch_sizes=tuple(2 ** k for k in range(9))):
         b, quality = trial.config.batch_size, i % 4
         crossing = designed_steps(b, min(quality, 1)) * (10 if quality == 2 else 1)
         last = {0: 2 * crossing, 1: 2 * crossing, 2: crossing // 10 * 3, 3: crossing // 4}[quality]
-        steps = sorted({*np.unique(np.geomspace(1, last, 40).round().astype(int)),
-                        *([crossing] if quality < 2 else [])})
-        rows = [dict(step=int(t), examples=int(t * b), train_loss=1.0, val_loss=1.0,
-                     val_metric=TARGET * np.sqrt((crossing - 0.5) / t), wall_time=0.01 * t)
-                for t in steps]
+        steps = sorted(
+            {*np.unique(np.geomspace(1, last, 40).round().astype(int)), *([crossing] if quality < 2 else [])}
+        )
+        rows = [
+            dict(
+                step=int(t),
+                examples=int(t * b),
+                train_loss=1.0,
+                val_loss=1.0,
+                val_metric=TARGET * np.sqrt((crossing - 0.5) / t),
+                wall_time=0.01 * t,
+            )
+            for t in steps
+        ]
         if quality == 3:
             rows[-1]["val_metric"] = rows[-1]["val_loss"] = float("nan")
         if gns:
             for r in rows:
                 r.update(gns_g2=1.0, gns_trace=20.0 + r["step"] / 10, gns_b_simple=20.0 + r["step"] / 10)
         status = ("complete", "complete", "complete", "diverged")[quality]
-        store.write_record(trial.id, dict(
-            config=trial.config.to_dict(), status=status,
-            steps_to_target=crossing if quality < 2 else None, metric="squared_error",
-            direction="min", target=TARGET, measurements=rows, final=rows[-1],
-            steps_run=int(steps[-1]), wall_time=1.0))
+        store.write_record(
+            trial.id,
+            dict(
+                config=trial.config.to_dict(),
+                status=status,
+                steps_to_target=crossing if quality < 2 else None,
+                metric="squared_error",
+                direction="min",
+                target=TARGET,
+                measurements=rows,
+                final=rows[-1],
+                steps_run=int(steps[-1]),
+                wall_time=1.0,
+            ),
+        )
     return folder
 
 
@@ -315,8 +375,15 @@ def test_sweep_figures_from_a_sweep_folder(sweep_folder):
 
     sweep = load_sweep(sweep_folder)
     figures = {name: fig for name, _, fig in sweep_figures.sweep_figures(sweep, analyze_sweep(sweep))}
-    assert list(figures) == ["steps", "steps_normalised", "metaparameters", "feasibility",
-                             "budgets", "pareto", "noise_scale"]
+    assert list(figures) == [
+        "steps",
+        "steps_normalised",
+        "metaparameters",
+        "feasibility",
+        "budgets",
+        "pareto",
+        "noise_scale",
+    ]
     ax = figures["steps"].axes[0]
     x, y = _line(ax, "squared_error < 0.13")
     np.testing.assert_array_equal(x, 2 ** np.arange(9))
@@ -330,8 +397,9 @@ def test_sweep_figures_from_a_sweep_folder(sweep_folder):
     assert looser_targets(pruned) == looser_targets(sweep) and len(looser_targets(sweep)) == 2
     feasibility = [a for a in figures["feasibility"].axes if a.get_visible()]
     assert len(feasibility) == 9
-    assert [len(_offsets(feasibility[0], k)) for k in
-            ("reached target", "did not reach target", "diverged", "best trial")] == [2, 1, 1, 1]
+    assert [
+        len(_offsets(feasibility[0], k)) for k in ("reached target", "did not reach target", "diverged", "best trial")
+    ] == [2, 1, 1, 1]
     _, y = _line(figures["noise_scale"].axes[0], f"measured B_crit = {b_crit:.3g}")
     assert y[0] == pytest.approx(B_CRIT, rel=0.05)
 
@@ -349,7 +417,7 @@ def test_comparison_plot_normalises_at_the_smallest_shared_batch_size(sweep_fold
 
     sweeps = [load_sweep(sweep_folder), load_sweep(make_sweep(tmp_path / "other", batch_sizes=(4, 8, 16)))]
     ax = _comparison(sweeps).axes[0]
-    for sweep in sweeps:   # same spec name: the sweeps are told apart by their folders
+    for sweep in sweeps:  # same spec name: the sweeps are told apart by their folders
         x, y = _line(ax, str(sweep.folder))
         steps = np.array([designed_steps(b, 0) for b in x])
         np.testing.assert_allclose(y, steps / designed_steps(4, 0))

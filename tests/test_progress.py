@@ -1,5 +1,6 @@
 """Sweep progress: the ETA from the work left, plain lines off a terminal, and
 a bounded number of redraws."""
+
 import io
 import json
 import multiprocessing
@@ -50,11 +51,13 @@ def test_start_up_is_the_mean_cost_outside_timed_steps_less_each_workers_first_t
 
 
 def test_eta_is_the_likely_work_left_at_the_measured_speeds_beside_the_bound():
-    trials = [TrialWork(16, budget=1000, step=400, timed_steps=400, timed_seconds=2.0, finished=True),  # 400 to target
-              TrialWork(16, budget=1000, step=100, timed_steps=100, timed_seconds=0.5),  # running: 0.005 s a step
-              TrialWork(64, budget=1000, step=150, timed_steps=100, timed_seconds=1.0, finished=True),  # 150 to target
-              TrialWork(32, budget=1000),  # not started
-              TrialWork(256, budget=1000)]
+    trials = [
+        TrialWork(16, budget=1000, step=400, timed_steps=400, timed_seconds=2.0, finished=True),  # 400 to target
+        TrialWork(16, budget=1000, step=100, timed_steps=100, timed_seconds=0.5),  # running: 0.005 s a step
+        TrialWork(64, budget=1000, step=150, timed_steps=100, timed_seconds=1.0, finished=True),  # 150 to target
+        TrialWork(32, budget=1000),  # not started
+        TrialWork(256, budget=1000),
+    ]
     best = {16: 400, 64: 150}
     # Speeds: 0.005 s at 16, 0.01 s at 64, and the line through them, 1/300 + B / 9600: 1/150 s at 32, 0.03 s at 256.
     # Likely steps left: 400 - 100 = 300 at 16 (pruned there); 400 * 16 / 32 = 200 at 32; ceil(150 * 64 / 256) = 38
@@ -102,8 +105,13 @@ def test_live_progress_times_the_rows_after_the_first_training_evaluation(tmp_pa
 def write_record(folder, trial_id, batch_size, steps, seconds, status="pruned", steps_to_target=None):
     """A finished trial's record, `steps - 1` steps timed in `seconds` (after its first training evaluation, at 1)."""
     rows = [{"step": 0, "wall_time": 0.5}, {"step": 1, "wall_time": 1.0}, {"step": steps, "wall_time": 1.0 + seconds}]
-    record = {"config": {"batch_size": batch_size, "max_steps": 1000}, "status": status,
-              "steps_to_target": steps_to_target, "measurements": rows, "steps_run": steps}
+    record = {
+        "config": {"batch_size": batch_size, "max_steps": 1000},
+        "status": status,
+        "steps_to_target": steps_to_target,
+        "measurements": rows,
+        "steps_run": steps,
+    }
     (folder / "trials" / trial_id).mkdir(parents=True)
     (folder / "trials" / trial_id / "record.json").write_text(json.dumps(record))
 
@@ -147,15 +155,18 @@ def test_plain_lines_at_each_trial_end_and_every_ten_seconds_without_escape_code
     # likely run 201 steps, as at most (pruned there: 4.02 s + 18), b000064-a likely ceil(201 * 16 / 64) = 51 at
     # 0.02 s a step (the one speed measured: 1.02 s + 18), at most 1000 (20 s + 18): likely max(22.02, 41.04 / 2) s,
     # at most max(38, 60.02 / 2) s, within three times: shown; 1,201 steps at most is more than three times 252.
-    assert stream.getvalue().splitlines()[-1] == ("[1/3] b000016-a complete at step 201 after 201 steps; "
-                                                  "201 steps done, ~252 left; 0m11s elapsed; "
-                                                  "ETA ~0m22s (at most 0m38s); best steps B=16:201")
+    assert stream.getvalue().splitlines()[-1] == (
+        "[1/3] b000016-a complete at step 201 after 201 steps; "
+        "201 steps done, ~252 left; 0m11s elapsed; "
+        "ETA ~0m22s (at most 0m38s); best steps B=16:201"
+    )
     write_record(tmp_path, "b000016-b", 16, 201, 4.0)
     write_record(tmp_path, "b000064-a", 64, 50, 1.0)
     progress.close()
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 4 and lines[-1].startswith("[3/3] b000064-a pruned after 50 steps; 452 steps done, "
-                                                    "0 left; 0m11s elapsed; ETA done")
+    assert len(lines) == 4 and lines[-1].startswith(
+        "[3/3] b000064-a pruned after 50 steps; 452 steps done, 0 left; 0m11s elapsed; ETA done"
+    )
     assert "\x1b" not in stream.getvalue()
 
 
@@ -198,8 +209,10 @@ def test_a_trial_finished_in_this_run_is_timed_from_its_last_attempt_to_its_reco
     progress = Progress(tmp_path, ["b000016-a", "b000016-b"], io.StringIO())
     write_record(tmp_path, "b000016-a", 16, 201, 4.0, "complete", 201)
     attempts = tmp_path / "trials" / "b000016-a" / "attempts.jsonl"
-    attempts.write_text('{"worker": "w1", "time": 100.0, "checkpoint_step": null}\n'
-                        '{"worker": "w2", "time": 200.0, "checkpoint_step": 100}\n')  # resumed at 200
+    attempts.write_text(
+        '{"worker": "w1", "time": 100.0, "checkpoint_step": null}\n'
+        '{"worker": "w2", "time": 200.0, "checkpoint_step": 100}\n'
+    )  # resumed at 200
     os.utime(tmp_path / "trials" / "b000016-a" / "record.json", (210.0, 210.0))
     progress.index.refresh()
     # 10 s from the resumption to the record, 4 of them timed steps (write_record: the last row's wall time less

@@ -1,6 +1,7 @@
 """The HTML report as a reader sees it (rendered by headless Chromium), and the
 `cbs analyze`, `cbs plot` and `cbs report` commands on a hand-made sweep folder
 whose steps to result are known (tests/test_plots.py: make_sweep)."""
+
 import html
 import json
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+from test_plots import B_CRIT, TARGET, designed_steps, make_sweep
 
 from analysis import load_sweep
 from analysis.curves import analyze, analyze_sweep
@@ -18,7 +20,6 @@ from analysis.edges import edge_hits
 from analysis.fit import fit_steps
 from analysis.text import edge_text, headline, size
 from harness.cli import main
-from test_plots import B_CRIT, TARGET, designed_steps, make_sweep
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SIZES = (4, 8, 16, 32, 64, 128)
@@ -63,10 +64,24 @@ def _chromium(page, tmp_path, *args):
     if not shutil.which(CHROMIUM):
         pytest.skip("chromium is not installed (apt-get install chromium)")
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         f"--user-data-dir={tmp_path / 'chromium-profile'}", *args, page.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True).stdout
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            *args,
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
 
 
 def test_report_is_self_contained(report):
@@ -88,10 +103,19 @@ def test_report_as_rendered_by_chromium(report, sweep_folder, tmp_path):
     assert float(seen["b_crit"]) == pytest.approx(B_CRIT, rel=0.1)
 
     header, *rows = seen["steps"]
-    assert header == ["batch_size", "steps", "examples", "rounds", "resolution", "learning_rate", "momentum",
-                      "trial_id"]
+    assert header == [
+        "batch_size",
+        "steps",
+        "examples",
+        "rounds",
+        "resolution",
+        "learning_rate",
+        "momentum",
+        "trial_id",
+    ]
     assert [(int(r[0]), int(r[1]), int(r[2])) for r in rows] == [
-        (b, designed_steps(b, 0), b * designed_steps(b, 0)) for b in SIZES]
+        (b, designed_steps(b, 0), b * designed_steps(b, 0)) for b in SIZES
+    ]
 
     header, *rows = seen["noise"]
     assert header[0] == "batch_size" and "B_simple at the target (best trial)" in header
@@ -102,8 +126,7 @@ def test_report_as_rendered_by_chromium(report, sweep_folder, tmp_path):
     assert 'workload = "linear_regression"' in seen["spec"]
 
     names = [alt for alt, *_ in seen["images"]]
-    assert names == ["steps", "steps_normalised", "metaparameters", "feasibility", "budgets", "pareto",
-                     "noise_scale"]
+    assert names == ["steps", "steps_normalised", "metaparameters", "feasibility", "budgets", "pareto", "noise_scale"]
     assert all(complete and width > 400 and height > 300 for _, complete, width, height in seen["images"])
     edges = edge_text(sweep, edge_hits(sweep, analyze(sweep)))
     assert "B = 4: learning_rate at the smallest value tried" in edges  # the designed best is the first point
@@ -145,16 +168,23 @@ def test_analyze_ends_with_the_headline_and_the_other_definitions(sweep_folder, 
     lines = capsys.readouterr().out.splitlines()
     fit = analyze(load_sweep(sweep_folder)).fit
     (lo, hi), (olo, ohi) = fit.b_crit_ci, fit.b_crit_overhead_ci
-    assert lines[-4] == (f"critical batch size: {size(fit.b_crit)} (90% interval {size(lo)} .. {size(hi)}): "
-                         f"training at B = {size(fit.b_crit)} takes twice the minimal steps and twice the minimal "
-                         "examples; beyond it, larger batches buy few steps (McCandlish et al. 2018)")
+    assert lines[-4] == (
+        f"critical batch size: {size(fit.b_crit)} (90% interval {size(lo)} .. {size(hi)}): "
+        f"training at B = {size(fit.b_crit)} takes twice the minimal steps and twice the minimal "
+        "examples; beyond it, larger batches buy few steps (McCandlish et al. 2018)"
+    )
     assert float(size(fit.b_crit)) == pytest.approx(fit.b_crit, abs=0.5)
-    assert lines[-3].startswith(f"  20% step-overhead B_crit (Zhang et al. 2024): {size(fit.b_crit_overhead)} "
-                                f"(90% interval {size(olo)} .. {size(ohi)}): there steps are 20% above")
-    assert lines[-2].startswith(f"  perfect scaling ends at B = {size(fit.perfect_scaling_end)} "
-                                "(Shallue et al. 2019): up to it")
-    assert lines[-1] == ("  maximal useful batch size: not reached (Shallue et al. 2019): steps still fall at "
-                         "the largest batch size, 128")
+    assert lines[-3].startswith(
+        f"  20% step-overhead B_crit (Zhang et al. 2024): {size(fit.b_crit_overhead)} "
+        f"(90% interval {size(olo)} .. {size(ohi)}): there steps are 20% above"
+    )
+    assert lines[-2].startswith(
+        f"  perfect scaling ends at B = {size(fit.perfect_scaling_end)} (Shallue et al. 2019): up to it"
+    )
+    assert lines[-1] == (
+        "  maximal useful batch size: not reached (Shallue et al. 2019): steps still fall at "
+        "the largest batch size, 128"
+    )
     assert "None" not in "\n".join(lines)
 
 
@@ -164,9 +194,11 @@ def test_a_sweep_where_no_trial_reached_the_target_says_the_best_value(sweep_fol
     sweep = load_sweep(sweep_folder)
     complete = sweep.measurements.merge(sweep.trials[sweep.trials["status"] == "complete"][["trial_id"]])
     best = complete.loc[complete["val_metric"].idxmin()]
-    assert last == (f"critical batch size: n/a: no trial reached squared_error < 0.001; the best squared_error "
-                    f"reached was {best['val_metric']:.4g} at B = {best['batch_size']} (step {best['step']}, "
-                    f"trial {best['trial_id']})")
+    assert last == (
+        f"critical batch size: n/a: no trial reached squared_error < 0.001; the best squared_error "
+        f"reached was {best['val_metric']:.4g} at B = {best['batch_size']} (step {best['step']}, "
+        f"trial {best['trial_id']})"
+    )
 
 
 def test_commands_reject_a_folder_that_is_not_a_sweep(tmp_path, capsys):
@@ -183,10 +215,12 @@ def test_plot_several_sweeps_with_comparison(tmp_path, capsys):
     assert main(["plot", str(first), str(other), "--out", str(out), "--targets", "0.2"]) == 0
     printed = capsys.readouterr().out.split()
     names = ["steps", "steps_normalised", "metaparameters", "feasibility", "budgets", "pareto"]
-    assert printed == [str(out / sweep / f"{name}.{ext}") for sweep, extra in (("first", ["noise_scale"]),
-                                                                             ("other", []))
-                       for name in names + extra for ext in ("png", "pdf")] + \
-        [str(out / f"{name}.{ext}") for name in ("comparison", "comparison_absolute") for ext in ("png", "pdf")]
+    assert printed == [
+        str(out / sweep / f"{name}.{ext}")
+        for sweep, extra in (("first", ["noise_scale"]), ("other", []))
+        for name in names + extra
+        for ext in ("png", "pdf")
+    ] + [str(out / f"{name}.{ext}") for name in ("comparison", "comparison_absolute") for ext in ("png", "pdf")]
     height, width, _ = matplotlib.image.imread(out / "comparison.png").shape
     assert width > 500 and height > 400
     assert all(Path(p).stat().st_size > 1000 for p in printed)
@@ -194,9 +228,13 @@ def test_plot_several_sweeps_with_comparison(tmp_path, capsys):
     assert "--targets: expected comma-separated numbers" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("option, kept", [
-    ("--max-steps", lambda b, budget: designed_steps(b, 0) <= budget),
-    ("--max-examples", lambda b, budget: b * designed_steps(b, 0) <= budget)])
+@pytest.mark.parametrize(
+    "option, kept",
+    [
+        ("--max-steps", lambda b, budget: designed_steps(b, 0) <= budget),
+        ("--max-examples", lambda b, budget: b * designed_steps(b, 0) <= budget),
+    ],
+)
 def test_analyze_within_a_budget(sweep_folder, capsys, option, kept):
     """A budget keeps the batch sizes whose best trial crossed within it, at the same steps
     (Shallue et al. 2019, Sec. 3.2), and the fit uses only those."""

@@ -4,6 +4,7 @@ numbers (analysis.json, written by `cbs analyze FOLDER --json` when the study
 was committed). No training: this guards the analysis against drift. Their
 `cbs report` pages (report.html), opened in headless Chromium, show those
 numbers."""
+
 import html
 import json
 import re
@@ -11,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_report import _chromium
 
 from analysis.text import size
 from harness.cli import main
-from test_report import _chromium
 
 RESULTS = Path(__file__).resolve().parent.parent / "experiments"
 STUDIES = sorted(p.parent for p in RESULTS.glob("*/results/*/analysis.json"))
@@ -29,15 +30,17 @@ def test_a_committed_study_analyses_to_its_committed_numbers(folder, capsys):
     committed = json.loads((folder / "analysis.json").read_text())
     assert main(["analyze", str(folder), "--json"]) == 0
     now = json.loads(capsys.readouterr().out)
-    assert [(r["batch_size"], r["steps"], r["trial_id"]) for r in now["rows"]] == \
-        [(r["batch_size"], r["steps"], r["trial_id"]) for r in committed["rows"]]
+    assert [(r["batch_size"], r["steps"], r["trial_id"]) for r in now["rows"]] == [
+        (r["batch_size"], r["steps"], r["trial_id"]) for r in committed["rows"]
+    ]
     assert now["rows"] == committed["rows"]
     assert now["edge_hits"] == committed["edge_hits"]
     fit, expected = now["fit"], committed["fit"]
     assert fit.keys() == expected.keys()
     for key, value in expected.items():  # numbers within 1e-6: another BLAS or SciPy may round differently
-        numbers = isinstance(value, float) or (isinstance(value, list) and value
-                                               and all(isinstance(v, (int, float)) for v in value))
+        numbers = isinstance(value, float) or (
+            isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value)
+        )
         assert fit[key] == (pytest.approx(value, rel=1e-6) if numbers else value), key
 
 
@@ -104,9 +107,13 @@ def test_a_batch_size_that_never_reached_the_target_says_how_far_it_was_evaluate
     from analysis.text import unreached
 
     sweep = load_sweep(RESULTS / "shallue2019/results/shallue_cpu_mnist_simple_cnn_nesterov")
-    assert unreached(sweep, analyze(sweep)) == \
-        "no trial reached the target at batch size(s) 512 (evaluated up to step 293)"
+    assert (
+        unreached(sweep, analyze(sweep))
+        == "no trial reached the target at batch size(s) 512 (evaluated up to step 293)"
+    )
     at_512 = sweep.measurements[sweep.measurements["batch_size"] == 512]["step"]
     last = max(s for s in at_512 if s <= 100_000 // 512)
-    assert unreached(sweep, analyze(sweep, example_budget=100_000)) == \
-        f"no trial reached the target at batch size(s) 512 (evaluated up to step {last})"
+    assert (
+        unreached(sweep, analyze(sweep, example_budget=100_000))
+        == f"no trial reached the target at batch size(s) 512 (evaluated up to step {last})"
+    )

@@ -1,6 +1,7 @@
 """Power laws across groups (analysis.scaling, `cbs scaling`): coverage of the
 bootstrap intervals on simulated laws, a published table, bad input, and the
 committed scaling results of experiments/shallue2019/results/scaling."""
+
 import json
 from pathlib import Path
 
@@ -22,9 +23,9 @@ ZHANG = ROOT / "tests" / "data" / "zhang2024_chinchilla_steps.csv"
 
 def test_a_noiseless_law_is_recovered_exactly():
     x = np.array([10.0, 100.0, 1000.0, 1e4])
-    fit = fit_power_law(x, 3 * x ** -0.7)
+    fit = fit_power_law(x, 3 * x**-0.7)
     assert fit.exponent == pytest.approx(-0.7) and fit.prefactor == pytest.approx(3.0)
-    assert fit.predict([50.0])[0] == pytest.approx(3 * 50 ** -0.7)
+    assert fit.predict([50.0])[0] == pytest.approx(3 * 50**-0.7)
 
 
 @pytest.mark.parametrize("n", [6, 12])
@@ -32,7 +33,7 @@ def test_the_90_percent_interval_covers_the_truth_about_90_percent_of_the_time(n
     rng = np.random.default_rng(n)
     x, hits = np.geomspace(10, 1e4, n), np.zeros(2)
     for repeat in range(200):
-        fit = fit_power_law(x, 3 * x ** 0.5 * np.exp(rng.normal(0, 0.2, n)), n_bootstrap=500, seed=repeat)
+        fit = fit_power_law(x, 3 * x**0.5 * np.exp(rng.normal(0, 0.2, n)), n_bootstrap=500, seed=repeat)
         hits += [fit.exponent_ci[0] <= 0.5 <= fit.exponent_ci[1], fit.prefactor_ci[0] <= 3 <= fit.prefactor_ci[1]]
     assert all(0.83 <= h / 200 <= 0.96 for h in hits), hits / 200
 
@@ -49,12 +50,15 @@ def test_zhang_2024_steps_table_gives_their_fits_and_an_exponent():
     assert fit.exponent_ci[0] > 0.3 and fit.exponent_ci[1] < 0.9
 
 
-@pytest.mark.parametrize("table, args, expected", [
-    ("width,b_crit\n1,2\n2,4\n", ["--x", "width"], "2 point(s); allowed: at least 3"),
-    ("width,b_crit\n1,2\n2,4\n4,8\n", ["--x", "depth"], "lacks column(s) depth"),
-    ("width,b_crit\n1,2\n2,-4\n4,8\n", ["--x", "width", "--y", "b_crit"], "finite values > 0, got -4"),
-    ("width,b_crit\n0,2\n2,4\n4,8\n", ["--x", "width", "--y", "b_crit"], "finite values > 0, got 0"),
-])
+@pytest.mark.parametrize(
+    "table, args, expected",
+    [
+        ("width,b_crit\n1,2\n2,4\n", ["--x", "width"], "2 point(s); allowed: at least 3"),
+        ("width,b_crit\n1,2\n2,4\n4,8\n", ["--x", "depth"], "lacks column(s) depth"),
+        ("width,b_crit\n1,2\n2,-4\n4,8\n", ["--x", "width", "--y", "b_crit"], "finite values > 0, got -4"),
+        ("width,b_crit\n0,2\n2,4\n4,8\n", ["--x", "width", "--y", "b_crit"], "finite values > 0, got 0"),
+    ],
+)
 def test_bad_input_is_one_line_and_leaves_no_file(tmp_path, capsys, table, args, expected):
     (tmp_path / "t.csv").write_text(table)
     assert main(["scaling", str(tmp_path / "t.csv"), *args, "--out", str(tmp_path / "out" / "fit")]) == 2

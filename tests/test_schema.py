@@ -1,6 +1,7 @@
 """The one schema of a trial's options (harness.engine.trial.OPTIONS): every
 field declared with help and type, and validate(), spec files, `cbs train` and
 docs/spec.md all agree with it; every committed spec and record still loads."""
+
 import json
 import tomllib
 from pathlib import Path
@@ -22,8 +23,9 @@ BASE = dict(workload="linear_regression", batch_size=8, learning_rate=0.1)
 SPEC = dict(workload="linear_regression", batch_sizes=[8], max_steps=10, fixed={"learning_rate": 0.1})
 CHOICE_FIELDS = [name for name, option in OPTIONS.items() if option.choices is not None]
 RANGE_FIELDS = [name for name, option in OPTIONS.items() if option.interval]
-CLI_FIELDS = [name for name, option in OPTIONS.items() if option.type is not dict and name not in
-              train_command.SWEEP_ONLY]
+CLI_FIELDS = [
+    name for name, option in OPTIONS.items() if option.type is not dict and name not in train_command.SWEEP_ONLY
+]
 
 
 def _outside(option):
@@ -48,9 +50,15 @@ def test_every_field_has_one_line_help_a_type_and_choices_from_the_engine():
         assert option.name == name and option.type is not None
         assert option.help and "\n" not in option.help, name
     assert {n: OPTIONS[n].choices for n in CHOICE_FIELDS} == {
-        "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "warmup": WARMUPS, "lr_scaling": tuple(LR_SCALINGS),
-        "eval_schedule": tuple(EVAL_SCHEDULES), "algorithm": ALGORITHMS, "batch_lr_rule": BATCH_LR_RULES,
-        "batch_beta2_rule": BETA2_RULES}
+        "optimizer": OPTIMIZERS,
+        "schedule": SCHEDULES,
+        "warmup": WARMUPS,
+        "lr_scaling": tuple(LR_SCALINGS),
+        "eval_schedule": tuple(EVAL_SCHEDULES),
+        "algorithm": ALGORITHMS,
+        "batch_lr_rule": BATCH_LR_RULES,
+        "batch_beta2_rule": BETA2_RULES,
+    }
     assert [n for n, o in OPTIONS.items() if o.required] == ["workload", "batch_size", "learning_rate"]
     assert TrialConfig(**BASE) == TrialConfig(**BASE, **{n: o.default for n, o in OPTIONS.items() if not o.required})
 
@@ -63,8 +71,17 @@ def test_a_bad_choice_is_refused_everywhere_with_the_same_allowed_list(name, cap
     assert str(e.value) == f"unknown {name} 'bogus'; allowed: {allowed}"
     field = name if name in MANAGED else f"fixed.{name}"
     assert _spec_error(name, "bogus") == f"s.toml: {field}: unknown value 'bogus'; allowed: {allowed}"
-    argv = ["train", "--workload", "linear_regression", "--batch-size", "8", "--learning-rate", "0.1",
-            "--" + name.replace("_", "-"), "bogus"]
+    argv = [
+        "train",
+        "--workload",
+        "linear_regression",
+        "--batch-size",
+        "8",
+        "--learning-rate",
+        "0.1",
+        "--" + name.replace("_", "-"),
+        "bogus",
+    ]
     assert main(argv) == 2
     assert f"unknown {name} 'bogus'; allowed: {allowed} (usage:" in capsys.readouterr().err
 
@@ -80,8 +97,9 @@ def test_a_value_outside_the_range_is_refused_by_validate_and_spec_files(name):
         field = name if name in MANAGED else f"fixed.{name}"
         kinds = "integers" if option.integer else "numbers"
         default = "" if option.default is None else f" (default: {option.default!r})"
-        assert _spec_error(name, bad) == (f"s.toml: {field}: must be {option.interval}, got {bad!r}; "
-                                          f"allowed: {kinds} {option.interval}{default}")
+        assert _spec_error(name, bad) == (
+            f"s.toml: {field}: must be {option.interval}, got {bad!r}; allowed: {kinds} {option.interval}{default}"
+        )
 
 
 def test_the_messages_of_today():
@@ -104,17 +122,21 @@ def test_cbs_train_help_lists_every_option_of_the_schema(capsys):
     out = capsys.readouterr().out
     for name in CLI_FIELDS:
         option = OPTIONS[name]
-        flag = "--no-" + name.replace("_", "-") if option.type is bool and option.default else \
-            "--" + name.replace("_", "-")
+        flag = (
+            "--no-" + name.replace("_", "-")
+            if option.type is bool and option.default
+            else "--" + name.replace("_", "-")
+        )
         assert flag in out, flag
         for choice in option.choices or ():
             assert choice in out
 
 
 def test_docs_spec_md_is_up_to_date():
-    assert (ROOT / "docs" / "spec.md").read_text() == spec_markdown(), \
-        "regenerate: python -c 'from harness.sweep.spec import spec_markdown; print(spec_markdown(), end=\"\")' " \
+    assert (ROOT / "docs" / "spec.md").read_text() == spec_markdown(), (
+        "regenerate: python -c 'from harness.sweep.spec import spec_markdown; print(spec_markdown(), end=\"\")' "
         "> docs/spec.md"
+    )
     assert all(f"| `{name}` |" in spec_markdown() for name in OPTIONS)
 
 

@@ -1,6 +1,7 @@
 """The sweep engine end to end on real MNIST (a tiny FC net, short budgets):
 exact pruning, resume after kill -9, several workers on one folder, lease
 takeover, corrupt records, extension, Ray."""
+
 import json
 import multiprocessing
 import os
@@ -13,15 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA_DIR as DATA
 
 from analysis import load_sweep
 from analysis.curves import analyze
 from analysis.steps import steps_to_result
-from conftest import DATA_DIR as DATA
-from harness.sweep.spec import load_spec
-from harness.sweep.store import Store
 from harness.sweep.executors import placement, worker_main
 from harness.sweep.run import run_sweep
+from harness.sweep.spec import load_spec
+from harness.sweep.store import Store
 
 SPEC = """
 workload = "mnist_fc32x1"
@@ -72,9 +73,13 @@ def wait_for(condition, timeout=180.0, interval=0.05):
 
 
 def cbs_sweep(spec, out, *args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", str(spec), "--out", str(out),
-                             "--data-dir", DATA, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "sweep", str(spec), "--out", str(out), "--data-dir", DATA, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,23 +95,29 @@ def test_pruning_is_exact_and_saves_steps(reference, tmp_path):
     outcome = run_sweep(write_spec(tmp_path, prune=True), tmp_path / "sweep", workers=1, data_dir=DATA)
     full, pruned = load_sweep(reference), load_sweep(tmp_path / "sweep")
     target = full.spec["target"]
-    curve = {name: steps_to_result(t.trials, t.measurements, target)[["batch_size", "steps"]]
-             for name, t in (("full", full), ("pruned", pruned))}
+    curve = {
+        name: steps_to_result(t.trials, t.measurements, target)[["batch_size", "steps"]]
+        for name, t in (("full", full), ("pruned", pruned))
+    }
     assert curve["full"].equals(curve["pruned"]) and len(curve["full"]) == 2
     assert analysis_of(tmp_path / "sweep") == analysis_of(reference)  # pruning changes no reported number
     assert outcome.by_status.get("pruned", 0) >= 2
     full_steps = full.trials.set_index("trial_id")["steps_run"]
     assert outcome.steps_run < full_steps.sum()
     assert outcome.steps_saved_at_most == sum(
-        r["config"]["max_steps"] - r["steps_run"] for r in records(tmp_path / "sweep").values()
-        if r["status"] == "pruned")
+        r["config"]["max_steps"] - r["steps_run"]
+        for r in records(tmp_path / "sweep").values()
+        if r["status"] == "pruned"
+    )
     best = dict(curve["full"].values)
     for trial_id, record in records(tmp_path / "sweep").items():
         if record["status"] == "pruned":  # it stopped at a step >= the best, and could not have beaten it
             b = record["config"]["batch_size"]
             assert record["steps_run"] >= best[b]
-            assert full.trials.set_index("trial_id").loc[trial_id, "steps_to_target"] >= best[b] or \
-                full.trials.set_index("trial_id").loc[trial_id, "status"] != "complete"
+            assert (
+                full.trials.set_index("trial_id").loc[trial_id, "steps_to_target"] >= best[b]
+                or full.trials.set_index("trial_id").loc[trial_id, "status"] != "complete"
+            )
         else:
             assert outcome_of(record) == outcome_of(records(reference)[trial_id])
 
@@ -123,8 +134,9 @@ def test_packed_trials_give_the_records_and_the_analysis_of_trials_run_alone(ref
             continue
         status, steps, rows = outcome_of(record)
         assert (status, steps) == outcome_of(alone[trial_id])[:2]
-        np.testing.assert_allclose(np.array(rows, float), np.array(outcome_of(alone[trial_id])[2], float),
-                                   rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.array(rows, float), np.array(outcome_of(alone[trial_id])[2], float), rtol=2e-5, atol=1e-6
+        )
     if not prune:
         assert records(tmp_path / "sweep").keys() == alone.keys()
         assert {r["run"]["pack"] for r in records(tmp_path / "sweep").values()} == {3}
@@ -135,8 +147,10 @@ def test_kill_9_at_any_moment_then_resume_equals_uninterrupted(reference, tmp_pa
     spec, out = write_spec(tmp_path), tmp_path / "sweep"
 
     def unfinished_checkpoint():
-        return any(p.name.isdigit() and not (p.parent.parent / "record.json").exists()
-                   for p in out.glob("trials/*/checkpoints/*"))
+        return any(
+            p.name.isdigit() and not (p.parent.parent / "record.json").exists()
+            for p in out.glob("trials/*/checkpoints/*")
+        )
 
     moments = {
         "during startup": lambda: True,
@@ -146,7 +160,7 @@ def test_kill_9_at_any_moment_then_resume_equals_uninterrupted(reference, tmp_pa
     for moment, condition in moments.items():
         for _ in range(5):  # the trials are short: retry until the kill lands on what the moment names
             proc = cbs_sweep(spec, out, "--workers", "2", start_new_session=True)
-            wait_for(lambda: condition() or proc.poll() is not None)
+            wait_for(lambda: condition() or proc.poll() is not None)  # noqa: B023 (called at once)
             os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers die at once, as with a power cut
             proc.wait()
             assert proc.returncode == -signal.SIGKILL, (moment, proc.stderr.read())
@@ -240,8 +254,9 @@ def test_bad_spec_fails_before_training_with_one_line(tmp_path):
     proc = cbs_sweep(spec, tmp_path / "sweep")
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2
-    assert stderr.strip().splitlines()[-1] == (f"cbs: error: {spec}: batch_sizes: 0 is not a positive integer; "
-                                               "allowed: integers >= 1")
+    assert stderr.strip().splitlines()[-1] == (
+        f"cbs: error: {spec}: batch_sizes: 0 is not a positive integer; allowed: integers >= 1"
+    )
     assert not (tmp_path / "sweep").exists()
 
 
@@ -263,13 +278,16 @@ def test_ray_executor_on_a_local_instance(reference, tmp_path):
 
 def test_missing_ray_is_a_user_error(tmp_path):
     spec = write_spec(tmp_path)
-    code = ("import sys; sys.modules['ray'] = None; from harness.cli import main; "
-            f"sys.exit(main(['sweep', {str(spec)!r}, '--out', {str(tmp_path / 'sweep')!r}, '--executor', 'ray', "
-            f"'--data-dir', {DATA!r}]))")
+    code = (
+        "import sys; sys.modules['ray'] = None; from harness.cli import main; "
+        f"sys.exit(main(['sweep', {str(spec)!r}, '--out', {str(tmp_path / 'sweep')!r}, '--executor', 'ray', "
+        f"'--data-dir', {DATA!r}]))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        "cbs: error: --executor ray needs Ray; allowed: pip install 'critical-batch-size[ray]', or --executor local")
+        "cbs: error: --executor ray needs Ray; allowed: pip install 'critical-batch-size[ray]', or --executor local"
+    )
 
 
 def test_a_spec_dict_and_set_overrides_are_recorded_and_extend_or_are_refused(tmp_path, capsys):
@@ -279,19 +297,32 @@ def test_a_spec_dict_and_set_overrides_are_recorded_and_extend_or_are_refused(tm
 
     from harness.cli import main
 
-    raw = {"workload": "mnist_fc32x1", "optimizer": "sgd", "batch_sizes": [128], "target": 0.5, "max_steps": 20,
-           "eval_every": 10, "fixed": {"learning_rate": 0.5}}
+    raw = {
+        "workload": "mnist_fc32x1",
+        "optimizer": "sgd",
+        "batch_sizes": [128],
+        "target": 0.5,
+        "max_steps": 20,
+        "eval_every": 10,
+        "fixed": {"learning_rate": 0.5},
+    }
     out = tmp_path / "sweep"
     outcome = run_sweep(raw, out, workers=1, data_dir=DATA)
     assert outcome.trials == 1 and tomllib.loads((out / "spec.toml").read_text()) == raw
     spec = write_spec(tmp_path, text=(out / "spec.toml").read_text())
-    assert main(["sweep", str(spec), "--out", str(out), "--data-dir", DATA, "--set", "seeds=[0, 1]",
-                 "--workers", "1"]) == 0
+    assert (
+        main(["sweep", str(spec), "--out", str(out), "--data-dir", DATA, "--set", "seeds=[0, 1]", "--workers", "1"])
+        == 0
+    )
     assert "extended the sweep: seeds" in capsys.readouterr().out
     assert tomllib.loads((out / "spec.toml").read_text()) == {**raw, "seeds": [0, 1]}
     assert sorted(r["config"]["seed"] for r in records(out).values()) == [0, 1]
-    assert main(["sweep", str(spec), "--out", str(out), "--data-dir", DATA, "--set", "seeds=[0, 1]",
-                 "--set", "target=0.4"]) == 2
+    assert (
+        main(
+            ["sweep", str(spec), "--out", str(out), "--data-dir", DATA, "--set", "seeds=[0, 1]", "--set", "target=0.4"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith(f"cbs: error: {spec}: the spec differs from the sweep in {out}: target (0.5 -> 0.4)")
     assert len(records(out)) == 2

@@ -1,4 +1,5 @@
 """The result store: atomic records, corrupt records, spec changes, claims."""
+
 import json
 import os
 import signal
@@ -8,12 +9,12 @@ import textwrap
 import time
 
 import pytest
+from conftest import DATA_DIR as DATA
 
 from analysis import load_sweep
-from conftest import DATA_DIR as DATA
 from harness.errors import UserError
-from harness.sweep.spec import load_spec
 from harness.sweep.leases import atomic_write
+from harness.sweep.spec import load_spec
 from harness.sweep.store import Store, parse_record, spec_differences
 
 SPEC = """
@@ -38,10 +39,20 @@ def open_store(tmp_path, text, name="spec.toml"):
 
 
 def fake_record(config, steps_to_target=None, status="incomplete"):
-    return {"config": config.to_dict(), "status": status, "steps_to_target": steps_to_target, "metric": "squared_error",
-            "direction": "min", "target": 0.2, "final": {}, "steps_run": 10, "wall_time": 1.0,
-            "measurements": [{"step": 0, "examples": 0, "train_loss": None, "val_loss": 1.0, "val_metric": 1.0,
-                              "wall_time": 0.0}]}
+    return {
+        "config": config.to_dict(),
+        "status": status,
+        "steps_to_target": steps_to_target,
+        "metric": "squared_error",
+        "direction": "min",
+        "target": 0.2,
+        "final": {},
+        "steps_run": 10,
+        "wall_time": 1.0,
+        "measurements": [
+            {"step": 0, "examples": 0, "train_loss": None, "val_loss": 1.0, "val_metric": 1.0, "wall_time": 0.0}
+        ],
+    }
 
 
 WRITER = """
@@ -89,8 +100,10 @@ def test_corrupt_records_are_reported_set_aside_and_skipped_by_the_loader(tmp_pa
     tables = load_sweep(store.folder)
     err = capsys.readouterr().err.splitlines()  # one `cbs: warning:` line each, no Python warning machinery
     assert len(err) == 3 and all(line.startswith("cbs: warning: skipping a corrupt trial record: ") for line in err)
-    assert (f"cbs: warning: skipping a corrupt trial record: {store.record_path(partial.id)}: not a trial record "
-            "(needs config, status, steps_to_target, measurements, steps_run)") in err
+    assert (
+        f"cbs: warning: skipping a corrupt trial record: {store.record_path(partial.id)}: not a trial record "
+        "(needs config, status, steps_to_target, measurements, steps_run)"
+    ) in err
     assert list(tables.trials["trial_id"]) == [good.id]
     assert tables.trials.loc[0, "steps_to_target"] == 40 and tables.trials.loc[0, "learning_rate"] == 0.01
     assert list(tables.measurements["trial_id"]) == [good.id] and tables.spec["target"] == 0.2
@@ -117,8 +130,11 @@ def test_adding_batch_sizes_seeds_and_grid_values_extends_the_sweep(tmp_path):
     store, spec, extended = open_store(tmp_path, SPEC)
     assert extended == []
     old_ids = {t.id for t in spec.trials()}
-    bigger = SPEC.replace("[8, 32]", "[8, 16, 32]").replace("[0.01, 0.1]", "[0.01, 0.1, 0.3]") \
+    bigger = (
+        SPEC.replace("[8, 32]", "[8, 16, 32]")
+        .replace("[0.01, 0.1]", "[0.01, 0.1, 0.3]")
         .replace("max_steps", "seeds = 2\nmax_steps")
+    )
     store, spec, extended = open_store(tmp_path, bigger, "bigger.toml")
     assert sorted(extended) == ["batch_sizes", "search.space.learning_rate", "seeds"]
     assert old_ids < {t.id for t in spec.trials()} and len(spec.trials()) == 3 * 3 * 2

@@ -3,6 +3,7 @@ stores: a real 2-trial sweep with --track mlflow (a SQLite store) and
 --track wandb (offline files) gives one run per trial with its parameters,
 its measurements as metric history and its status; a resumed trial logs each
 step once; a missing extra is one line before any training."""
+
 import importlib.util
 import json
 
@@ -14,9 +15,17 @@ from harness.cli import main
 from harness.sweep.run import run_sweep
 from harness.sweep.tracking import open_run, run_id, tracking, wandb_history, wandb_records
 
-SPEC = {"name": "tracked", "workload": "mnist_fc32x1", "optimizer": "sgd", "batch_sizes": [32], "target": 0.15,
-        "max_steps": 40, "eval_every": 20, "prune": False,
-        "search": {"kind": "grid", "space": {"learning_rate": [0.5, 0.05]}}}
+SPEC = {
+    "name": "tracked",
+    "workload": "mnist_fc32x1",
+    "optimizer": "sgd",
+    "batch_sizes": [32],
+    "target": 0.15,
+    "max_steps": 40,
+    "eval_every": 20,
+    "prune": False,
+    "search": {"kind": "grid", "space": {"learning_rate": [0.5, 0.05]}},
+}
 METRICS = ("examples", "train_loss", "val_loss", "val_metric")
 
 
@@ -69,8 +78,9 @@ def test_wandb_offline_has_one_run_per_trial_with_config_history_and_status(tmp_
     for trial_id, record in expected.items():
         rows = wandb_history(folder, run_id("tracked", trial_id))
         for key in METRICS:
-            assert same([r["_step"] for r in rows if key in r], [r[key] for r in rows if key in r],
-                        history(record, key)), key
+            assert same(
+                [r["_step"] for r in rows if key in r], [r[key] for r in rows if key in r], history(record, key)
+            ), key
         (path,) = folder.glob(f"wandb/offline-run-*-{run_id('tracked', trial_id)}/*.wandb")
         kinds = {}
         for r in wandb_records(path):
@@ -97,14 +107,16 @@ def test_a_resumed_trial_logs_each_step_once(tmp_path, kind):
         run.finish({"status": "complete", "steps_to_target": 10})
     if kind == "mlflow":
         client = run.client
-        assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "val_loss")] == \
-            [(r["step"], r["val_loss"]) for r in rows]
+        assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "val_loss")] == [
+            (r["step"], r["val_loss"]) for r in rows
+        ]
         assert client.get_run(run.run_id).info.status == "FINISHED"
         assert len(client.search_runs([client.get_experiment_by_name("resumed").experiment_id])) == 1
     else:
         flush(kind)
-        assert [(r["_step"], r["val_loss"]) for r in wandb_history(tmp_path, run_id("resumed", "t1"))] == \
-            [(r["step"], r["val_loss"]) for r in rows]
+        assert [(r["_step"], r["val_loss"]) for r in wandb_history(tmp_path, run_id("resumed", "t1"))] == [
+            (r["step"], r["val_loss"]) for r in rows
+        ]
 
 
 def flush(kind) -> None:

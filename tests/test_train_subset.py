@@ -1,5 +1,6 @@
 """train_examples: a trial trains on a fixed, seeded subset of the training split
 (Shallue et al. 2019's MNIST subsets); the validation split stays whole."""
+
 import json
 
 import numpy as np
@@ -15,8 +16,9 @@ from harness.errors import UserError
 from harness.sweep.run import run_sweep
 from harness.sweep.spec import load_spec
 
-TINY = dict(workload="mnist_fc32x1", optimizer="nesterov", learning_rate=0.05, max_steps=10, eval_every=5,
-            stop_at_target=False)
+TINY = dict(
+    workload="mnist_fc32x1", optimizer="nesterov", learning_rate=0.05, max_steps=10, eval_every=5, stop_at_target=False
+)
 
 
 def test_the_subset_is_fixed_nested_and_leaves_validation_alone(data_dir):
@@ -49,8 +51,10 @@ def test_none_and_the_whole_split_give_todays_data(data_dir):
     assert train_subset(data, None) is data
     whole = train_subset(data, len(data.train_x))
     assert np.array_equal(whole.train_x, data.train_x) and np.array_equal(whole.train_y, data.train_y)
-    assert TrialConfig.from_dict({"workload": "mnist_fc32x1", "batch_size": 8, "learning_rate": 0.1}).train_examples \
-        is None  # a record written before the option reads back as the whole split
+    assert (
+        TrialConfig.from_dict({"workload": "mnist_fc32x1", "batch_size": 8, "learning_rate": 0.1}).train_examples
+        is None
+    )  # a record written before the option reads back as the whole split
 
 
 def test_a_batch_larger_than_the_subset_is_refused(data_dir):
@@ -59,9 +63,11 @@ def test_a_batch_larger_than_the_subset_is_refused(data_dir):
 
 
 def test_a_sweep_records_and_exports_its_subset(data_dir, tmp_path):
-    (tmp_path / "spec.toml").write_text('workload = "mnist_fc32x1"\noptimizer = "sgd"\nbatch_sizes = [32]\n'
-                                        'target = 0.5\nmax_steps = 10\neval_every = 5\n'
-                                        '[fixed]\nlearning_rate = 0.1\ntrain_examples = 320\n')
+    (tmp_path / "spec.toml").write_text(
+        'workload = "mnist_fc32x1"\noptimizer = "sgd"\nbatch_sizes = [32]\n'
+        "target = 0.5\nmax_steps = 10\neval_every = 5\n"
+        "[fixed]\nlearning_rate = 0.1\ntrain_examples = 320\n"
+    )
     run_sweep(tmp_path / "spec.toml", tmp_path / "sweep", workers=1, data_dir=data_dir)
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("trials/*/record.json")]
     assert record["config"]["train_examples"] == 320

@@ -5,6 +5,7 @@
 Every error is one line `cbs: error: ...` on stderr with exit status 2 (bad
 arguments included); bare `cbs` prints the help with the command list and
 exits 0; `cbs --version` prints the version."""
+
 import argparse
 import contextlib
 import importlib
@@ -27,7 +28,10 @@ COMMANDS = {
     "report": ("harness.cli.report", "one self-contained HTML report of a sweep"),
     "export": ("harness.cli.export", "write a sweep in another layout (Shallue et al.'s batch_science)"),
     "fit": ("harness.cli.fit", "fit the critical batch size to a steps-vs-batch-size table"),
-    "local-cbs": ("harness.cli.local_cbs", "the branched local critical batch size over training (Merrill et al. 2025)"),
+    "local-cbs": (
+        "harness.cli.local_cbs",
+        "the branched local critical batch size over training (Merrill et al. 2025)",
+    ),
     "nqm": ("harness.cli.nqm", "exact steps vs batch size on the noisy quadratic model"),
     "scaling": ("harness.cli.scaling", "power laws of B_crit, S_min and E_min across groups, or B_crit vs the target"),
     "env": ("harness.cli.env", "the JAX backend and devices, package versions, the datasets found, the compile cache"),
@@ -45,8 +49,9 @@ class _Parser(argparse.ArgumentParser):
 
     def _check_value(self, action, value):
         if action.choices is not None and value not in action.choices:
-            raise argparse.ArgumentError(action, f"unknown {action.dest} {value!r}; allowed: "
-                                                 f"{', '.join(map(str, action.choices))}")
+            raise argparse.ArgumentError(
+                action, f"unknown {action.dest} {value!r}; allowed: {', '.join(map(str, action.choices))}"
+            )
 
 
 def main(argv=None) -> int:
@@ -78,8 +83,11 @@ def main(argv=None) -> int:
         return 2
     except Interrupted as e:
         resume = getattr(module, "ON_INTERRUPT", None)
-        print(f"cbs: {args.command} interrupted by {e}" + (f"; {resume}: cbs {shlex.join(argv)}" if resume else ""),
-              file=sys.stderr, flush=True)
+        print(
+            f"cbs: {args.command} interrupted by {e}" + (f"; {resume}: cbs {shlex.join(argv)}" if resume else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         return 128 + e.signum
 
 
@@ -101,4 +109,3 @@ def _signals_raise_interrupted():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-

@@ -1,4 +1,5 @@
 """`python -m harness.cli ...` is `cbs ...`."""
+
 import sys
 
 from harness.cli import main

@@ -1,6 +1,7 @@
 """`cbs analyze FOLDER`: the steps-to-result table of a sweep and the fits of
 its critical batch size (McCandlish's B_crit with a bootstrap interval, the
 overhead definition, Shallue's regimes)."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,15 @@ from harness.errors import UserError
 def add_budget_arguments(parser):
     """--max-steps and --max-examples: count only evaluations within a budget
     (Shallue et al. 2019, Sec. 3.2)."""
-    parser.add_argument("--max-steps", type=int, metavar="STEPS",
-                        help="count only evaluations at step <= STEPS (a step budget)")
-    parser.add_argument("--max-examples", type=int, metavar="EXAMPLES",
-                        help="count only evaluations at batch_size * step <= EXAMPLES (an example budget)")
+    parser.add_argument(
+        "--max-steps", type=int, metavar="STEPS", help="count only evaluations at step <= STEPS (a step budget)"
+    )
+    parser.add_argument(
+        "--max-examples",
+        type=int,
+        metavar="EXAMPLES",
+        help="count only evaluations at batch_size * step <= EXAMPLES (an example budget)",
+    )
 
 
 def budgets(args) -> dict:
@@ -38,12 +44,14 @@ def parse_batch_sizes(text: str, option: str) -> list[int]:
 
 def add_arguments(parser):
     parser.add_argument("folder", help="a sweep folder (written by `cbs sweep`)")
-    parser.add_argument("--target", type=float,
-                        help="the metric value to reach (default: the sweep's target)")
+    parser.add_argument("--target", type=float, help="the metric value to reach (default: the sweep's target)")
     add_budget_arguments(parser)
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON object: folder, workload, metric, direction, target, step_budget, "
-                        "example_budget, rows (the table), fit")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object: folder, workload, metric, direction, target, step_budget, "
+        "example_budget, rows (the table), fit",
+    )
 
 
 def run(args) -> int:
@@ -58,14 +66,26 @@ def run(args) -> int:
     spec = sweep.spec
     if args.json:
         rows = json.loads(curve.table.to_json(orient="records"))  # NaN -> null
-        print(json.dumps({"folder": str(sweep.folder), "workload": spec["workload"], "metric": spec["metric"],
-                          "direction": spec["direction"], "target": curve.target,
-                          "step_budget": curve.step_budget, "example_budget": curve.example_budget, "rows": rows,
-                          "edge_hits": [dict(batch_size=b, metaparameter=n, edge=e)
-                                        for b, n, e in edge_hits(sweep, curve)],
-                          "final": None if (final := final_metrics(sweep)) is None
-                          else json.loads(final.to_json(orient="records")),
-                          "fit": curve.fit.to_dict()}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "folder": str(sweep.folder),
+                    "workload": spec["workload"],
+                    "metric": spec["metric"],
+                    "direction": spec["direction"],
+                    "target": curve.target,
+                    "step_budget": curve.step_budget,
+                    "example_budget": curve.example_budget,
+                    "rows": rows,
+                    "edge_hits": [dict(batch_size=b, metaparameter=n, edge=e) for b, n, e in edge_hits(sweep, curve)],
+                    "final": None
+                    if (final := final_metrics(sweep)) is None
+                    else json.loads(final.to_json(orient="records")),
+                    "fit": curve.fit.to_dict(),
+                },
+                indent=1,
+            )
+        )
         return 0
     print(summary_text(sweep, curve))
     return 0

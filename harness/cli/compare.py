@@ -3,6 +3,7 @@
 scaling ends, the maximal useful batch size and B_crit with its interval.
 A cell with no value (a batch size a study did not reach, no fit, no
 interval, no one-sided bound) reads `-` in the text table, empty in --csv."""
+
 from __future__ import annotations
 
 from harness.cli.analyze import parse_batch_sizes
@@ -12,8 +13,10 @@ NO_VALUE = "-"  # a text-table cell that has no value (pandas' None and NaN)
 
 def add_arguments(parser):
     parser.add_argument("folders", nargs="+", help="sweep folders (written by `cbs sweep`)")
-    parser.add_argument("--at", help="comma-separated batch sizes for the steps@B columns (default: the batch "
-                        "sizes every study reached)")
+    parser.add_argument(
+        "--at",
+        help="comma-separated batch sizes for the steps@B columns (default: the batch sizes every study reached)",
+    )
     parser.add_argument("--csv", action="store_true", help="print CSV instead of a text table")
 
 

@@ -2,6 +2,7 @@
 and processes, the versions of the packages a result depends on, where
 datasets are looked for and which are there, and the JAX compilation cache.
 `--json` for a machine-readable answer."""
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,16 @@ def environment(data_dir=None) -> dict:
         kinds[device.device_kind] = kinds.get(device.device_kind, 0) + 1
     folder = resolve_data_dir(data_dir)
     versions = {NAMES.get(m, m): importlib.import_module(m).__version__ for m in PACKAGES}
-    return {"backend": jax.default_backend(), "devices": [{"kind": k, "count": n} for k, n in kinds.items()],
-            "process_count": jax.process_count(), "versions": {**versions, "python": platform.python_version()},
-            "data_dir": str(folder), "shipped_dir": str(SHIPPED), "datasets": datasets(folder),
-            "compilation_cache_dir": jax.config.jax_compilation_cache_dir}
+    return {
+        "backend": jax.default_backend(),
+        "devices": [{"kind": k, "count": n} for k, n in kinds.items()],
+        "process_count": jax.process_count(),
+        "versions": {**versions, "python": platform.python_version()},
+        "data_dir": str(folder),
+        "shipped_dir": str(SHIPPED),
+        "datasets": datasets(folder),
+        "compilation_cache_dir": jax.config.jax_compilation_cache_dir,
+    }
 
 
 def datasets(folder: Path) -> dict:
@@ -67,8 +74,10 @@ def run(args) -> int:
     devices = ", ".join(f"{d['count']} x {d['kind']}" for d in info["devices"])
     print(f"backend: {info['backend']} ({devices}); processes: {info['process_count']}")
     print("versions: " + ", ".join(f"{name} {version}" for name, version in info["versions"].items()))
-    print(f"data folder: {info['data_dir']} (--data-dir, else $CBS_DATA_DIR, else the cache); "
-          f"shipped copies: {info['shipped_dir']}")
+    print(
+        f"data folder: {info['data_dir']} (--data-dir, else $CBS_DATA_DIR, else the cache); "
+        f"shipped copies: {info['shipped_dir']}"
+    )
     print("datasets: " + ", ".join(f"{name} {where}" for name, where in info["datasets"].items()))
     print(f"compilation cache: {info['compilation_cache_dir'] or 'not set (JAX_COMPILATION_CACHE_DIR)'}")
     return 0

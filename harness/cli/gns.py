@@ -9,6 +9,7 @@ It takes `cbs train`'s trial options but those it fixes: --gns (always on),
 wanted over all of training) and --checkpoint-every (one checkpoint, at the
 end, with --checkpoint-dir); and, as it runs on one host, not the multi-host
 options."""
+
 from __future__ import annotations
 
 import json
@@ -19,36 +20,56 @@ from harness.cli import train as train_command
 from harness.engine.noise_scale_study import NUM_SAMPLES, WINDOW
 from harness.engine.trial import TrialConfig
 
-
 FIXED = ("gns", "stop_at_target", "checkpoint_every")  # TrialConfig fields `cbs gns` sets itself
 
 
 def add_arguments(parser):
     train_command.add_config_arguments(parser, exclude=FIXED)
     parser.add_argument("--data-dir", help="folder of the datasets (default: $CBS_DATA_DIR or a cache folder)")
-    parser.add_argument("--checkpoint-dir", help="keep the trial's Orbax checkpoints here (default: a temporary "
-                        "folder); resumes from the latest one")
+    parser.add_argument(
+        "--checkpoint-dir",
+        help="keep the trial's Orbax checkpoints here (default: a temporary folder); resumes from the latest one",
+    )
     parser.add_argument("--out", help="write gns.json into this folder")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_argument("--window", type=int, default=WINDOW,
-                        help="steps at the end of training over which the offline estimate is averaged (the "
-                             "ratio of the window means of |G|^2 and tr(Sigma), with a block-bootstrap interval); "
-                             f"an offline estimate is taken after each of them (default: {WINDOW})")
-    parser.add_argument("--num-samples", type=int, default=NUM_SAMPLES,
-                        help="independent gradients for the offline estimate at each step of the window, a "
-                             f"multiple of 16 and >= 32; 0 skips it (default: {NUM_SAMPLES})")
-    parser.add_argument("--sample-batch-size", type=int,
-                        help="examples per offline gradient sample (default: the micro-batch size)")
-    parser.add_argument("--no-hessian", dest="hessian", action="store_false",
-                        help="skip B_noise (Hessian-vector products) in the offline estimate")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=WINDOW,
+        help="steps at the end of training over which the offline estimate is averaged (the "
+        "ratio of the window means of |G|^2 and tr(Sigma), with a block-bootstrap interval); "
+        f"an offline estimate is taken after each of them (default: {WINDOW})",
+    )
+    parser.add_argument(
+        "--num-samples",
+        type=int,
+        default=NUM_SAMPLES,
+        help="independent gradients for the offline estimate at each step of the window, a "
+        f"multiple of 16 and >= 32; 0 skips it (default: {NUM_SAMPLES})",
+    )
+    parser.add_argument(
+        "--sample-batch-size", type=int, help="examples per offline gradient sample (default: the micro-batch size)"
+    )
+    parser.add_argument(
+        "--no-hessian",
+        dest="hessian",
+        action="store_false",
+        help="skip B_noise (Hessian-vector products) in the offline estimate",
+    )
 
 
 def run(args) -> int:
     from harness.engine.noise_scale_study import measure_noise_scale
 
-    result = measure_noise_scale(_config(args), data_dir=args.data_dir, checkpoint_dir=args.checkpoint_dir,
-                                 window=args.window, num_samples=args.num_samples,
-                                 sample_batch_size=args.sample_batch_size, hessian=args.hessian)
+    result = measure_noise_scale(
+        _config(args),
+        data_dir=args.data_dir,
+        checkpoint_dir=args.checkpoint_dir,
+        window=args.window,
+        num_samples=args.num_samples,
+        sample_batch_size=args.sample_batch_size,
+        hessian=args.hessian,
+    )
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -66,8 +87,9 @@ def _config(args) -> TrialConfig:
     trained and one checkpoint at its end (the final parameters, with
     --checkpoint-dir); 2 micro-batches unless --microbatches says otherwise."""
     max_steps = args.max_steps or TrialConfig.max_steps
-    config = train_command.config_from_args(args, microbatches=2, gns=True, stop_at_target=False,
-                                            checkpoint_every=max_steps)
+    config = train_command.config_from_args(
+        args, microbatches=2, gns=True, stop_at_target=False, checkpoint_every=max_steps
+    )
     config.validate()
     return config
 
@@ -75,8 +97,10 @@ def _config(args) -> TrialConfig:
 def _print(result):
     from analysis.text import num
 
-    print(f"{result['workload']} B={result['batch_size']} ({result['microbatches']} micro-batches): "
-          f"{result['status']} after {result['steps_run']} steps")
+    print(
+        f"{result['workload']} B={result['batch_size']} ({result['microbatches']} micro-batches): "
+        f"{result['status']} after {result['steps_run']} steps"
+    )
     print(f"{'step':>8}  {'B_simple':>10}  {'|G|^2':>10}  {'tr(Sigma)':>10}")
     for row in result["online"]:
         print(f"{row['step']:>8}  {num(row['b_simple']):>10}  {num(row['g2']):>10}  {num(row['trace']):>10}")
@@ -94,11 +118,15 @@ def _print(result):
         print(f"window: steps {window['first']}..{window['last']}")
         for name, label in present:
             e = offline[name]
-            print(f"  {label} = {num(e['value'])} +- {num(e['stderr'])} "
-                  f"({e['level']:.0%} interval {num(e['low'])}..{num(e['high'])})")
+            print(
+                f"  {label} = {num(e['value'])} +- {num(e['stderr'])} "
+                f"({e['level']:.0%} interval {num(e['low'])}..{num(e['high'])})"
+            )
         print(f"  method: {window['method']}")
     interval = result["b_crit_interval"]
-    print(f"predicted critical batch size B_crit ~ {num(result['b_crit_predicted'])}"
-          + (f" ({num(interval[0])}..{num(interval[1])})" if interval else "")
-          + f" ({result['b_crit_basis']}; McCandlish et al. 2018: B_crit ~ B_noise, B_simple its proxy; "
-          f"the noise scale grows as the loss falls, so compare it with B_crit at a similar loss)")
+    print(
+        f"predicted critical batch size B_crit ~ {num(result['b_crit_predicted'])}"
+        + (f" ({num(interval[0])}..{num(interval[1])})" if interval else "")
+        + f" ({result['b_crit_basis']}; McCandlish et al. 2018: B_crit ~ B_noise, B_simple its proxy; "
+        f"the noise scale grows as the loss falls, so compare it with B_crit at a similar loss)"
+    )

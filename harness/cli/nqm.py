@@ -1,5 +1,6 @@
 """`cbs nqm`: exact steps-to-target vs batch size on the noisy quadratic model
 (Zhang et al. 2019), minimised over the paper's learning-rate (and momentum) grid."""
+
 import json
 import math
 
@@ -10,10 +11,14 @@ from harness.errors import UserError
 
 def add_arguments(parser):
     parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-    parser.add_argument("--precondition", type=float, default=0.0, metavar="GAMMA",
-                        help="diagonal preconditioner h^-GAMMA (default 0: none)")
-    parser.add_argument("--batch-sizes", required=True,
-                        help="comma-separated batch sizes, e.g. 1,2,4,8")
+    parser.add_argument(
+        "--precondition",
+        type=float,
+        default=0.0,
+        metavar="GAMMA",
+        help="diagonal preconditioner h^-GAMMA (default 0: none)",
+    )
+    parser.add_argument("--batch-sizes", required=True, help="comma-separated batch sizes, e.g. 1,2,4,8")
     parser.add_argument("--target", type=float, default=TARGET, help=f"target loss (default {TARGET})")
     parser.add_argument("--dims", type=int, default=DIMS, help=f"coordinates K (default {DIMS})")
     parser.add_argument("--json", action="store_true", help="print a JSON list of objects")
@@ -22,8 +27,9 @@ def add_arguments(parser):
 def run(args) -> int:
     if args.dims < 1:
         raise UserError(f"--dims must be >= 1, got {args.dims}")
-    rows = nqm_steps(parse_batch_sizes(args.batch_sizes, "--batch-sizes"), args.optimizer, args.precondition,
-                     args.target, args.dims)
+    rows = nqm_steps(
+        parse_batch_sizes(args.batch_sizes, "--batch-sizes"), args.optimizer, args.precondition, args.target, args.dims
+    )
     for r in rows:
         if math.isinf(r["steps"]):
             r["steps"] = None

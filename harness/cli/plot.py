@@ -3,6 +3,7 @@ et al. 2019; McCandlish et al. 2018), as PNG and PDF; with several sweep
 folders, also their steps-to-result on one plot, normalised (comparison:
 optimizers, model sizes) and as measured (comparison_absolute: algorithms on
 the rounds axis)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,13 +14,22 @@ from harness.cli.analyze import add_budget_arguments, budgets
 
 def add_arguments(parser):
     parser.add_argument("folders", nargs="+", metavar="FOLDER", help="sweep folder(s) written by `cbs sweep`")
-    parser.add_argument("--out", help="folder for the figures (default: FOLDER/figures; with several "
-                                      "sweeps, one subfolder per sweep plus comparison.png/.pdf)")
-    parser.add_argument("--targets", help="comma-separated targets for the multi-target figures "
-                                          "(default: the sweep's target and two looser ones)")
-    parser.add_argument("--axis", choices=tuple(AXES), default="steps",
-                        help="what the steps-to-result and comparison figures count: training steps, examples, "
-                             "or communication rounds (local SGD; Lin et al. 2020) (default: steps)")
+    parser.add_argument(
+        "--out",
+        help="folder for the figures (default: FOLDER/figures; with several "
+        "sweeps, one subfolder per sweep plus comparison.png/.pdf)",
+    )
+    parser.add_argument(
+        "--targets",
+        help="comma-separated targets for the multi-target figures (default: the sweep's target and two looser ones)",
+    )
+    parser.add_argument(
+        "--axis",
+        choices=tuple(AXES),
+        default="steps",
+        help="what the steps-to-result and comparison figures count: training steps, examples, "
+        "or communication rounds (local SGD; Lin et al. 2020) (default: steps)",
+    )
     add_budget_arguments(parser)
 
 
@@ -42,8 +52,13 @@ def run(args) -> int:
     several = len(sweeps) > 1
     paths = []
     for sweep in sweeps:
-        out = Path(args.out) / sweep.folder.name if args.out and several else \
-            Path(args.out) if args.out else sweep.folder / FIGURES
+        out = (
+            Path(args.out) / sweep.folder.name
+            if args.out and several
+            else Path(args.out)
+            if args.out
+            else sweep.folder / FIGURES
+        )
         written = plot_sweep(sweep, analyze_sweep(sweep, targets, **limits), out, axis=args.axis)
         if not written:
             print(f"{sweep.folder}: no figure: no trial has completed yet")
@@ -51,8 +66,9 @@ def run(args) -> int:
     if several:
         curves = {label: analyze(sweep, **limits) for label, sweep in zip(sweep_labels(sweeps), sweeps)}
         paths += save(comparison_plot(curves, axis=args.axis), Path(args.out or ".") / "comparison")
-        paths += save(comparison_plot(curves, axis=args.axis, normalize=False),
-                      Path(args.out or ".") / "comparison_absolute")
+        paths += save(
+            comparison_plot(curves, axis=args.axis, normalize=False), Path(args.out or ".") / "comparison_absolute"
+        )
     for path in paths:
         print(path)
     return 0

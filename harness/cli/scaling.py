@@ -8,6 +8,7 @@ analysis.target_ladder).
     cbs scaling SWEEP=128 SWEEP=256 ... --x width   # each sweep's fit at its spec target
     cbs scaling SWEEP --targets               # B_crit at a ladder of targets of one sweep
 """
+
 import json
 from pathlib import Path
 
@@ -28,18 +29,24 @@ from harness.errors import UserError
 
 
 def add_arguments(parser):
-    parser.add_argument("sources", nargs="+", metavar="SOURCE",
-                        help="TABLE.csv, or sweep folders as FOLDER=VALUE (the covariate's value), or one "
-                             "sweep folder with --targets")
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="TABLE.csv, or sweep folders as FOLDER=VALUE (the covariate's value), or one sweep folder with --targets",
+    )
     parser.add_argument("--x", help="the covariate: a column of TABLE.csv, or the name of the sweeps' VALUE")
-    parser.add_argument("--y", nargs="+",
-                        help=f"the columns to fit against x (default: those of {', '.join(Y_COLUMNS)} in the table)")
-    parser.add_argument("--targets", action="store_true",
-                        help="one sweep: B_crit against the target, at the spec's and looser targets")
+    parser.add_argument(
+        "--y", nargs="+", help=f"the columns to fit against x (default: those of {', '.join(Y_COLUMNS)} in the table)"
+    )
+    parser.add_argument(
+        "--targets", action="store_true", help="one sweep: B_crit against the target, at the spec's and looser targets"
+    )
     parser.add_argument("--out", metavar="STEM", help="write STEM.csv, STEM.json and STEM_<y>.png")
     parser.add_argument("--json", action="store_true", help="print the fits as JSON")
-    parser.add_argument("--confidence", type=float, default=0.9,
-                        help="confidence level of the bootstrap intervals (default 0.9)")
+    parser.add_argument(
+        "--confidence", type=float, default=0.9, help="confidence level of the bootstrap intervals (default 0.9)"
+    )
 
 
 def _table(args):

@@ -4,6 +4,7 @@ its steps-to-result table, plot the curve and end with the critical batch size.
 The spec format is documented in harness/sweep/spec.py. Several `cbs sweep`
 processes pointed at one --out folder (on one machine or on a shared
 filesystem) split the trials between them."""
+
 from __future__ import annotations
 
 import sys
@@ -15,14 +16,25 @@ ON_INTERRUPT = "finished trials and in-flight checkpoints are kept; resume with 
 
 
 def add_arguments(parser):
-    parser.add_argument("spec", help="the sweep spec, a TOML file (format: harness/sweep/spec.py; examples: experiments/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a spec key (dotted for tables, VALUE a TOML value), e.g. --set "
-                             "search.trials=16 --set target=0.04; the sweep folder stores the resulting spec")
+    parser.add_argument(
+        "spec", help="the sweep spec, a TOML file (format: harness/sweep/spec.py; examples: experiments/)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key (dotted for tables, VALUE a TOML value), e.g. --set "
+        "search.trials=16 --set target=0.04; the sweep folder stores the resulting spec",
+    )
     parser.add_argument("--out", help="the sweep folder (default: runs/<spec file name>)")
-    parser.add_argument("--gpus", metavar="IDS",
-                        help="comma-separated GPUs for the local workers, as CUDA_VISIBLE_DEVICES takes them "
-                             "(default: $CUDA_VISIBLE_DEVICES when set, else every GPU nvidia-smi lists)")
+    parser.add_argument(
+        "--gpus",
+        metavar="IDS",
+        help="comma-separated GPUs for the local workers, as CUDA_VISIBLE_DEVICES takes them "
+        "(default: $CUDA_VISIBLE_DEVICES when set, else every GPU nvidia-smi lists)",
+    )
     add_track_argument(parser)
     add_worker_arguments(parser)
 
@@ -31,21 +43,33 @@ def add_track_argument(parser):
     """`--track mlflow|wandb`, shared by `cbs sweep` and `cbs train` (harness.sweep.tracking)."""
     from harness.sweep.tracking import TRACKERS
 
-    parser.add_argument("--track", choices=TRACKERS,
-                        help="also log every trial to MLflow ($MLFLOW_TRACKING_URI, else mlflow.db in the out folder) "
-                             "or W&B (offline without an API key; files in the out folder); needs that extra")
+    parser.add_argument(
+        "--track",
+        choices=TRACKERS,
+        help="also log every trial to MLflow ($MLFLOW_TRACKING_URI, else mlflow.db in the out folder) "
+        "or W&B (offline without an API key; files in the out folder); needs that extra",
+    )
 
 
 def add_worker_arguments(parser):
     """The options of where trials run, shared by `cbs sweep` and `cbs local-cbs`."""
-    parser.add_argument("--workers", type=int,
-                        help="local worker processes (default: one per GPU, else one per CPU core)")
-    parser.add_argument("--executor", choices=("local", "ray"), default="local",
-                        help="run trials in local processes, or as Ray tasks (needs critical-batch-size[ray])")
+    parser.add_argument(
+        "--workers", type=int, help="local worker processes (default: one per GPU, else one per CPU core)"
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="run trials in local processes, or as Ray tasks (needs critical-batch-size[ray])",
+    )
     parser.add_argument("--address", help="with --executor ray: the cluster address (default: start a local Ray)")
     parser.add_argument("--data-dir", help="folder of the datasets (default: $CBS_DATA_DIR or a cache folder)")
-    parser.add_argument("--lease", type=float, default=DEFAULT_LEASE_S,
-                        help="seconds after which a silent worker's trial is taken over (default: %(default)s)")
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=DEFAULT_LEASE_S,
+        help="seconds after which a silent worker's trial is taken over (default: %(default)s)",
+    )
 
 
 def check_workers(args) -> None:
@@ -60,9 +84,20 @@ def run(args) -> int:
     check_workers(args)
     if args.gpus is not None and args.executor != "local":
         raise UserError("--gpus: only with --executor local; allowed: Ray places its tasks on the cluster's GPUs")
-    outcome = run_sweep(args.spec, args.out, overrides=args.overrides, workers=args.workers, executor=args.executor,
-                        address=args.address, gpus=args.gpus, data_dir=args.data_dir, lease_s=args.lease,
-                        progress=sys.stderr, track=args.track, b_crit_interval=b_crit_interval)
+    outcome = run_sweep(
+        args.spec,
+        args.out,
+        overrides=args.overrides,
+        workers=args.workers,
+        executor=args.executor,
+        address=args.address,
+        gpus=args.gpus,
+        data_dir=args.data_dir,
+        lease_s=args.lease,
+        progress=sys.stderr,
+        track=args.track,
+        b_crit_interval=b_crit_interval,
+    )
     print(summary(outcome))
     print(results(outcome.folder))
     return 0
@@ -91,14 +126,18 @@ def _duration(seconds: float) -> str:
 
 def summary(outcome) -> str:
     statuses = ", ".join(f"{n} {status}" for status, n in sorted(outcome.by_status.items()))
-    lines = [f"sweep {outcome.folder}: {outcome.trials} trials ({statuses}); "
-             f"{outcome.pending_at_start} run or resumed now in {_duration(outcome.wall_time)}; "
-             f"{outcome.steps_run} training steps in all"]
+    lines = [
+        f"sweep {outcome.folder}: {outcome.trials} trials ({statuses}); "
+        f"{outcome.pending_at_start} run or resumed now in {_duration(outcome.wall_time)}; "
+        f"{outcome.steps_run} training steps in all"
+    ]
     if outcome.extended:
         lines.append(f"extended the sweep: {', '.join(outcome.extended)}")
     pruned = outcome.by_status.get("pruned", 0)
     if pruned:
-        lines.append(f"exact pruning stopped {pruned} trials that could no longer beat the best steps-to-target "
-                     f"at their batch size; it saved at most {outcome.steps_saved_at_most} steps (an upper bound: "
-                     "each pruned trial counted to its budget)")
+        lines.append(
+            f"exact pruning stopped {pruned} trials that could no longer beat the best steps-to-target "
+            f"at their batch size; it saved at most {outcome.steps_saved_at_most} steps (an upper bound: "
+            "each pruned trial counted to its budget)"
+        )
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 option (`--batch-size`, `--learning-rate`, ...), generated from its schema
 (harness.engine.trial.OPTIONS: type, default, choices, range, help) so the CLI
 and the config never drift apart."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,8 @@ import typing
 from pathlib import Path
 
 from harness.cli.sweep import add_track_argument
-from harness.engine.trial import OPTIONS, Option, TrialConfig
+from harness.engine.options import Option
+from harness.engine.trial import OPTIONS, TrialConfig
 from harness.errors import UserError
 
 TRACK_GROUP = "cbs-train"  # the MLflow experiment, W&B group, of `cbs train --track` runs
@@ -27,8 +29,10 @@ def _option(name: str) -> str:
 def help_text(option: Option) -> str:
     """An option's one-line help: the schema's, its paper, its range and its default."""
     text = option.help + (f" ({option.cite})" if option.cite else "")
-    extras = [option.interval and f"allowed: {option.interval}",
-              option.default not in (None, (), {}) and f"default: {option.default}"]
+    extras = [
+        option.interval and f"allowed: {option.interval}",
+        option.default not in (None, (), {}) and f"default: {option.default}",
+    ]
     return text + "".join(f"; {e}" for e in extras if e)
 
 
@@ -45,24 +49,46 @@ def add_config_arguments(parser, exclude=()):
             continue
         if kind is bool:
             flag = "--no-" + _option(name)[2:] if option.default else _option(name)
-            parser.add_argument(flag, action="store_const", const=not option.default, dest=name,
-                                help=help_text(dataclasses.replace(option, default=None)))
+            parser.add_argument(
+                flag,
+                action="store_const",
+                const=not option.default,
+                dest=name,
+                help=help_text(dataclasses.replace(option, default=None)),
+            )
         elif typing.get_origin(kind) is tuple:
-            parser.add_argument(_option(name), dest=name, help=help_text(option),
-                                type=lambda s: tuple(int(v) for v in s.split(",") if v))
+            parser.add_argument(
+                _option(name),
+                dest=name,
+                help=help_text(option),
+                type=lambda s: tuple(int(v) for v in s.split(",") if v),
+            )
         else:
-            parser.add_argument(_option(name), dest=name, help=help_text(option), type=kind,
-                                required=option.required, choices=option.choices)
+            parser.add_argument(
+                _option(name),
+                dest=name,
+                help=help_text(option),
+                type=kind,
+                required=option.required,
+                choices=option.choices,
+            )
 
 
 def add_arguments(parser):
     add_config_arguments(parser)
     parser.add_argument("--data-dir", help="folder of the datasets (default: $CBS_DATA_DIR or a cache folder)")
     parser.add_argument("--checkpoint-dir", help="Orbax checkpoints here; resumes from the latest one")
-    parser.add_argument("--out", help="write record.json and measurements.csv (row by row as training goes, "
-                        "and a TensorBoard run in tensorboard/ when tensorboardX is installed) into this folder")
-    parser.add_argument("--json", action="store_true", help="print the trial record as JSON (with --out, "
-                        "`measurements` names the CSV file instead of listing the rows)")
+    parser.add_argument(
+        "--out",
+        help="write record.json and measurements.csv (row by row as training goes, "
+        "and a TensorBoard run in tensorboard/ when tensorboardX is installed) into this folder",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the trial record as JSON (with --out, "
+        "`measurements` names the CSV file instead of listing the rows)",
+    )
     add_track_argument(parser)
     multi = parser.add_argument_group("multi-host (run the same command on every host)")
     multi.add_argument("--coordinator", help="HOST:PORT of process 0, for jax.distributed.initialize")
@@ -107,8 +133,11 @@ def run(args) -> int:
     out = Path(args.out) if args.out and writer else None
     board = out / "tensorboard" if out and tensorboard_available() else None
     track = tracking(args.track, TRACK_GROUP, out) if out else None
-    with TrialLog(config.to_dict(), out / "measurements.csv", board) if out else nullcontext() as log, \
-            open_run(track, out.absolute().name, config.to_dict()) if track else nullcontext() as tracked:
+    with (
+        TrialLog(config.to_dict(), out / "measurements.csv", board) if out else nullcontext() as log,
+        open_run(track, out.absolute().name, config.to_dict()) if track else nullcontext() as tracked,
+    ):
+
         def on_eval(row):
             if log:
                 log(row)
@@ -128,16 +157,21 @@ def run(args) -> int:
         json.dump(summary, sys.stdout, indent=1)
         print()
     else:
-        reached = "target not reached" if record.steps_to_target is None else \
-            f"steps to target {record.steps_to_target}"
-        print(f"{config.workload} B={config.batch_size}: {record.status}, {reached} ({record.metric} "
-              f"{'<' if record.direction == 'min' else '>'} {record.target}); final {record.metric} "
-              f"{record.final['val_metric']:.4f} at step {record.steps_run}")
+        reached = (
+            "target not reached" if record.steps_to_target is None else f"steps to target {record.steps_to_target}"
+        )
+        print(
+            f"{config.workload} B={config.batch_size}: {record.status}, {reached} ({record.metric} "
+            f"{'<' if record.direction == 'min' else '>'} {record.target}); final {record.metric} "
+            f"{record.final['val_metric']:.4f} at step {record.steps_run}"
+        )
     return 0
 
 
 def _eval_line(row: dict, metric: str) -> str:
     """One evaluation as `cbs train` prints it while training."""
     train = "-" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
-    return f"step {row['step']:>7}  train loss {train:>8}  val loss {row['val_loss']:.4f}  " \
-           f"val {metric} {row['val_metric']:.4f}"
+    return (
+        f"step {row['step']:>7}  train loss {train:>8}  val loss {row['val_loss']:.4f}  "
+        f"val {metric} {row['val_metric']:.4f}"
+    )

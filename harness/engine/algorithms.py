@@ -20,6 +20,7 @@ algorithms compare at the same global examples per step.
   w_j <- w_j - g_j - c_j; the central model z <- z + sum_j c_j + mu (z - z_prev).
   One round per step; evaluation is on z.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

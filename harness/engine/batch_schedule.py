@@ -17,12 +17,13 @@ so no example is repeated or skipped within an epoch. At each change:
 
 Learning-rate schedules and the step budget count steps, as for any trial.
 """
+
 from __future__ import annotations
 
 import bisect
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from harness.engine.optimizers import ADAM_FAMILY
 from harness.engine.step import Engine, Position, TrainState
@@ -45,10 +46,17 @@ def phase_configs(config: TrialConfig) -> list[TrialConfig]:
     phases = []
     for batch_size in (config.batch_size, *config.batch_schedule):
         k = batch_size / config.batch_size
-        b2 = config.b2 ** k if config.batch_beta2_rule == "half_life" else config.b2
-        phases.append(dataclasses.replace(config, batch_size=batch_size, b2=b2, batch_schedule=(),
-                                          batch_schedule_examples=(),
-                                          learning_rate=config.learning_rate * LR_RULES[lr_rule(config)](k)))
+        b2 = config.b2**k if config.batch_beta2_rule == "half_life" else config.b2
+        phases.append(
+            dataclasses.replace(
+                config,
+                batch_size=batch_size,
+                b2=b2,
+                batch_schedule=(),
+                batch_schedule_examples=(),
+                learning_rate=config.learning_rate * LR_RULES[lr_rule(config)](k),
+            )
+        )
     return phases
 
 

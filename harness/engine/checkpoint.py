@@ -7,6 +7,7 @@ Orbax's back, a structure that no longer fits) is set aside, renamed
 `<step>.corrupt-<time>` in the same folder, with a one-line warning, and the
 trial resumes from the newest readable one or from scratch: a damaged
 checkpoint costs the steps since the last good one, never the run."""
+
 from __future__ import annotations
 
 import errno
@@ -23,8 +24,9 @@ from harness.errors import UserError, warn
 
 def _manager(directory) -> ocp.CheckpointManager:
     _quiet_orbax_duplicates()
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1, enable_async_checkpointing=False, cleanup_tmp_directories=True
+    )
     return ocp.CheckpointManager(Path(directory).absolute(), options=options, item_names=("state", "meta"))
 
 
@@ -33,8 +35,9 @@ def save(directory, step: int, state, meta: dict) -> None:
     write does (TensorStore reports it as a ValueError)."""
     try:
         with _manager(directory) as manager:
-            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                       meta=ocp.args.JsonSave(meta)))
+            manager.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+            )
     except ValueError as e:
         if os.strerror(errno.ENOSPC) in str(e):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory)) from e
@@ -61,8 +64,9 @@ def restore(directory, like):
         steps = sorted(manager.all_steps(), reverse=True)
         for i, step in enumerate(steps):
             try:
-                restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like),
-                                                                         meta=ocp.args.JsonRestore()))
+                restored = manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore())
+                )
                 meta = restored["meta"]
                 if not isinstance(meta, dict) or not isinstance(meta.get("rows"), list):
                     raise ValueError(f"its measurements are not a list of rows: {str(meta)[:80]}")
@@ -105,5 +109,7 @@ def _set_aside(directory, step: int, error: Exception, fallback: int | None) -> 
     os.replace(folder, folder.with_name(f"{step}.corrupt-{time.time():.0f}"))
     reason = " ".join(str(error).split()) or type(error).__name__
     reason = reason if len(reason) <= 200 else reason[:200] + "..."
-    warn(f"unreadable checkpoint of {directory} at step {step} set aside: {reason}; resuming from "
-         f"{'scratch' if fallback is None else f'step {fallback}'}")
+    warn(
+        f"unreadable checkpoint of {directory} at step {step} set aside: {reason}; resuming from "
+        f"{'scratch' if fallback is None else f'step {fallback}'}"
+    )

@@ -11,6 +11,7 @@ missing there is taken from the copies shipped with the package (the MNIST
 training files, so that the quickstart runs offline), else downloaded once
 with pooch from the official mirror, checksum-verified.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,22 +45,28 @@ _CIFAR10_BATCHES = tuple(f"cifar-10-batches-bin/data_batch_{i}.bin" for i in ran
 FILES = {
     "mnist/train-images-idx3-ubyte.gz": (
         _MNIST + "train-images-idx3-ubyte.gz",
-        "sha256:440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+        "sha256:440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    ),
     "mnist/train-labels-idx1-ubyte.gz": (
         _MNIST + "train-labels-idx1-ubyte.gz",
-        "sha256:3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+        "sha256:3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    ),
     "fashion_mnist/train-images-idx3-ubyte.gz": (
         _FASHION + "train-images-idx3-ubyte.gz",
-        "sha256:3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+        "sha256:3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+    ),
     "fashion_mnist/train-labels-idx1-ubyte.gz": (
         _FASHION + "train-labels-idx1-ubyte.gz",
-        "sha256:a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+        "sha256:a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+    ),
     "tiny_shakespeare/input.txt": (
         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        "sha256:86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),
+        "sha256:86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    ),
     _CIFAR10_ARCHIVE: (
         "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-        "md5:c32a1d4ab5d03f1284b67883e8d87530"),
+        "md5:c32a1d4ab5d03f1284b67883e8d87530",
+    ),
 }
 
 # The official files shipped with the package (harness/engine/datasets/<relpath>).
@@ -101,8 +108,9 @@ def train_subset(dataset: Dataset, examples: int | None) -> Dataset:
         return dataset
     size = len(dataset.train_x)
     if examples > size:
-        raise UserError(f"train_examples {examples} exceeds the {size} training examples of {dataset.name}; "
-                        f"allowed: 1 .. {size}")
+        raise UserError(
+            f"train_examples {examples} exceeds the {size} training examples of {dataset.name}; allowed: 1 .. {size}"
+        )
     keep = np.sort(np.random.default_rng(SUBSET_SEED).permutation(size)[:examples])
     subset = [a[keep] for a in (dataset.train_x, dataset.train_y)]
     for array in subset:
@@ -127,12 +135,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
         raise UserError(f"unknown dataset {name!r}; allowed: {', '.join(_LOADERS)}, tfds:<name>")
     unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise UserError(f"dataset {name!r} has no option(s) {', '.join(unknown)}; "
-                        f"allowed: {', '.join(defaults) or 'none'}")
+        raise UserError(
+            f"dataset {name!r} has no option(s) {', '.join(unknown)}; allowed: {', '.join(defaults) or 'none'}"
+        )
     return _load(loader, name, resolve_data_dir(data_dir), tuple(sorted({**defaults, **options}.items())))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(loader, name: str, data_dir: Path, options: tuple) -> Dataset:
     dataset = loader(name, data_dir, **dict(options))
     for array in (dataset.train_x, dataset.train_y, dataset.val_x, dataset.val_y):
@@ -147,8 +156,7 @@ def fetch(relpath: str, data_dir: Path) -> Path:
     path = data_dir / relpath
     if not path.exists() and (SHIPPED / relpath).exists():
         path = SHIPPED / relpath
-    where = (f"the data folder is {data_dir} (choose it with --data-dir or the "
-             f"CBS_DATA_DIR environment variable)")
+    where = f"the data folder is {data_dir} (choose it with --data-dir or the CBS_DATA_DIR environment variable)"
     alg, expected = known_hash.split(":")
     if not path.exists():
         try:
@@ -156,7 +164,8 @@ def fetch(relpath: str, data_dir: Path) -> Path:
         except (OSError, ValueError) as e:  # network failure, or a download that mismatches
             raise UserError(
                 f"{relpath} is missing and its download from {url} failed ({type(e).__name__}): "
-                f"put the official file ({alg} {expected}) at {path}; {where}") from None
+                f"put the official file ({alg} {expected}) at {path}; {where}"
+            ) from None
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _verified:
@@ -164,7 +173,8 @@ def fetch(relpath: str, data_dir: Path) -> Path:
         if actual != expected:
             raise UserError(
                 f"{path} is not the official {relpath}: its {alg} is {actual}, expected {expected}; "
-                f"replace it with the official file or delete it to download it again; {where}")
+                f"replace it with the official file or delete it to download it again; {where}"
+            )
         _verified.add(key)
     return path
 
@@ -232,8 +242,9 @@ def _load_shakespeare(name: str, data_dir: Path, seq_len: int) -> Dataset:
         return w[:, :-1], w[:, 1:]
 
     (train_x, train_y), (val_x, val_y) = windows(ids[:split]), windows(ids[split:])
-    return Dataset(name, train_x, train_y, val_x, val_y, num_classes=len(vocabulary),
-                   vocabulary="".join(map(chr, vocabulary)))
+    return Dataset(
+        name, train_x, train_y, val_x, val_y, num_classes=len(vocabulary), vocabulary="".join(map(chr, vocabulary))
+    )
 
 
 def _load_tfds(name: str, data_dir: Path) -> Dataset:
@@ -244,25 +255,30 @@ def _load_tfds(name: str, data_dir: Path) -> Dataset:
     try:
         import tensorflow_datasets as tfds
     except ImportError:
-        raise UserError(f"dataset {name!r} needs tensorflow-datasets: "
-                        "pip install 'critical-batch-size[tfds]'") from None
+        raise UserError(
+            f"dataset {name!r} needs tensorflow-datasets: pip install 'critical-batch-size[tfds]'"
+        ) from None
     tfds_name = name.removeprefix("tfds:")
     try:
         builder = tfds.builder(tfds_name, data_dir=str(data_dir), file_format="array_record")
         features = builder.info.features
         if not {"image", "label"} <= set(features):
-            raise UserError(f"dataset {name!r} has features {', '.join(features)}; "
-                            "tfds datasets need 'image' and 'label'")
+            raise UserError(
+                f"dataset {name!r} has features {', '.join(features)}; tfds datasets need 'image' and 'label'"
+            )
         builder.download_and_prepare()
         splits = ("train", "validation") if "validation" in builder.info.splits else TFDS_FALLBACK_SPLITS
         train, val = (list(builder.as_data_source(split=s)) for s in splits)
     except tfds.core.registered.DatasetNotFoundError:
-        raise UserError(f"unknown tensorflow-datasets dataset {tfds_name!r}; "
-                        "see https://www.tensorflow.org/datasets/catalog") from None
+        raise UserError(
+            f"unknown tensorflow-datasets dataset {tfds_name!r}; see https://www.tensorflow.org/datasets/catalog"
+        ) from None
     except (ImportError, NotImplementedError) as e:  # what the builder needs TensorFlow for
         reason = str(e).splitlines()[-1]
-        raise UserError(f"dataset {name!r} needs TensorFlow to be built, prepared or read from {data_dir} "
-                        f"({reason}): pip install tensorflow") from None
+        raise UserError(
+            f"dataset {name!r} needs TensorFlow to be built, prepared or read from {data_dir} "
+            f"({reason}): pip install tensorflow"
+        ) from None
 
     def arrays(examples):
         images = np.stack([e["image"] for e in examples])

@@ -1,6 +1,7 @@
 """Where a trial ran: package versions, the harness's git commit, the devices
 and the host, recorded with every trial and sweep so that a result can be
 traced to the software and hardware that produced it."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -18,9 +19,15 @@ def run_metadata() -> dict:
     device_count, platform, host, python}; git_commit and git_dirty are None
     outside a git checkout."""
     devices = jax.devices()
-    return {"packages": {name: _version(name) for name in PACKAGES}, **_git(Path(__file__).resolve().parent),
-            "device_kind": devices[0].device_kind, "device_count": len(devices),
-            "platform": devices[0].platform, "host": platform.node(), "python": platform.python_version()}
+    return {
+        "packages": {name: _version(name) for name in PACKAGES},
+        **_git(Path(__file__).resolve().parent),
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "platform": devices[0].platform,
+        "host": platform.node(),
+        "python": platform.python_version(),
+    }
 
 
 def _version(name: str) -> str | None:

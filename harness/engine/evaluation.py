@@ -4,11 +4,12 @@ Steps-to-result is only as fine as the evaluation cadence (Shallue et al.
 2019, Sec. 3.1), so small step counts want dense evaluations; 'geometric'
 gives them without evaluating every step of a long run.
 """
+
 from __future__ import annotations
 
 import math
 
-GEOMETRIC_RATIO = 2 ** 0.25  # four evaluations per doubling of the step count
+GEOMETRIC_RATIO = 2**0.25  # four evaluations per doubling of the step count
 
 
 def _linear(max_steps: int, every: int) -> set[int]:

@@ -7,12 +7,13 @@ the next, evaluates it, and for each trial still running: observes the row
 best steps-to-target, and keeps its snapshot and checkpoint
 (harness.engine.resume). A trial that stops stops counting; the others go on.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 
@@ -92,8 +93,10 @@ def run_trials(runs: Sequence[TrialRun], hooks: Hooks = Hooks(), *, data_dir=Non
         stopping = hooks.should_stop is not None and hooks.should_stop()
         save = stopping or stop - last_saved >= (config.checkpoint_every or math.inf)
         for t in running:
-            t.observe(_row(engine, t, stop, float(losses[t.index]), evaluations[t.index], _gns_row(state, t.index)),
-                      bad_steps[t.index])
+            t.observe(
+                _row(engine, t, stop, float(losses[t.index]), evaluations[t.index], _gns_row(state, t.index)),
+                bad_steps[t.index],
+            )
         bounds = [hooks.prune_above(), *(t.steps_to_target for t in trials)] if hooks.prune_above else []
         best = min((b for b in bounds if b is not None), default=None)
         for t in running:
@@ -158,17 +161,30 @@ class TrialProgress:
         if row["step"] in run.config.snapshot_steps:
             resume.save_snapshot(run.snapshot_dir, row["step"], Engine.trial(state, self.index), row)
         if save and self.running() and run.checkpoint_dir and run.config.checkpoint_every:
-            resume.save_checkpoint(run.checkpoint_dir, row["step"], Engine.trial(state, self.index), self.rows,
-                                   time.perf_counter() - self.t0)
+            resume.save_checkpoint(
+                run.checkpoint_dir,
+                row["step"],
+                Engine.trial(state, self.index),
+                self.rows,
+                time.perf_counter() - self.t0,
+            )
 
     def finish(self, workload: Workload, pack: int, hooks: Hooks) -> None:
         """Its final record (`run` also says how many trials shared its program)."""
         final = self.rows[-1]
-        self.record = TrialRecord(config=self.run.config.to_dict(), status=self.status or "incomplete",
-                                  steps_to_target=self.steps_to_target, metric=workload.metric,
-                                  direction=workload.direction, target=self.target, measurements=self.rows,
-                                  final=final, steps_run=final["step"], wall_time=time.perf_counter() - self.t0,
-                                  run={**environment.run_metadata(), "pack": pack})
+        self.record = TrialRecord(
+            config=self.run.config.to_dict(),
+            status=self.status or "incomplete",
+            steps_to_target=self.steps_to_target,
+            metric=workload.metric,
+            direction=workload.direction,
+            target=self.target,
+            measurements=self.rows,
+            final=final,
+            steps_run=final["step"],
+            wall_time=time.perf_counter() - self.t0,
+            run={**environment.run_metadata(), "pack": pack},
+        )
         if hooks.on_record:
             hooks.on_record(self.index, self.record)
 
@@ -191,9 +207,17 @@ def _start(engine: Engine, runs, target: float, direction: str) -> tuple[TrainSt
     a trial with no rows yet gets its first evaluation. Restored rows are
     decided and shown to `on_eval` again."""
     state, saved = resume.restore(engine, runs)
-    trials = [TrialProgress(run, i, target, direction, rows=meta["rows"] if meta else [],
-                            t0=time.perf_counter() - (meta["elapsed"] if meta else 0.0))
-              for i, (run, meta) in enumerate(zip(runs, saved))]
+    trials = [
+        TrialProgress(
+            run,
+            i,
+            target,
+            direction,
+            rows=meta["rows"] if meta else [],
+            t0=time.perf_counter() - (meta["elapsed"] if meta else 0.0),
+        )
+        for i, (run, meta) in enumerate(zip(runs, saved))
+    ]
     evaluations = engine.evaluate(state) if any(not t.rows for t in trials) else None
     for t in trials:
         if not t.rows:
@@ -205,15 +229,29 @@ def _start(engine: Engine, runs, target: float, direction: str) -> tuple[TrainSt
     return state, trials
 
 
-def _row(engine: Engine, trial: TrialProgress, step: int, train_loss: float | None,
-         evaluation: tuple[float, float], gns: dict) -> dict:
+def _row(
+    engine: Engine,
+    trial: TrialProgress,
+    step: int,
+    train_loss: float | None,
+    evaluation: tuple[float, float],
+    gns: dict,
+) -> dict:
     """An evaluation row of a trial's measurements, built in this one place;
     with a batch schedule, it says the batch size of its last step."""
     config, (val_loss, metric) = trial.run.config, evaluation
     scheduled = {"batch_size": engine.batch_size_at(step)} if config.batch_schedule else {}
-    return dict(step=step, examples=engine.examples_at(step), rounds=algorithms.communication_rounds(config, step),
-                train_loss=train_loss, val_loss=val_loss, val_metric=metric,
-                wall_time=time.perf_counter() - trial.t0, **scheduled, **gns)
+    return dict(
+        step=step,
+        examples=engine.examples_at(step),
+        rounds=algorithms.communication_rounds(config, step),
+        train_loss=train_loss,
+        val_loss=val_loss,
+        val_metric=metric,
+        wall_time=time.perf_counter() - trial.t0,
+        **scheduled,
+        **gns,
+    )
 
 
 def _gns_row(state: TrainState, i: int) -> dict:
@@ -233,12 +271,16 @@ def check_trial(config: TrialConfig, workload: Workload, train_size: int) -> flo
     check_target(workload.metric, target)
     check_batch_size(config.batch_size, train_size)
     if config.gns and config.microbatches < 2 and jax.device_count() < 2:
-        raise UserError("gns needs two gradient estimates at the same parameters: microbatches >= 2, "
-                        "or several devices (per-device vs all-reduced gradients)")
+        raise UserError(
+            "gns needs two gradient estimates at the same parameters: microbatches >= 2, "
+            "or several devices (per-device vs all-reduced gradients)"
+        )
     per_device = config.batch_size // config.replicas // config.microbatches
     if per_device % jax.device_count():
         split = f"replicas {config.replicas} / " if config.replicas > 1 else ""
-        raise UserError(f"batch_size {config.batch_size} / {split}microbatches {config.microbatches} = {per_device} "
-                        f"is not divisible by the device count {jax.device_count()}; allowed: multiples of "
-                        f"{jax.device_count() * config.replicas * config.microbatches}")
+        raise UserError(
+            f"batch_size {config.batch_size} / {split}microbatches {config.microbatches} = {per_device} "
+            f"is not divisible by the device count {jax.device_count()}; allowed: multiples of "
+            f"{jax.device_count() * config.replicas * config.microbatches}"
+        )
     return target

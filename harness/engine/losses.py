@@ -1,6 +1,7 @@
 """Per-example losses and validation metrics, keyed by the names a Workload uses.
 Sequence outputs (B, T, C) are averaged over positions, so every function
 returns one value per example."""
+
 from __future__ import annotations
 
 import jax

@@ -1,8 +1,9 @@
 """Flax (linen) models of the workloads. Every model takes `(x, train)` and
 returns logits (or a prediction per example for regression)."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

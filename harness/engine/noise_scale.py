@@ -18,12 +18,14 @@ the ratio of their means, with a moving-block bootstrap over the steps: under
 momentum |G|^2 swings from step to step, so one step's estimate is not the
 noise scale of that stage of training.
 """
+
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +35,8 @@ from jax.tree_util import Partial
 
 from harness.errors import UserError
 
-
 # ---------------------------------------------------------------- online ----
+
 
 def two_batch_estimates(g_small_sq, g_big_sq, b_small, b_big):
     """Unbiased estimates of |G|^2 and tr(Sigma) from squared gradient norms
@@ -96,6 +98,7 @@ def b_simple(state: GnsState):
 
 GROUPS = 16  # jackknife groups of the offline estimates
 
+
 class NoiseScale(NamedTuple):
     """An offline noise-scale estimate `value` = `noise` / `signal`, each with
     its jackknife standard error. For B_simple, signal = |G|^2 and noise =
@@ -114,19 +117,30 @@ def b_simple_offline(loss_fn, params, sample_batch, batch_size, num_samples, key
     eq. 2.9), from `num_samples` independent gradients of `loss_fn(params,
     batch)` (a scalar mean loss) on batches `sample_batch(key, batch_size)`.
     See `offline_noise_scales` for the estimators and their standard errors."""
-    return offline_noise_scales(loss_fn, params, sample_batch, batch_size, num_samples, key,
-                                groups=groups, hessian=False)["b_simple"]
+    return offline_noise_scales(
+        loss_fn, params, sample_batch, batch_size, num_samples, key, groups=groups, hessian=False
+    )["b_simple"]
 
 
 def b_noise_offline(loss_fn, params, sample_batch, batch_size, num_samples, key, *, groups=GROUPS) -> NoiseScale:
     """B_noise = tr(H Sigma) / (G^T H G) at fixed `params` (McCandlish et al.
     2018, eq. 2.8) with Hessian-vector products; see `offline_noise_scales`."""
-    return offline_noise_scales(loss_fn, params, sample_batch, batch_size, num_samples, key,
-                                groups=groups, hessian=True)["b_noise"]
+    return offline_noise_scales(
+        loss_fn, params, sample_batch, batch_size, num_samples, key, groups=groups, hessian=True
+    )["b_noise"]
 
 
-def offline_noise_scales(loss_fn: Callable, params, sample_batch: Callable, batch_size: int,
-                         num_samples: int, key, *, groups: int = GROUPS, hessian: bool = True) -> dict:
+def offline_noise_scales(
+    loss_fn: Callable,
+    params,
+    sample_batch: Callable,
+    batch_size: int,
+    num_samples: int,
+    key,
+    *,
+    groups: int = GROUPS,
+    hessian: bool = True,
+) -> dict:
     """B_simple (and, with `hessian`, B_noise) at fixed parameters.
 
     Draws `num_samples` gradients g_j, each on its own batch of `batch_size`
@@ -176,17 +190,25 @@ def offline_noise_scales(loss_fn: Callable, params, sample_batch: Callable, batc
     sums, diag = acc
     cross = {"b_simple": _gram(sums, sums)}
     if hessian:
-        cross["b_noise"] = jnp.stack([_hessian_row(loss_fn, params, sample_batch, sums, k, k_hessian, per_group * batch_size)
-                                      for k in range(groups)])
-    return {name: NoiseScale(*(float(v) for v in _jackknife(diag[name], cross[name], per_group, batch_size)))
-            for name in names}
+        cross["b_noise"] = jnp.stack(
+            [
+                _hessian_row(loss_fn, params, sample_batch, sums, k, k_hessian, per_group * batch_size)
+                for k in range(groups)
+            ]
+        )
+    return {
+        name: NoiseScale(*(float(v) for v in _jackknife(diag[name], cross[name], per_group, batch_size)))
+        for name in names
+    }
 
 
 def check_num_samples(num_samples: int, groups: int = GROUPS) -> None:
     """UserError unless `num_samples` splits into `groups` groups of at least 2."""
     if groups < 2 or num_samples % groups or num_samples < 2 * groups:
-        raise UserError(f"num_samples must be a multiple of {groups} (the jackknife groups) and at least "
-                        f"{2 * groups}, got {num_samples!r}")
+        raise UserError(
+            f"num_samples must be a multiple of {groups} (the jackknife groups) and at least "
+            f"{2 * groups}, got {num_samples!r}"
+        )
 
 
 def _as_partial(f):
@@ -234,8 +256,9 @@ def _hessian_row(loss_fn, params, sample_batch, sums, group, key, batch_size):
 @jax.jit
 def _gram(a, b):
     """Inner products of the stacked pytrees a (m, ...) and b (k, ...): (m, k)."""
-    return sum(x.reshape(x.shape[0], -1) @ y.reshape(y.shape[0], -1).T
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return sum(
+        x.reshape(x.shape[0], -1) @ y.reshape(y.shape[0], -1).T for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 @partial(jax.jit, static_argnums=(2, 3))
@@ -249,7 +272,7 @@ def _jackknife(diag, cross, per_group, batch_size):
 
     def estimate(diag_sum, off_sum, groups_kept):
         n = groups_kept * per_group
-        signal = off_sum / (n * n - groups_kept * per_group ** 2)
+        signal = off_sum / (n * n - groups_kept * per_group**2)
         noise = batch_size * (diag_sum / n - signal)
         return jnp.stack([noise / signal, signal, noise])
 
@@ -260,6 +283,7 @@ def _jackknife(diag, cross, per_group, batch_size):
 
 
 # ------------------------------------------------------------- windowed ----
+
 
 class WindowedNoiseScale(NamedTuple):
     """A noise scale over a window of training: `value` = mean(noise) /
@@ -277,8 +301,9 @@ class WindowedNoiseScale(NamedTuple):
     block: int
 
 
-def window_noise_scale(points: list[NoiseScale], *, level: float = 0.9, resamples: int = 2000,
-                       seed: int = 0) -> WindowedNoiseScale:
+def window_noise_scale(
+    points: list[NoiseScale], *, level: float = 0.9, resamples: int = 2000, seed: int = 0
+) -> WindowedNoiseScale:
     """Combine offline estimates at consecutive training steps into one noise
     scale: the ratio of the window means of the unbiased signal and noise
     estimates, never a mean of ratios (McCandlish et al. 2018, App. A; the
@@ -297,8 +322,9 @@ def window_noise_scale(points: list[NoiseScale], *, level: float = 0.9, resample
     value = noise.mean() / signal.mean()
     if n == 1:
         half = statistics.NormalDist().inv_cdf(0.5 + level / 2) * points[0].stderr
-        return WindowedNoiseScale(value, points[0].stderr, value - half, value + half, level,
-                                  signal.mean(), noise.mean(), 1)
+        return WindowedNoiseScale(
+            value, points[0].stderr, value - half, value + half, level, signal.mean(), noise.mean(), 1
+        )
     block = math.ceil(n ** (1 / 3))
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, n - block + 1, (resamples, -(-n // block)))

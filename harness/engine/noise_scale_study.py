@@ -10,6 +10,7 @@ the ratio of the window means, with a block-bootstrap interval. One step is
 not enough: under momentum |G|^2 swings from step to step, and so does a
 single step's B_noise (by 30x on mnist_fc128x1 with Nesterov momentum 0.9).
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -30,9 +31,16 @@ WINDOW = 20  # steps of the default window
 NUM_SAMPLES = 64  # offline gradients per step of the window
 
 
-def measure_noise_scale(config: TrialConfig, *, data_dir=None, checkpoint_dir=None, window: int = WINDOW,
-                        num_samples: int = NUM_SAMPLES, sample_batch_size: int | None = None,
-                        hessian: bool = True) -> dict:
+def measure_noise_scale(
+    config: TrialConfig,
+    *,
+    data_dir=None,
+    checkpoint_dir=None,
+    window: int = WINDOW,
+    num_samples: int = NUM_SAMPLES,
+    sample_batch_size: int | None = None,
+    hessian: bool = True,
+) -> dict:
     """Train `config` (which must have gns on) and return the online estimates
     at every evaluation, the windowed offline ones over its last `window`
     steps (None with `num_samples` 0; see `windowed_noise_scale`) and the
@@ -40,21 +48,51 @@ def measure_noise_scale(config: TrialConfig, *, data_dir=None, checkpoint_dir=No
     sample_batch_size = sample_batch_size or config.batch_size // config.microbatches
     _check(window, num_samples, sample_batch_size)
     record = run_trial(TrialRun(config, checkpoint_dir), data_dir=data_dir)
-    offline = windowed_noise_scale(config, max(1, record.steps_run - window + 1), record.steps_run,
-                                   data_dir=data_dir, num_samples=num_samples, sample_batch_size=sample_batch_size,
-                                   hessian=hessian) if num_samples else None
-    online = [dict(step=r["step"], b_simple=r["gns_b_simple"], g2=r["gns_g2"], trace=r["gns_trace"])
-              for r in record.measurements if "gns_b_simple" in r]  # none before the first step
+    offline = (
+        windowed_noise_scale(
+            config,
+            max(1, record.steps_run - window + 1),
+            record.steps_run,
+            data_dir=data_dir,
+            num_samples=num_samples,
+            sample_batch_size=sample_batch_size,
+            hessian=hessian,
+        )
+        if num_samples
+        else None
+    )
+    online = [
+        dict(step=r["step"], b_simple=r["gns_b_simple"], g2=r["gns_g2"], trace=r["gns_trace"])
+        for r in record.measurements
+        if "gns_b_simple" in r
+    ]  # none before the first step
     basis, b_crit, interval = _prediction(online, offline)
-    return finite_or_none(dict(workload=config.workload, batch_size=config.batch_size,
-                               microbatches=config.microbatches, status=record.status, steps_run=record.steps_run,
-                               online=online, offline=offline, b_crit_predicted=b_crit,
-                               b_crit_interval=interval, b_crit_basis=basis))
+    return finite_or_none(
+        dict(
+            workload=config.workload,
+            batch_size=config.batch_size,
+            microbatches=config.microbatches,
+            status=record.status,
+            steps_run=record.steps_run,
+            online=online,
+            offline=offline,
+            b_crit_predicted=b_crit,
+            b_crit_interval=interval,
+            b_crit_basis=basis,
+        )
+    )
 
 
-def windowed_noise_scale(config: TrialConfig, first: int, last: int, *, data_dir=None,
-                         num_samples: int = NUM_SAMPLES, sample_batch_size: int | None = None,
-                         hessian: bool = True) -> dict:
+def windowed_noise_scale(
+    config: TrialConfig,
+    first: int,
+    last: int,
+    *,
+    data_dir=None,
+    num_samples: int = NUM_SAMPLES,
+    sample_batch_size: int | None = None,
+    hessian: bool = True,
+) -> dict:
     """B_simple (and B_noise) of the trial `config` over its steps
     `first`..`last` (1 <= first <= last): offline estimates from `num_samples`
     independent gradients of `sample_batch_size` examples at the parameters
@@ -71,12 +109,25 @@ def windowed_noise_scale(config: TrialConfig, first: int, last: int, *, data_dir
     "sample_batch_size", "points": [{"step", "b_simple", "b_noise"}, ...] (the
     per-step offline estimates, noise_scale.NoiseScale as dicts),
     "b_simple", "b_noise" (noise_scale.WindowedNoiseScale as dicts)}."""
-    return windows_noise_scale(config, [(first, last)], data_dir=data_dir, num_samples=num_samples,
-                               sample_batch_size=sample_batch_size, hessian=hessian)[0]
+    return windows_noise_scale(
+        config,
+        [(first, last)],
+        data_dir=data_dir,
+        num_samples=num_samples,
+        sample_batch_size=sample_batch_size,
+        hessian=hessian,
+    )[0]
 
 
-def windows_noise_scale(config: TrialConfig, windows, *, data_dir=None, num_samples: int = NUM_SAMPLES,
-                        sample_batch_size: int | None = None, hessian: bool = True) -> list[dict]:
+def windows_noise_scale(
+    config: TrialConfig,
+    windows,
+    *,
+    data_dir=None,
+    num_samples: int = NUM_SAMPLES,
+    sample_batch_size: int | None = None,
+    hessian: bool = True,
+) -> list[dict]:
     """`windowed_noise_scale` for each (first, last) window of `windows`, from
     one replay of the trial (e.g. a window ending at each checkpoint of a
     run, for the noise scale over training)."""
@@ -95,11 +146,26 @@ def windows_noise_scale(config: TrialConfig, windows, *, data_dir=None, num_samp
         state, _, _ = engine.advance(state, at, step)
         at = step
         params, model_state = engine.evaluated(engine.trial(state, 0))
-        points[step] = noise_scale.offline_noise_scales(Partial(loss, model_state), params, sample,
-                                                        sample_batch_size, num_samples,
-                                                        jax.random.fold_in(key, step), hessian=hessian)
-    return [_combine([dict(step=s, **points[s]) for s in range(first, last + 1)], first, last, num_samples,
-                     sample_batch_size, hessian) for first, last in windows]
+        points[step] = noise_scale.offline_noise_scales(
+            Partial(loss, model_state),
+            params,
+            sample,
+            sample_batch_size,
+            num_samples,
+            jax.random.fold_in(key, step),
+            hessian=hessian,
+        )
+    return [
+        _combine(
+            [dict(step=s, **points[s]) for s in range(first, last + 1)],
+            first,
+            last,
+            num_samples,
+            sample_batch_size,
+            hessian,
+        )
+        for first, last in windows
+    ]
 
 
 def _combine(points, first, last, num_samples, sample_batch_size, hessian) -> dict:
@@ -107,14 +173,22 @@ def _combine(points, first, last, num_samples, sample_batch_size, hessian) -> di
     names = ("b_simple", "b_noise") if hessian else ("b_simple",)
     combined = {name: noise_scale.window_noise_scale([p[name] for p in points]) for name in names}
     block = combined["b_simple"].block
-    method = (f"ratio of the window means of the unbiased offline signal and noise estimates at each of the "
-              f"{len(points)} steps (McCandlish et al. 2018, App. A); {combined['b_simple'].level:.0%} "
-              + (f"moving-block bootstrap interval over the steps (blocks of {block})" if len(points) > 1
-                 else "normal interval from the one step's jackknife standard error"))
-    return dict(window=dict(first=first, last=last, method=method), num_samples=num_samples,
-                sample_batch_size=sample_batch_size,
-                points=[{k: v if k == "step" else v._asdict() for k, v in p.items()} for p in points],
-                **{name: e._asdict() for name, e in combined.items()})
+    method = (
+        f"ratio of the window means of the unbiased offline signal and noise estimates at each of the "
+        f"{len(points)} steps (McCandlish et al. 2018, App. A); {combined['b_simple'].level:.0%} "
+        + (
+            f"moving-block bootstrap interval over the steps (blocks of {block})"
+            if len(points) > 1
+            else "normal interval from the one step's jackknife standard error"
+        )
+    )
+    return dict(
+        window=dict(first=first, last=last, method=method),
+        num_samples=num_samples,
+        sample_batch_size=sample_batch_size,
+        points=[{k: v if k == "step" else v._asdict() for k, v in p.items()} for p in points],
+        **{name: e._asdict() for name, e in combined.items()},
+    )
 
 
 def _check(window, num_samples, sample_batch_size) -> None:

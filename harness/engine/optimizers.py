@@ -1,6 +1,7 @@
 """Optimizers and learning-rate schedules of the large-batch literature, all
 built from optax (nothing hand-written). Tables of builders, not if/elif
 chains: a new optimizer or schedule is one entry."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,17 @@ if TYPE_CHECKING:  # trial.py takes its allowed names from the tables here
 # Numeric metaparameters that may be traced values: trials that differ only in
 # these share one compiled program (and one entry of the compilation cache),
 # and can be packed into one program (harness.engine.pack).
-TRACED = ("momentum", "end_lr_factor", "decay_steps", "warmup_factor", "weight_decay", "b1", "b2", "eps",
-          "trust_coefficient")
+TRACED = (
+    "momentum",
+    "end_lr_factor",
+    "decay_steps",
+    "warmup_factor",
+    "weight_decay",
+    "b1",
+    "b2",
+    "eps",
+    "trust_coefficient",
+)
 
 # How the learning rate and Adam's beta2 move when a trial's batch size changes
 # (harness.engine.batch_schedule); the optimizers that have a beta2.
@@ -35,11 +45,13 @@ _OPTIMIZERS = {
     "adam": lambda c, lr: optax.adam(lr, b1=c.b1, b2=c.b2, eps=c.eps),
     "adamw": lambda c, lr: optax.adamw(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay),
     # You et al. 2017. Note optax applies weight decay before the trust ratio.
-    "lars": lambda c, lr: optax.lars(lr, weight_decay=c.weight_decay, trust_coefficient=c.trust_coefficient,
-                                      momentum=c.momentum),
+    "lars": lambda c, lr: optax.lars(
+        lr, weight_decay=c.weight_decay, trust_coefficient=c.trust_coefficient, momentum=c.momentum
+    ),
     # You et al. 2020.
     "lamb": lambda c, lr: optax.lamb(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay),
 }
+
 
 def _per_decay(schedule: optax.Schedule, decay_steps) -> optax.Schedule:
     """`schedule` over one unit of time, stretched to `decay_steps` steps:
@@ -51,8 +63,7 @@ def _per_decay(schedule: optax.Schedule, decay_steps) -> optax.Schedule:
 _SCHEDULES = {
     "constant": lambda c, lr: optax.constant_schedule(lr),
     # Shallue et al. 2019, Sec. 4.5: eta(t) = eta0 (1 - (1 - alpha) t / T), then alpha eta0.
-    "linear_decay": lambda c, lr: _per_decay(optax.polynomial_schedule(lr, c.end_lr_factor * lr, 1, 1),
-                                             c.decay_steps),
+    "linear_decay": lambda c, lr: _per_decay(optax.polynomial_schedule(lr, c.end_lr_factor * lr, 1, 1), c.decay_steps),
     "cosine": lambda c, lr: _per_decay(optax.cosine_decay_schedule(lr, 1, alpha=c.end_lr_factor), c.decay_steps),
     # Goyal et al. 2017: multiply by decay_factor at each boundary step.
     "step": lambda c, lr: optax.piecewise_constant_schedule(lr, {b: c.decay_factor for b in c.boundaries}),
@@ -80,8 +91,11 @@ MOMENTUM_OPTIMIZERS = ("momentum", "nesterov", "lars")
 def hyperparameters(config: TrialConfig) -> dict:
     """The traced metaparameters of a trial, with the learning rate after the
     batch-size scaling rule, as data for `make_optimizer(config, hparams)`."""
-    return {"learning_rate": config.effective_learning_rate(),
-            **{k: getattr(config, k) for k in TRACED}, "decay_steps": config.decay_steps or 1}
+    return {
+        "learning_rate": config.effective_learning_rate(),
+        **{k: getattr(config, k) for k in TRACED},
+        "decay_steps": config.decay_steps or 1,
+    }
 
 
 def make_schedule(config: TrialConfig, lr=None) -> optax.Schedule:

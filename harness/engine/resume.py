@@ -7,6 +7,7 @@ from the initial state. Snapshots (`snapshot_steps`) outlive the trial that
 wrote them; checkpoints are its own (harness.engine.checkpoint keeps the
 latest only).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -68,5 +69,6 @@ def _from_snapshot(config: TrialConfig, state: TrainState) -> TrainState:
     restored, meta = checkpoint.restore(config.init_from, _branch_start(state))
     if meta is None:
         raise UserError(f"init_from: no snapshot in {config.init_from}")
-    return state._replace(params=restored.params, model_state=restored.model_state, opt_state=restored.opt_state,
-                          step=restored.step)
+    return state._replace(
+        params=restored.params, model_state=restored.model_state, opt_state=restored.opt_state, step=restored.step
+    )

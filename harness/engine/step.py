@@ -21,17 +21,20 @@ each with its own metaparameters, measurements and record. One trial is a
 pack of one (XLA drops the size-1 axis); a pack pays where one small trial
 leaves an accelerator idle (benchmarks/packing.py).
 """
+
 from __future__ import annotations
 
 import functools
 import json
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from harness.engine import algorithms, noise_scale
 from harness.engine.losses import LOSSES, METRIC_FUNCTIONS
@@ -56,6 +59,7 @@ class TrainState(NamedTuple):
 
 # vmap axes of a TrainState: the per-copy fields are mapped over their leading axis.
 COPY_AXES = TrainState(0, 0, 0, 0, 0, None, None)
+
 
 class Position(NamedTuple):
     """Where a run of steps begins in the data order: step `step` (the steps
@@ -84,8 +88,9 @@ class Engine:
     (one config, or several with one `pack_key`); `config` is the first.
     `start`: where in the data order its steps begin (Position)."""
 
-    def __init__(self, workload: Workload, data, config: TrialConfig | Sequence[TrialConfig],
-                 start: Position = Position()):
+    def __init__(
+        self, workload: Workload, data, config: TrialConfig | Sequence[TrialConfig], start: Position = Position()
+    ):
         self.configs = [config] if isinstance(config, TrialConfig) else list(config)
         self.config = config = self.configs[0]
         if len({pack_key(c) for c in self.configs}) > 1:
@@ -103,11 +108,11 @@ class Engine:
         n, key = len(data.train_x), jax.random.key(config.seed)
         # The order of epoch e depends on (seed, e) alone; one epoch's is kept, as evaluations split epochs.
         self.epoch_order = functools.lru_cache(maxsize=1)(
-            jax.jit(lambda epoch: jax.random.permutation(jax.random.fold_in(key, epoch), n)))
+            jax.jit(lambda epoch: jax.random.permutation(jax.random.fold_in(key, epoch), n))
+        )
         # Every trial of the pack steps on the same batch (the data are not mapped).
         self._steps = jax.jit(jax.vmap(self._train_steps, in_axes=(0, None, None, None, None)), donate_argnums=0)
-        self._one_step = jax.jit(jax.vmap(self._train_step_at, in_axes=(None, None, None, None, 0)),
-                                 donate_argnums=4)
+        self._one_step = jax.jit(jax.vmap(self._train_step_at, in_axes=(None, None, None, None, 0)), donate_argnums=4)
         # XLA:CPU lays out a convolution's weight gradient badly inside a loop
         # (jax-ml/jax#12868: ~10x slower, measured in benchmarks/RESULTS.md), so
         # there the engine dispatches one compiled step at a time instead.
@@ -177,10 +182,13 @@ class Engine:
             (loss, model_state), grads = grad_fn(state.params, state.model_state, x[0], y[0])
             return grads, loss, model_state, None, 1
         if k == 1:
-            xs, ys = (jax.lax.with_sharding_constraint(a[0].reshape(devices, b // devices, *a.shape[2:]),
-                                                       NamedSharding(self.mesh, P("data"))) for a in (x, y))
-            (losses, states), g = jax.vmap(grad_fn, in_axes=(None, None, 0, 0))(state.params, state.model_state,
-                                                                                 xs, ys)
+            xs, ys = (
+                jax.lax.with_sharding_constraint(
+                    a[0].reshape(devices, b // devices, *a.shape[2:]), NamedSharding(self.mesh, P("data"))
+                )
+                for a in (x, y)
+            )
+            (losses, states), g = jax.vmap(grad_fn, in_axes=(None, None, 0, 0))(state.params, state.model_state, xs, ys)
             per_device_sq = jax.vmap(lambda g: optax.tree.norm(g, squared=True))(g)
             mean = functools.partial(jnp.mean, axis=0)
             return jax.tree.map(mean, g), losses.mean(), jax.tree.map(mean, states), per_device_sq.mean(), devices
@@ -188,8 +196,12 @@ class Engine:
         def micro(carry, xy):
             grads, sq_norms, loss, model_state = carry
             (l, model_state), g = grad_fn(state.params, model_state, *xy)
-            return (jax.tree.map(jnp.add, grads, g), sq_norms + optax.tree.norm(g, squared=True),
-                    loss + l, model_state), None
+            return (
+                jax.tree.map(jnp.add, grads, g),
+                sq_norms + optax.tree.norm(g, squared=True),
+                loss + l,
+                model_state,
+            ), None
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         (grads, sq_norms, loss, model_state), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0, state.model_state), (x, y))
@@ -209,12 +221,14 @@ class Engine:
         gns = state.gns
         if self.config.gns:
             b = self.local_batch
-            gns = noise_scale.gns_update(gns, small_sq, optax.tree.norm(grads, squared=True), b // groups, b,
-                                         self.config.gns_ema)
+            gns = noise_scale.gns_update(
+                gns, small_sq, optax.tree.norm(grads, squared=True), b // groups, b, self.config.gns_ema
+            )
         tx = make_optimizer(self.config, state.hparams)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        return state._replace(params=optax.apply_updates(state.params, updates), model_state=model_state,
-                              opt_state=opt_state, gns=gns), loss
+        return state._replace(
+            params=optax.apply_updates(state.params, updates), model_state=model_state, opt_state=opt_state, gns=gns
+        ), loss
 
     def _train_step_at(self, train, perm, offset, i, carry):
         """Step i of a run of steps that starts at example `offset` of an epoch
@@ -225,15 +239,18 @@ class Engine:
         (train_x, train_y), b, r, k = train, self.config.batch_size, self.config.replicas, self.config.microbatches
         sharding = NamedSharding(self.mesh, P(None, None, "data"))
         idx = jax.lax.dynamic_slice_in_dim(perm, offset + i * b, b)
-        x, y = (jax.lax.with_sharding_constraint(a[idx].reshape(r, k, b // (r * k), *a.shape[1:]), sharding)
-                for a in (train_x, train_y))
+        x, y = (
+            jax.lax.with_sharding_constraint(a[idx].reshape(r, k, b // (r * k), *a.shape[1:]), sharding)
+            for a in (train_x, train_y)
+        )
         state, loss = self._step(state, x, y)
         return state, loss_sum + loss, jnp.where((bad < 0) & ~jnp.isfinite(loss), i, bad)
 
     def _train_steps(self, state, train, perm, offset, n):
         """n steps of an epoch from example `offset` on, in one dispatch."""
-        return jax.lax.fori_loop(0, n, functools.partial(self._train_step_at, train, perm, offset),
-                                 (state, jnp.float32(0.0), jnp.int32(-1)))
+        return jax.lax.fori_loop(
+            0, n, functools.partial(self._train_step_at, train, perm, offset), (state, jnp.float32(0.0), jnp.int32(-1))
+        )
 
     def _eval(self, state: TrainState, val):
         params, model_state = self.evaluated(state)

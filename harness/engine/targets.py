@@ -5,6 +5,7 @@ evaluation where the metric is *strictly* below it (strictly above for a
 metric to maximise). `crossed` is that rule, for one value or an array; the
 engine, the sweep's pruning and the analysis all use it.
 """
+
 from __future__ import annotations
 
 from harness.errors import UserError
@@ -51,15 +52,17 @@ def check_target(metric: str, target: float, field: str = "target") -> None:
         direction, lo, hi = METRICS[metric]
         if target > hi if direction == "min" else target < lo:
             every = "below" if direction == "min" else "above"
-            raise UserError(f"{field} {target} is outside the range of {metric} ({lo:g} to {hi:g}): every "
-                            f"{metric} is {every} it; allowed: {target_interval(metric)}")
+            raise UserError(
+                f"{field} {target} is outside the range of {metric} ({lo:g} to {hi:g}): every "
+                f"{metric} is {every} it; allowed: {target_interval(metric)}"
+            )
         side = "strictly below" if direction == "min" else "strictly above"
-        raise UserError(f"{field} {target} can never be reached: {metric} must get {side} it; "
-                        f"allowed: {target_interval(metric)}")
+        raise UserError(
+            f"{field} {target} can never be reached: {metric} must get {side} it; allowed: {target_interval(metric)}"
+        )
 
 
 def check_batch_size(batch_size: int, train_size: int, field: str = "batch_size") -> None:
     """UserError `<field> <batch_size> is above the training set size ...` when it is."""
     if batch_size > train_size:
-        raise UserError(f"{field} {batch_size} is above the training set size {train_size}; "
-                        f"allowed: 1 .. {train_size}")
+        raise UserError(f"{field} {batch_size} is above the training set size {train_size}; allowed: 1 .. {train_size}")

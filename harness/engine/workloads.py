@@ -1,6 +1,7 @@
 """Workloads: a dataset, a Flax model, a loss and a validation metric with a
 target. The registry maps names to workloads; a user's own workload loads from
 `path/to/file.py:name` without editing the package."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +9,8 @@ import importlib.util
 import os
 import re
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from harness.engine import models
 from harness.engine.data import Dataset
 from harness.engine.targets import METRICS
 from harness.errors import UserError, did_you_mean
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -78,29 +80,71 @@ def _linear_regression_data(data_dir=None, dim=16, noise=0.5, n_train=16384, n_v
 
 def _image_workloads(dataset, target_cnn, target_fc):
     return [
-        Workload(f"{dataset}_simple_cnn", f"{dataset} / Shallue et al.'s Simple CNN", _load(dataset),
-                 lambda data, **_: models.SimpleCNN(data.num_classes), "cross_entropy", "error_rate",
-                 target_cnn, eval_every=100, search_space=_SHALLUE_SPACE),
-        Workload(f"{dataset}_fc1024", f"{dataset} / FC-1024 (one hidden ReLU layer)", _load(dataset),
-                 _fc((1024,)), "cross_entropy", "error_rate", target_fc, eval_every=100, search_space=_SGD_SPACE),
+        Workload(
+            f"{dataset}_simple_cnn",
+            f"{dataset} / Shallue et al.'s Simple CNN",
+            _load(dataset),
+            lambda data, **_: models.SimpleCNN(data.num_classes),
+            "cross_entropy",
+            "error_rate",
+            target_cnn,
+            eval_every=100,
+            search_space=_SHALLUE_SPACE,
+        ),
+        Workload(
+            f"{dataset}_fc1024",
+            f"{dataset} / FC-1024 (one hidden ReLU layer)",
+            _load(dataset),
+            _fc((1024,)),
+            "cross_entropy",
+            "error_rate",
+            target_fc,
+            eval_every=100,
+            search_space=_SGD_SPACE,
+        ),
     ]
 
 
-WORKLOADS = {w.name: w for w in [
-    *_image_workloads("mnist", 0.01, 0.03),
-    *_image_workloads("fashion_mnist", 0.1, 0.12),
-    Workload("cifar10_resnet8", "CIFAR-10 / ResNet-8 with batch norm", _load("cifar10"),
-             lambda data, **_: models.ResNet8(data.num_classes), "cross_entropy", "error_rate", 0.3,
-             eval_every=200, search_space=_SHALLUE_SPACE),
-    Workload("shakespeare_transformer", "Tiny Shakespeare / 2-layer character transformer",
-             _load("tiny_shakespeare"),
-             lambda data, **_: models.CharTransformer(data.num_classes, seq_len=data.train_x.shape[1]),
-             "cross_entropy", "cross_entropy", 1.6, eval_every=100,
-             search_space={"learning_rate": {"min": 1e-4, "max": 1e-1, "scale": "log"}}),
-    Workload("linear_regression", "synthetic linear regression, Gaussian inputs, noise 0.5",
-             _linear_regression_data, lambda data, **_: models.Linear(), "squared_error",
-             "squared_error", 0.13, eval_every=10, search_space=_SGD_SPACE),
-]}
+WORKLOADS = {
+    w.name: w
+    for w in [
+        *_image_workloads("mnist", 0.01, 0.03),
+        *_image_workloads("fashion_mnist", 0.1, 0.12),
+        Workload(
+            "cifar10_resnet8",
+            "CIFAR-10 / ResNet-8 with batch norm",
+            _load("cifar10"),
+            lambda data, **_: models.ResNet8(data.num_classes),
+            "cross_entropy",
+            "error_rate",
+            0.3,
+            eval_every=200,
+            search_space=_SHALLUE_SPACE,
+        ),
+        Workload(
+            "shakespeare_transformer",
+            "Tiny Shakespeare / 2-layer character transformer",
+            _load("tiny_shakespeare"),
+            lambda data, **_: models.CharTransformer(data.num_classes, seq_len=data.train_x.shape[1]),
+            "cross_entropy",
+            "cross_entropy",
+            1.6,
+            eval_every=100,
+            search_space={"learning_rate": {"min": 1e-4, "max": 1e-1, "scale": "log"}},
+        ),
+        Workload(
+            "linear_regression",
+            "synthetic linear regression, Gaussian inputs, noise 0.5",
+            _linear_regression_data,
+            lambda data, **_: models.Linear(),
+            "squared_error",
+            "squared_error",
+            0.13,
+            eval_every=10,
+            search_space=_SGD_SPACE,
+        ),
+    ]
+}
 
 _FC_NAME = re.compile(r"^(?P<dataset>mnist|fashion_mnist)_fc(?P<width>\d+)x(?P<depth>\d+)$")
 
@@ -113,12 +157,15 @@ def get_workload(name: str) -> Workload:
     if m := _FC_NAME.match(name):
         base = WORKLOADS[f"{m['dataset']}_fc1024"]
         hidden = (int(m["width"]),) * int(m["depth"])
-        return dataclasses.replace(base, name=name, description=f"{m['dataset']} / FC-{m['width']}x{m['depth']}",
-                                   make_model=_fc(hidden))
+        return dataclasses.replace(
+            base, name=name, description=f"{m['dataset']} / FC-{m['width']}x{m['depth']}", make_model=_fc(hidden)
+        )
     if ":" in name and name.split(":")[0].endswith(".py"):
         return _from_file(*name.rsplit(":", 1))
-    raise UserError(f"unknown workload {name!r}; {did_you_mean(name, WORKLOADS)}allowed: "
-                    f"{', '.join(WORKLOADS)}, <mnist|fashion_mnist>_fc<width>x<depth>, or path/to/file.py:name")
+    raise UserError(
+        f"unknown workload {name!r}; {did_you_mean(name, WORKLOADS)}allowed: "
+        f"{', '.join(WORKLOADS)}, <mnist|fashion_mnist>_fc<width>x<depth>, or path/to/file.py:name"
+    )
 
 
 def _from_file(path: str, attr: str) -> Workload:
@@ -131,8 +178,14 @@ def _from_file(path: str, attr: str) -> Workload:
     except SyntaxError as e:  # the user's file: one line naming where, no traceback
         raise UserError(f"workload file {path}, line {e.lineno}: {type(e).__name__}: {e.msg}") from None
     except Exception as e:
-        line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__))
-                     if os.path.abspath(f.filename) == os.path.abspath(path)), "?")
+        line = next(
+            (
+                f.lineno
+                for f in reversed(traceback.extract_tb(e.__traceback__))
+                if os.path.abspath(f.filename) == os.path.abspath(path)
+            ),
+            "?",
+        )
         raise UserError(f"workload file {path}, line {line}: {type(e).__name__}: {e}") from None
     workload = getattr(module, attr, None)
     if not isinstance(workload, Workload):

@@ -30,6 +30,7 @@ later rounds enqueue the neighbours' new best points the same way before
 asking the sampler. A batch size stops after `patience` rounds without an
 improvement beyond one evaluation interval.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -94,8 +95,9 @@ class Planner:
         self.space = dict(sorted(self.search["space"].items()))
         self.names = list(self.space)
         self.power = transfer_power(self.search, spec.optimizer)
-        self.initial_units = [tuple(float(x) for x in u)
-                              for u in search_space.unit_points(self.search, len(self.space))]
+        self.initial_units = [
+            tuple(float(x) for x in u) for u in search_space.unit_points(self.search, len(self.space))
+        ]
 
     def proposal(self, batch_size: int, unit, round_index: int) -> list[Proposal]:
         point = {**search_space.from_unit(self.space, unit), **self.spec.fixed}
@@ -111,16 +113,20 @@ class Planner:
                     best[p.batch_size] = min(best.get(p.batch_size, math.inf), s.steps_to_target)
             for p in proposals:
                 if (s := summaries.get(p.trial.id)) is not None:
-                    out[p.trial.id] = observe(s, best.get(p.batch_size), self.spec.steps_for(p.batch_size),
-                                              self.spec.eval_every)
+                    out[p.trial.id] = observe(
+                        s, best.get(p.batch_size), self.spec.steps_for(p.batch_size), self.spec.eval_every
+                    )
         return out
 
     def stale_rounds(self, batch_size: int, start: int, history: list[list[Proposal]], summaries: dict) -> int:
         """Rounds since the last improvement of the best steps at B beyond one evaluation interval."""
         best, stale = None, 0
         for proposals in history[start:]:
-            steps = [summaries[p.trial.id].steps_to_target for p in proposals if p.batch_size == batch_size
-                     and p.trial.id in summaries and summaries[p.trial.id].status == "complete"]
+            steps = [
+                summaries[p.trial.id].steps_to_target
+                for p in proposals
+                if p.batch_size == batch_size and p.trial.id in summaries and summaries[p.trial.id].status == "complete"
+            ]
             new = min(steps, default=None)
             if new is not None and (best is None or new < best - self.spec.eval_every):
                 best, stale = new, 0
@@ -128,8 +134,9 @@ class Planner:
                 best, stale = best if new is None else min(best, new), stale + 1
         return stale
 
-    def plan(self, round_index: int, start: dict[int, int], history: list[list[Proposal]],
-             summaries: dict) -> list[Proposal]:
+    def plan(
+        self, round_index: int, start: dict[int, int], history: list[list[Proposal]], summaries: dict
+    ) -> list[Proposal]:
         """Round `round_index`'s proposals, batch size by batch size (each after the batch sizes that started
         earlier). `start`: the round each batch size joined; `history`: the earlier rounds' proposals;
         `summaries`: harness.sweep.store.RecordIndex summaries of their records."""
@@ -139,8 +146,10 @@ class Planner:
         out = []
         for batch_size in self.spec.batch_sizes:
             first = start[batch_size]
-            if first > round_index or (first < round_index and self.stale_rounds(
-                    batch_size, first, history, summaries) >= self.search["patience"]):
+            if first > round_index or (
+                first < round_index
+                and self.stale_rounds(batch_size, first, history, summaries) >= self.search["patience"]
+            ):
                 continue
             own = [p for p in tried if p.batch_size == batch_size]
             moved = self.transfers(batch_size, bests, start, round_index)
@@ -170,13 +179,20 @@ class Planner:
             if "learning_rate" in self.space and not isinstance(self.space["learning_rate"], list):
                 i = self.names.index("learning_rate")
                 lr = search_space.from_unit(self.space, unit)["learning_rate"]
-                unit[i] = search_space.to_unit(self.space["learning_rate"],
-                                               lr * (batch_size / neighbour) ** self.power)
+                unit[i] = search_space.to_unit(self.space["learning_rate"], lr * (batch_size / neighbour) ** self.power)
             out.append(tuple(unit))
         return out
 
-    def units(self, batch_size: int, round_index: int, own: list[Proposal], observed: dict, moved: list[tuple],
-              count: int, first: bool) -> list[tuple]:
+    def units(
+        self,
+        batch_size: int,
+        round_index: int,
+        own: list[Proposal],
+        observed: dict,
+        moved: list[tuple],
+        count: int,
+        first: bool,
+    ) -> list[tuple]:
         """`count` new unit points at B: the moved points, then quasi-random ones (first round) or the sampler's."""
         seen = {p.trial.id for p in own}
         out = []
@@ -222,15 +238,21 @@ class Planner:
                 try:
                     import torch  # noqa: F401  Optuna's GPSampler needs it
                 except ImportError:
-                    raise UserError("search.sampler = \"gp\" needs PyTorch (Optuna's GPSampler): pip install torch; "
-                                    "allowed: tpe, or gp with torch installed") from None
+                    raise UserError(
+                        'search.sampler = "gp" needs PyTorch (Optuna\'s GPSampler): pip install torch; '
+                        "allowed: tpe, or gp with torch installed"
+                    ) from None
                 sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=1)
             else:
                 sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=1, multivariate=True)
         study = optuna.create_study(sampler=sampler, direction="minimize")
         for p in sorted(own, key=lambda p: p.trial.id):
             if p.trial.id in observed:
-                study.add_trial(optuna.trial.create_trial(
-                    params={f"u_{name}": u for name, u in zip(self.names, p.unit)},
-                    distributions=self.distributions(), value=math.log(observed[p.trial.id].value)))
+                study.add_trial(
+                    optuna.trial.create_trial(
+                        params={f"u_{name}": u for name, u in zip(self.names, p.unit)},
+                        distributions=self.distributions(),
+                        value=math.log(observed[p.trial.id].value),
+                    )
+                )
         return study

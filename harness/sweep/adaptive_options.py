@@ -1,6 +1,7 @@
 """The keys of an adaptive search (`[search] kind = "adaptive"`, harness.sweep.adaptive)
 and their checks: one line `file: field: problem; allowed: ...` per bad value.
 """
+
 from __future__ import annotations
 
 from harness.sweep.schema import INT, NUMBER, STR, TABLE, Checker
@@ -26,8 +27,11 @@ def check_keys(check: Checker, search: dict, kind: str) -> None:
         check.fail("search.trials", "only for kind = quasi_random", "rounds, trials_per_round, initial_trials")
     for key in KEYS:
         if kind != "adaptive" and key in search:
-            check.fail(f"search.{key}", "only for kind = adaptive", "kind, space" + (
-                ", sequence, trials, seed" if kind == "quasi_random" else ""))
+            check.fail(
+                f"search.{key}",
+                "only for kind = adaptive",
+                "kind, space" + (", sequence, trials, seed" if kind == "quasi_random" else ""),
+            )
 
 
 def parse(check: Checker, search: dict) -> dict:
@@ -43,8 +47,11 @@ def parse(check: Checker, search: dict) -> dict:
     stop = out.get("stop", {})
     check.table(stop, STOP, "search.stop.")
     if "ratio" in stop and not stop["ratio"] > 1:
-        check.fail("search.stop.ratio", f"must be > 1 (hi / lo of the 90% interval of B_crit), got {stop['ratio']}",
-                   "numbers > 1")
+        check.fail(
+            "search.stop.ratio",
+            f"must be > 1 (hi / lo of the 90% interval of B_crit), got {stop['ratio']}",
+            "numbers > 1",
+        )
     if "max_examples" in stop and stop["max_examples"] < 1:
         check.fail("search.stop.max_examples", f"must be >= 1, got {stop['max_examples']}", "integers >= 1")
     out["stop"] = stop

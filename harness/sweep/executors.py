@@ -15,6 +15,7 @@ Ray: each pack of trials (one trial unless the spec packs them) is a task
 shared store, so Ray workers, local workers and other machines can share one
 sweep folder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +50,10 @@ def visible_gpus(listed: int, visible: str | None, requested: str | None = None)
         bad = [g for g in ids if not (g.startswith(("GPU-", "MIG-")) or g.isdigit() and int(g) < listed)]
         if not ids or bad or len(set(ids)) < len(ids):
             problem = f"no GPU {', '.join(bad)} on this machine" if bad else "empty or repeated GPUs"
-            raise UserError(f"--gpus {requested}: {problem}; allowed: distinct GPU indices 0..{listed - 1} "
-                            "(nvidia-smi -L) or GPU-/MIG- UUIDs, comma-separated")
+            raise UserError(
+                f"--gpus {requested}: {problem}; allowed: distinct GPU indices 0..{listed - 1} "
+                "(nvidia-smi -L) or GPU-/MIG- UUIDs, comma-separated"
+            )
     return ids
 
 
@@ -144,17 +147,24 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def run_local(folder, trials, prune, data_dir, lease_s, progress=None, workers=None, gpus=None, pack=1,
-              track=None) -> None:
+def run_local(
+    folder, trials, prune, data_dir, lease_s, progress=None, workers=None, gpus=None, pack=1, track=None
+) -> None:
     kind, devices = local_devices(gpus)
     workers = min(workers or len(devices), len(trials))
     context = multiprocessing.get_context("spawn")
-    work_kwargs = dict(folder=folder, trials=trials, prune=prune, data_dir=data_dir, lease_s=lease_s, pack=pack,
-                       track=track)
+    work_kwargs = dict(
+        folder=folder, trials=trials, prune=prune, data_dir=data_dir, lease_s=lease_s, pack=pack, track=track
+    )
     pipes = [context.Pipe(duplex=False) for _ in range(workers)]  # (receive, send): each worker's error line
-    procs = [context.Process(target=worker_main, name=f"cbs-worker-{i}",
-                             args=(placement(kind, devices, i, workers, folder), os.getpid(), work_kwargs, send))
-             for i, (_, send) in enumerate(pipes)]
+    procs = [
+        context.Process(
+            target=worker_main,
+            name=f"cbs-worker-{i}",
+            args=(placement(kind, devices, i, workers, folder), os.getpid(), work_kwargs, send),
+        )
+        for i, (_, send) in enumerate(pipes)
+    ]
     if progress:
         progress.plan(trials, workers * _packed(pack), prune)
     with _sigint_ignored():
@@ -184,8 +194,12 @@ def wait_for_workers(procs, error_pipes, progress=None) -> None:
         failed = [p for p in procs if p.exitcode not in (None, 0)]
         if failed:
             receive = error_pipes[procs.index(failed[0])]
-            cause = receive.recv() if receive.poll() else \
-                f"sweep worker {failed[0].name} exited with status {failed[0].exitcode} (its error is printed above)"
+            cause = (
+                receive.recv()
+                if receive.poll()
+                else f"sweep worker {failed[0].name} exited with status {failed[0].exitcode} "
+                "(its error is printed above)"
+            )
             raise UserError(f"{cause}; finished trials are kept: re-run to resume")
 
 
@@ -241,8 +255,9 @@ def run_ray(folder, trials, prune, data_dir, lease_s, progress=None, address=Non
     try:
         import ray
     except ImportError:
-        raise UserError("--executor ray needs Ray; allowed: pip install 'critical-batch-size[ray]', "
-                        "or --executor local") from None
+        raise UserError(
+            "--executor ray needs Ray; allowed: pip install 'critical-batch-size[ray]', or --executor local"
+        ) from None
     from harness.sweep.store import Store
 
     if not ray.is_initialized():

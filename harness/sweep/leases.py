@@ -9,6 +9,7 @@ taker can never create a name that already holds a live claim. Every file is
 written atomically (`atomic_write`), so a crash leaves the old file or the
 new one, never half of one.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def try_claim(folder, worker: str, lease_s: float = DEFAULT_LEASE_S) -> "Lease | None":
+def try_claim(folder, worker: str, lease_s: float = DEFAULT_LEASE_S) -> Lease | None:
     """A lease on the trial whose folder is `folder`, or None while another live worker holds it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ The reference trial is `reference`, a branch `t{t:07d}-k{k:g}`. The offline
 noise scale, measured last by replaying the reference run, goes to
 FOLDER/offline_noise.json.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,11 +49,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.engine.noise_scale_study import NUM_SAMPLES, windows_noise_scale
 from harness.engine.noise_scale import check_num_samples
+from harness.engine.noise_scale_study import NUM_SAMPLES, windows_noise_scale
 from harness.engine.optimizers import LR_SCALINGS
+from harness.engine.options import Option
 from harness.engine.targets import check_batch_size
-from harness.engine.trial import OPTIONS, Option, TrialConfig
+from harness.engine.trial import OPTIONS, TrialConfig
 from harness.engine.workloads import get_workload
 from harness.errors import UserError
 from harness.finite import finite_or_none
@@ -73,8 +75,13 @@ SECTION = {
     "epsilon": Option("loss tolerance of the k* rule", ge=0, type=float, default=0.01, cite=MERRILL),
     "loss": Option("the loss the rule compares", choices=("train", "val"), type=str, default="train"),
     "evals_per_branch": Option("evaluations (loss points) of each branch", ge=1, type=int, default=8),
-    "noise_window": Option("steps of the offline noise scale up to each checkpoint; 0 skips it", ge=0, type=int,
-                           default=8, cite="McCandlish et al. 2018, App. A"),
+    "noise_window": Option(
+        "steps of the offline noise scale up to each checkpoint; 0 skips it",
+        ge=0,
+        type=int,
+        default=8,
+        cite="McCandlish et al. 2018, App. A",
+    ),
     "noise_samples": Option("gradients per step of the offline noise scale", type=int, default=NUM_SAMPLES),
     "reference": ((TABLE,), None),
 }
@@ -122,16 +129,29 @@ class LocalCbsSpec:
         steps = lcbs["delta_examples"] // batch
         start = step * ref.batch_size // batch
         return dataclasses.replace(
-            ref, batch_size=batch, learning_rate=LR_SCALINGS[lcbs["lr_scaling"]](k) * ref.effective_learning_rate(),
-            lr_scaling="none", reference_batch_size=None, gns=False, snapshot_steps=(), stop_at_target=False,
+            ref,
+            batch_size=batch,
+            learning_rate=LR_SCALINGS[lcbs["lr_scaling"]](k) * ref.effective_learning_rate(),
+            lr_scaling="none",
+            reference_batch_size=None,
+            gns=False,
+            snapshot_steps=(),
+            stop_at_target=False,
             init_from=str((Store(self.folder).snapshot_dir(REFERENCE_ID) / str(step)).absolute()),
-            init_step=start, max_steps=start + steps, eval_every=max(1, steps // lcbs["evals_per_branch"]),
-            eval_schedule="linear", checkpoint_every=None)
+            init_step=start,
+            max_steps=start + steps,
+            eval_every=max(1, steps // lcbs["evals_per_branch"]),
+            eval_schedule="linear",
+            checkpoint_every=None,
+        )
 
     def branches(self) -> list[PlannedTrial]:
         lcbs = self.normalized["local_cbs"]
-        return [PlannedTrial(branch_id(t, k), self.branch_config(t, k))
-                for t in lcbs["checkpoint_steps"] for k in lcbs["multipliers"]]
+        return [
+            PlannedTrial(branch_id(t, k), self.branch_config(t, k))
+            for t in lcbs["checkpoint_steps"]
+            for k in lcbs["multipliers"]
+        ]
 
     def trials(self) -> list[PlannedTrial]:
         return [self.reference(), *self.branches()]
@@ -143,8 +163,9 @@ class LocalCbsSpec:
         lcbs = self.normalized["local_cbs"]
         steps = lcbs["checkpoint_steps"]
         windows = [(max(1, t - lcbs["noise_window"] + 1), t) for t in steps]
-        estimates = windows_noise_scale(self.reference().config, windows, data_dir=data_dir,
-                                        num_samples=lcbs["noise_samples"])
+        estimates = windows_noise_scale(
+            self.reference().config, windows, data_dir=data_dir, num_samples=lcbs["noise_samples"]
+        )
         return finite_or_none([dict(step=t, **e) for t, e in zip(steps, estimates)])
 
 
@@ -176,8 +197,11 @@ def parse_local_cbs_spec(raw: dict, folder, path="spec") -> LocalCbsSpec:
     for k in multipliers:
         batch = round(k * reference.batch_size)
         if delta % batch:
-            check.fail("local_cbs.delta_examples", f"{delta} is not a positive multiple of the batch size "
-                       f"{batch} of k = {k:g}", "multiples of every k * B")
+            check.fail(
+                "local_cbs.delta_examples",
+                f"{delta} is not a positive multiple of the batch size {batch} of k = {k:g}",
+                "multiples of every k * B",
+            )
     if section["noise_window"]:
         try:
             check_num_samples(section["noise_samples"])
@@ -185,10 +209,16 @@ def parse_local_cbs_spec(raw: dict, folder, path="spec") -> LocalCbsSpec:
             check.fail("local_cbs.noise_samples", str(e), "multiples of 16, >= 32")
     lcbs = {key: section[key] for key in SECTION if key != "reference"}
     normalized = dict(
-        name=spec_name(raw, path), description=raw.get("description", ""),
-        local_cbs={**lcbs, "checkpoint_steps": steps, "multipliers": sorted(multipliers),
-                   "lr_scaling": section["lr_scaling"] or default_lr_scaling(reference.optimizer)},
-        reference=dataclasses.replace(reference, stop_at_target=False, snapshot_steps=tuple(steps)).to_dict())
+        name=spec_name(raw, path),
+        description=raw.get("description", ""),
+        local_cbs={
+            **lcbs,
+            "checkpoint_steps": steps,
+            "multipliers": sorted(multipliers),
+            "lr_scaling": section["lr_scaling"] or default_lr_scaling(reference.optimizer),
+        },
+        reference=dataclasses.replace(reference, stop_at_target=False, snapshot_steps=tuple(steps)).to_dict(),
+    )
     spec = LocalCbsSpec(str(path), json.loads(json.dumps(normalized)), Path(folder))  # as stored: tuples as lists
     check.trials(spec.branches(), "local_cbs: branch")
     return spec
@@ -200,16 +230,14 @@ def _reference(check: Checker, table: dict) -> TrialConfig:
         if key in table:
             check.fail(prefix + key, "set by local_cbs", f"TrialConfig fields except {', '.join(SET_BY_LOCAL_CBS)}")
     check.table(table, REFERENCE, prefix)
-    check.required(table, [name for name, option in REFERENCE.items() if option.required], prefix,
-                   "see docs/spec.md")
+    check.required(table, [name for name, option in REFERENCE.items() if option.required], prefix, "see docs/spec.md")
     config = TrialConfig.from_dict(table)
     try:
         config.validate()
     except UserError as e:
         raise UserError(f"{check.path}: local_cbs.reference: {e}") from None
     if config.schedule != "constant":
-        check.fail("local_cbs.reference.schedule", f"{config.schedule!r}: branches scale one learning rate",
-                   "constant")
+        check.fail("local_cbs.reference.schedule", f"{config.schedule!r}: branches scale one learning rate", "constant")
     return config
 
 
@@ -217,13 +245,17 @@ def _multipliers(check: Checker, multipliers: list, batch_size: int) -> list:
     field = "local_cbs.multipliers"
     if not multipliers:
         check.fail(field, "empty list", "a non-empty list of positive numbers")
-    if any(not (isinstance(k, (int, float)) and not isinstance(k, bool) and k > 0) for k in multipliers) \
-            or len(set(multipliers)) != len(multipliers):
+    if any(not (isinstance(k, (int, float)) and not isinstance(k, bool) and k > 0) for k in multipliers) or len(
+        set(multipliers)
+    ) != len(multipliers):
         check.fail(field, f"expected distinct positive numbers, got {multipliers!r}", "distinct numbers > 0")
     for k in multipliers:
         if not math.isclose(k * batch_size, round(k * batch_size)) or round(k * batch_size) < 1:
-            check.fail(field, f"k = {k:g} gives batch size {k * batch_size:g}",
-                       f"k such that k * {batch_size} is a positive integer")
+            check.fail(
+                field,
+                f"k = {k:g} gives batch size {k * batch_size:g}",
+                f"k such that k * {batch_size} is a positive integer",
+            )
     return multipliers
 
 
@@ -245,13 +277,23 @@ def _checkpoint_steps(check: Checker, value, max_steps: int) -> list[int]:
             check.fail(field, f"expected distinct positive integers, got {steps!r}", "distinct steps >= 1")
         steps = sorted(steps)
     if steps[-1] > max_steps:
-        check.fail(field, f"step {steps[-1]} is beyond the reference run (max_steps {max_steps})",
-                   f"steps in 1 .. {max_steps}")
+        check.fail(
+            field, f"step {steps[-1]} is beyond the reference run (max_steps {max_steps})", f"steps in 1 .. {max_steps}"
+        )
     return steps
 
 
-def run_local_cbs(spec_path, out, *, workers: int | None = None, executor: str = "local", address=None,
-                  data_dir=None, lease_s: float = DEFAULT_LEASE_S, progress=None) -> Store:
+def run_local_cbs(
+    spec_path,
+    out,
+    *,
+    workers: int | None = None,
+    executor: str = "local",
+    address=None,
+    data_dir=None,
+    lease_s: float = DEFAULT_LEASE_S,
+    progress=None,
+) -> Store:
     """Run (or resume) a local-CBS study in folder `out`: the reference trial,
     then the branches, each phase by the sweep's workers."""
     from harness.sweep import executors
@@ -268,8 +310,9 @@ def run_local_cbs(spec_path, out, *, workers: int | None = None, executor: str =
         if not pending:
             continue
         watcher = Progress(store.folder, [t.id for t in phase], progress) if progress else None
-        kwargs = dict(folder=str(store.folder), trials=pending, prune=False, data_dir=data_dir, lease_s=lease_s,
-                      progress=watcher)
+        kwargs = dict(
+            folder=str(store.folder), trials=pending, prune=False, data_dir=data_dir, lease_s=lease_s, progress=watcher
+        )
         if executor == "ray":
             executors.run_ray(address=address, **kwargs)
         else:

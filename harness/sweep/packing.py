@@ -8,6 +8,7 @@ Simple CNN trials ran at 0.2-0.7x of one after another on one core), else the
 P of AUTO_SIZES with the most trial-steps per second in a short measurement of
 that program (`measure_packs`).
 """
+
 from __future__ import annotations
 
 import time
@@ -36,8 +37,11 @@ class PackSize:
         key = pack_key(group[0].config)
         if key not in self._chosen:
             sizes = [p for p in AUTO_SIZES if p <= len(group)]
-            self._chosen[key] = 1 if jax.default_backend() == "cpu" else fastest(
-                measure_packs([t.config for t in group], sizes, self.data_dir))
+            self._chosen[key] = (
+                1
+                if jax.default_backend() == "cpu"
+                else fastest(measure_packs([t.config for t in group], sizes, self.data_dir))
+            )
         return self._chosen[key]
 
 
@@ -53,7 +57,7 @@ def packs(trials: list[PlannedTrial], size) -> list[list[PlannedTrial]]:
     out = []
     for group in groups.values():
         p = size(group)
-        out += [group[i:i + p] for i in range(0, len(group), p)]
+        out += [group[i : i + p] for i in range(0, len(group), p)]
     return sorted(out, key=lambda pack: position[pack[0].id])
 
 

@@ -12,6 +12,7 @@ with pruning to the best steps-to-target measured at its batch size), shown
 only where it is informative: within BOUND_SHOWN_WITHIN times the likely
 figure. Further out it only restates the budgets (max_steps), far above the
 steps to the target in a pruned sweep."""
+
 from __future__ import annotations
 
 import math
@@ -111,8 +112,9 @@ def start_up_seconds(finished: list[tuple[str, float, float]]) -> float | None:
     return float(np.mean(later or [s for _, _, s in finished]))
 
 
-def estimate(trials: list[TrialWork], workers: int, start_s: float = 0.0, best: dict[int, int] | None = None,
-             prune: bool = False) -> Estimate:
+def estimate(
+    trials: list[TrialWork], workers: int, start_s: float = 0.0, best: dict[int, int] | None = None, prune: bool = False
+) -> Estimate:
     """The work left over `trials` run by `workers` in parallel, given the
     `best` steps-to-target measured per batch size. Each batch size's speed is
     its trials' timed steps over their timed seconds, once they total
@@ -133,10 +135,13 @@ def estimate(trials: list[TrialWork], workers: int, start_s: float = 0.0, best: 
             seconds[t.batch_size] += t.timed_seconds
     measured = {b: seconds[b] / steps[b] for b in steps if seconds[b] >= MIN_TIMED_S}
     left = [t for t in trials if not t.finished]
-    at_most = [max(0, (min(t.budget, best.get(t.batch_size, t.budget)) if prune else t.budget) - t.step)
-               for t in left]
-    likely = [max(0, (likely_steps(t.batch_size, t.budget, best) if prune else t.budget) - t.step)
-              if not prune or best else None for t in left]
+    at_most = [max(0, (min(t.budget, best.get(t.batch_size, t.budget)) if prune else t.budget) - t.step) for t in left]
+    likely = [
+        max(0, (likely_steps(t.batch_size, t.budget, best) if prune else t.budget) - t.step)
+        if not prune or best
+        else None
+        for t in left
+    ]
     done = sum(t.step for t in trials)
     known = None not in likely
     if not left:
@@ -145,12 +150,19 @@ def estimate(trials: list[TrialWork], workers: int, start_s: float = 0.0, best: 
         return Estimate(done, sum(likely) if known else None, None, sum(at_most), None)
 
     def seconds_left(steps_left):
-        work = [n * seconds_per_step(measured, t.batch_size) + (0.0 if t.step else start_s)
-                for n, t in zip(steps_left, left)]
+        work = [
+            n * seconds_per_step(measured, t.batch_size) + (0.0 if t.step else start_s)
+            for n, t in zip(steps_left, left)
+        ]
         return max(sum(work) / workers, max(work))
 
-    return Estimate(done, sum(likely) if known else None, seconds_left(likely) if known else None,
-                    sum(at_most), seconds_left(at_most))
+    return Estimate(
+        done,
+        sum(likely) if known else None,
+        seconds_left(likely) if known else None,
+        sum(at_most),
+        seconds_left(at_most),
+    )
 
 
 def duration(seconds: float) -> str:
@@ -159,7 +171,7 @@ def duration(seconds: float) -> str:
 
 
 def _likely_and_bound(likely, at_most, text) -> str:
-    """"~likely (at most at_most)", the bound left out where it says nothing more: equal to the likely figure as
+    """ "~likely (at most at_most)", the bound left out where it says nothing more: equal to the likely figure as
     shown, or more than BOUND_SHOWN_WITHIN times it; "at most at_most" alone while the likely one is unknown."""
     if likely is None:
         return f"at most {text(at_most)}"
@@ -210,8 +222,11 @@ class Progress:
             self.seen.add(trial_id)
             s = self.index.summaries[trial_id]
             steps = f" at step {s.steps_to_target}" if s.steps_to_target is not None else ""
-            self._print(f"[{len(self.seen)}/{len(self.ids)}] {trial_id} {s.status}{steps} after {s.steps_run} steps; "
-                        f"{status}; {self._best_text()}", now)
+            self._print(
+                f"[{len(self.seen)}/{len(self.ids)}] {trial_id} {s.status}{steps} after {s.steps_run} steps; "
+                f"{status}; {self._best_text()}",
+                now,
+            )
         if not new and now - self._printed >= HEARTBEAT_S:
             self._print(f"[{len(self.seen)}/{len(self.ids)}] {status}", now)
 
@@ -234,12 +249,18 @@ class Progress:
                 works.append(TrialWork(s.batch_size, s.max_steps, s.steps_run, *timed, finished=True))
             elif trial_id in self.planned:
                 live = self.store.live_progress(trial_id)
-                works.append(TrialWork(*self.planned[trial_id],
-                                       *((live.step, live.timed_steps, live.timed_seconds) if live else ())))
+                works.append(
+                    TrialWork(
+                        *self.planned[trial_id], *((live.step, live.timed_steps, live.timed_seconds) if live else ())
+                    )
+                )
             if trial_id in self.planned and works[-1].step:
                 started.append(works[-1])
-        best = {b: s for b in {s.batch_size for s in self.index.summaries.values()}
-                if (s := self.index.best_steps(b)) is not None}
+        best = {
+            b: s
+            for b in {s.batch_size for s in self.index.summaries.values()}
+            if (s := self.index.best_steps(b)) is not None
+        }
         start_s = start_up_seconds([c for i in self.ids if (c := self._start_up(i)) is not None])
         if start_s is None:  # none finished yet: the workers' time not spent on timed steps, per trial started
             busy = (time.monotonic() - self.t0) * self.workers - sum(t.timed_seconds for t in started)
@@ -255,8 +276,10 @@ class Progress:
         else:
             eta = _likely_and_bound(e.seconds_left, e.seconds_at_most, duration)
         left = _likely_and_bound(e.steps_left, e.steps_at_most, lambda n: f"{n:,}") if known else "?"
-        return (f"{e.steps_done:,} steps done, {left} left",
-                f"{duration(time.monotonic() - self.t0)} elapsed; ETA {eta}")
+        return (
+            f"{e.steps_done:,} steps done, {left} left",
+            f"{duration(time.monotonic() - self.t0)} elapsed; ETA {eta}",
+        )
 
     def _start_up(self, trial_id: str) -> tuple[str, float, float] | None:
         """A trial finished in this run: (its worker, its start time, its seconds not spent on timed steps), from
@@ -291,11 +314,18 @@ class Progress:
         done, total = len(self.seen), len(self.ids)
         pruned = sum(self.index.summaries[i].status == "pruned" for i in self.seen)
         head = Table.grid(padding=(0, 1))
-        head.add_row(ProgressBar(total=max(total, 1), completed=done, width=16),
-                     Text(f"{done}/{total} trials ({pruned} pruned); {eta}", no_wrap=True, overflow="ellipsis"))
+        head.add_row(
+            ProgressBar(total=max(total, 1), completed=done, width=16),
+            Text(f"{done}/{total} trials ({pruned} pruned); {eta}", no_wrap=True, overflow="ellipsis"),
+        )
         view = Group(head, *(Text(line, no_wrap=True, overflow="ellipsis") for line in (steps, self._best_text())))
         if self._live is None:
-            self._live = Live(view, console=Console(file=self.stream), auto_refresh=False,
-                              redirect_stdout=False, redirect_stderr=False)
+            self._live = Live(
+                view,
+                console=Console(file=self.stream),
+                auto_refresh=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
             self._live.start()
         self._live.update(view, refresh=True)

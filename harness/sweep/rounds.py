@@ -15,6 +15,7 @@ Stop rules, checked after each round: every batch size out of patience; the
 analysis, a layer above this one, so the caller passes it in as
 `b_crit_interval(folder) -> (lo, hi) | None`); `stop.max_examples` trained.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,13 @@ def read_search(store: Store) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"start_rounds": {}, "rounds": []}
 
 
-def run_rounds(spec: SweepSpec, store: Store, execute: Callable[[list], int],
-               b_crit_interval: Callable | None = None, say: Callable[[str], None] = print) -> SearchOutcome:
+def run_rounds(
+    spec: SweepSpec,
+    store: Store,
+    execute: Callable[[list], int],
+    b_crit_interval: Callable | None = None,
+    say: Callable[[str], None] = print,
+) -> SearchOutcome:
     """Run the adaptive search of `spec` in `store`; `execute(trials)` runs the unfinished ones
     and returns how many were pending."""
     search, stored = spec.search, read_search(store)
@@ -63,8 +69,10 @@ def run_rounds(spec: SweepSpec, store: Store, execute: Callable[[list], int],
         proposals = planner.plan(r, start, history, index.refresh().summaries)
         ids = [p.trial.id for p in proposals]
         if r < len(stored["rounds"]) and stored["rounds"][r]["trials"] != ids:
-            raise UserError(f"{search_path(store)}: round {r} replays to other trials than the stored ones "
-                            "(has Optuna or the spec changed?); allowed: the same planner, or a new --out folder")
+            raise UserError(
+                f"{search_path(store)}: round {r} replays to other trials than the stored ones "
+                "(has Optuna or the spec changed?); allowed: the same planner, or a new --out folder"
+            )
         if not proposals:
             stopped = f"every batch size is out of patience ({search['patience']} rounds without an improvement)"
             break
@@ -76,15 +84,19 @@ def run_rounds(spec: SweepSpec, store: Store, execute: Callable[[list], int],
         observed = planner.observations(history, index.refresh().summaries)
         missing = [i for i in ids if i not in observed]
         if missing:
-            raise UserError(f"{store.folder}: round {r}: {len(missing)} trials have no record (e.g. {missing[0]}); "
-                            "allowed: run the same command again to resume")
+            raise UserError(
+                f"{store.folder}: round {r}: {len(missing)} trials have no record (e.g. {missing[0]}); "
+                "allowed: run the same command again to resume"
+            )
         examples = sum(observed[t.id].steps * t.config.batch_size for t in trials)
         interval = b_crit_interval(store.folder) if b_crit_interval and "ratio" in stop else None
         rounds[-1].update(examples=examples, b_crit_interval=list(interval) if interval else None)
         _write(store, start, rounds, None)
-        say(f"round {r}: {len(ids)} trials at {len({p.batch_size for p in proposals})} batch sizes; "
-            f"{examples:.4g} examples in all" + (f"; B_crit 90% interval {interval[0]:.4g} .. {interval[1]:.4g}"
-                                                  if interval else ""))
+        say(
+            f"round {r}: {len(ids)} trials at {len({p.batch_size for p in proposals})} batch sizes; "
+            f"{examples:.4g} examples in all"
+            + (f"; B_crit 90% interval {interval[0]:.4g} .. {interval[1]:.4g}" if interval else "")
+        )
         if interval and interval[1] / interval[0] <= stop["ratio"]:
             stopped = f"the 90% interval of B_crit is within a ratio of {stop['ratio']:g}"
             break
@@ -97,6 +109,10 @@ def run_rounds(spec: SweepSpec, store: Store, execute: Callable[[list], int],
 
 
 def _write(store: Store, start: dict, rounds: list, stopped: str | None) -> None:
-    atomic_write(search_path(store), json.dumps(
-        {"start_rounds": {str(b): r for b, r in sorted(start.items())}, "rounds": rounds, "stopped": stopped},
-        indent=1))
+    atomic_write(
+        search_path(store),
+        json.dumps(
+            {"start_rounds": {str(b): r for b, r in sorted(start.items())}, "rounds": rounds, "stopped": stopped},
+            indent=1,
+        ),
+    )

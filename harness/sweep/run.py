@@ -5,16 +5,17 @@ sets corrupt records aside and hands the unfinished trials to an executor
 (harness.sweep.executors), whose workers all run harness.sweep.worker.work
 until every trial has a record.
 """
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.sweep.progress import Progress
-from harness.sweep.rounds import run_rounds
 from harness.sweep import executors
 from harness.sweep.leases import DEFAULT_LEASE_S
+from harness.sweep.progress import Progress
+from harness.sweep.rounds import run_rounds
 from harness.sweep.spec import load_spec
 from harness.sweep.store import RecordIndex, Store
 from harness.sweep.tracking import tracking
@@ -37,9 +38,21 @@ class SweepOutcome:
     extended: list
 
 
-def run_sweep(spec, out=None, *, overrides=(), workers: int | None = None, executor: str = "local",
-              address=None, gpus: str | None = None, data_dir=None, lease_s: float = DEFAULT_LEASE_S,
-              progress=None, track: str | None = None, b_crit_interval=None) -> SweepOutcome:
+def run_sweep(
+    spec,
+    out=None,
+    *,
+    overrides=(),
+    workers: int | None = None,
+    executor: str = "local",
+    address=None,
+    gpus: str | None = None,
+    data_dir=None,
+    lease_s: float = DEFAULT_LEASE_S,
+    progress=None,
+    track: str | None = None,
+    b_crit_interval=None,
+) -> SweepOutcome:
     """Run (or resume, or extend) a sweep in folder `out` (default
     runs/<spec file name>, or runs/<its name> for a dict), showing progress on
     the stream `progress`. `spec` is a spec file's path or its content as a
@@ -65,8 +78,16 @@ def run_sweep(spec, out=None, *, overrides=(), workers: int | None = None, execu
         store.remove_stale_checkpoints(t.id for t in trials)
         pending = [t for t in trials if not store.is_done(t.id)]
         watcher = Progress(store.folder, [t.id for t in trials], progress) if progress else None
-        kwargs = dict(folder=str(store.folder), trials=pending, prune=spec.prune, pack=spec.pack,
-                      data_dir=data_dir, lease_s=lease_s, progress=watcher, track=tracked)
+        kwargs = dict(
+            folder=str(store.folder),
+            trials=pending,
+            prune=spec.prune,
+            pack=spec.pack,
+            data_dir=data_dir,
+            lease_s=lease_s,
+            progress=watcher,
+            track=tracked,
+        )
         if pending:
             if executor == "ray":
                 executors.run_ray(address=address, **kwargs)
@@ -75,8 +96,9 @@ def run_sweep(spec, out=None, *, overrides=(), workers: int | None = None, execu
         return len(pending)
 
     if spec.search and spec.search["kind"] == "adaptive":
-        searched = run_rounds(spec, store, execute, b_crit_interval,
-                              say=lambda line: print(line, file=progress) if progress else None)
+        searched = run_rounds(
+            spec, store, execute, b_crit_interval, say=lambda line: print(line, file=progress) if progress else None
+        )
         trials, pending = searched.trials, searched.pending_at_start
     else:
         trials = spec.trials()
@@ -86,6 +108,13 @@ def run_sweep(spec, out=None, *, overrides=(), workers: int | None = None, execu
     by_status = {}
     for s in mine:
         by_status[s.status] = by_status.get(s.status, 0) + 1
-    return SweepOutcome(store.folder, len(trials), pending, by_status, sum(s.steps_run for s in mine),
-                        sum(s.max_steps - s.steps_run for s in mine if s.status == "pruned"),
-                        time.perf_counter() - t0, extended)
+    return SweepOutcome(
+        store.folder,
+        len(trials),
+        pending,
+        by_status,
+        sum(s.steps_run for s in mine),
+        sum(s.max_steps - s.steps_run for s in mine if s.status == "pruned"),
+        time.perf_counter() - t0,
+        extended,
+    )

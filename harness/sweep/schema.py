@@ -6,6 +6,7 @@ A schema maps each key of a table to `(accepted types, allowed values or
 None)` or to an Option (harness.engine.trial): a TrialConfig field's type,
 choices and range, or a spec key declared the same way.
 """
+
 from __future__ import annotations
 
 import tomllib
@@ -13,7 +14,7 @@ import types
 import typing
 from pathlib import Path
 
-from harness.engine.trial import Option
+from harness.engine.options import Option
 from harness.errors import UserError, did_you_mean
 
 INT, NUMBER, STR, BOOL, LIST, TABLE = "integer", "number", "string", "boolean", "list", "table"
@@ -68,9 +69,11 @@ def read_toml(path: Path) -> tuple[str, dict]:
     except FileNotFoundError:
         raise UserError(f"{path}: spec file not found") from None
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise UserError(f"{path}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); allowed: "
-                        "a spec file in UTF-8, as TOML requires") from None
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}: line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); allowed: "
+            "a spec file in UTF-8, as TOML requires"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML: {e}") from None
 
@@ -96,8 +99,9 @@ class Checker:
 
     def unknown(self, field: str, problem: str, name, allowed):
         """`file: field: problem; did you mean X? allowed: ...`, X the one of `allowed` close to `name`."""
-        raise UserError(f"{self.path}: {field}: {problem}; {did_you_mean(name, allowed)}"
-                        f"allowed: {', '.join(map(str, allowed))}")
+        raise UserError(
+            f"{self.path}: {field}: {problem}; {did_you_mean(name, allowed)}allowed: {', '.join(map(str, allowed))}"
+        )
 
     def table(self, table: dict, schema: dict, prefix: str = ""):
         """Every key of `table` is in `schema` and its value fits."""
@@ -109,8 +113,9 @@ class Checker:
                 continue
             kinds, allowed = schema[key]
             if not any(is_a(value, k) for k in kinds):
-                self.fail(prefix + key, f"expected {' or '.join(kinds)}, got {type_name(value)} {value!r}",
-                          " or ".join(kinds))
+                self.fail(
+                    prefix + key, f"expected {' or '.join(kinds)}, got {type_name(value)} {value!r}", " or ".join(kinds)
+                )
             if allowed is not None and value not in allowed:
                 self.unknown(prefix + key, f"unknown value {value!r}", value, allowed)
 

@@ -5,6 +5,7 @@ size gets: a grid, or a scrambled Halton or Sobol sequence (Shallue et al.
 starts from the sequence's first `initial_trials` points and maps its own
 proposals with `from_unit` / `to_unit`.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -13,7 +14,8 @@ import warnings
 
 import numpy as np
 
-from harness.engine.trial import OPTIONS, Option
+from harness.engine.options import Option
+from harness.engine.trial import OPTIONS
 from harness.sweep import adaptive_options
 from harness.sweep.schema import BOOL, INT, NUMBER, STR, TABLE, Checker, numeric, type_name
 
@@ -33,8 +35,20 @@ RANGE = {
     "integer": ((BOOL,), None),
 }
 # TrialConfig fields the spec's top level sets for every trial; the rest are metaparameters.
-MANAGED = ("workload", "workload_options", "batch_size", "optimizer", "seed", "target", "max_steps", "eval_every",
-           "eval_schedule", "checkpoint_every", "lr_scaling", "reference_batch_size")
+MANAGED = (
+    "workload",
+    "workload_options",
+    "batch_size",
+    "optimizer",
+    "seed",
+    "target",
+    "max_steps",
+    "eval_every",
+    "eval_schedule",
+    "checkpoint_every",
+    "lr_scaling",
+    "reference_batch_size",
+)
 METAPARAMETERS = {name: option for name, option in OPTIONS.items() if name not in MANAGED}
 METAPARAMETERS["decay_fraction"] = DECAY_FRACTION
 
@@ -63,8 +77,7 @@ def unit_points(search: dict, dims: int) -> np.ndarray:
     n = search["trials"] if search["kind"] == "quasi_random" else search["initial_trials"]
     if dims == 0:
         return np.zeros((n, 0))
-    engine = {"halton": qmc.Halton, "sobol": qmc.Sobol}[search["sequence"]](d=dims, scramble=True,
-                                                                             seed=search["seed"])
+    engine = {"halton": qmc.Halton, "sobol": qmc.Sobol}[search["sequence"]](d=dims, scramble=True, seed=search["seed"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The balance properties of Sobol", UserWarning)
         return engine.random(n)
@@ -111,16 +124,18 @@ def parse(check: Checker, search: dict | None, workload, fixed: dict) -> dict | 
     kind = search.get("kind", "quasi_random")
     space = search.get("space", workload.search_space)
     if not space:
-        check.fail("search.space", "empty, and the workload has no default search space",
-                   "a table of metaparameter = [values] or {min, max, scale}")
+        check.fail(
+            "search.space",
+            "empty, and the workload has no default search space",
+            "a table of metaparameter = [values] or {min, max, scale}",
+        )
     if kind == "grid":
         for key in ("trials", "sequence", "seed"):
             if key in search:
                 check.fail(f"search.{key}", "only for kind = quasi_random", "kind, space")
     adaptive_options.check_keys(check, search, kind)
     if kind == "quasi_random" and ("trials" not in search or search["trials"] < 1):
-        check.fail("search.trials", "missing or < 1: quasi-random search needs a number of points",
-                   "integers >= 1")
+        check.fail("search.trials", "missing or < 1: quasi-random search needs a number of points", "integers >= 1")
     normalized = {}
     for name, dist in space.items():
         field = f"search.space.{name}"
@@ -137,14 +152,18 @@ def parse(check: Checker, search: dict | None, workload, fixed: dict) -> dict | 
         elif isinstance(dist, dict):
             normalized[name] = _range(check, field, name, dist, kind)
         else:
-            check.fail(field, f"expected list or table, got {type_name(dist)} {dist!r}",
-                       "[values] or {min, max, scale}")
+            check.fail(
+                field, f"expected list or table, got {type_name(dist)} {dist!r}", "[values] or {min, max, scale}"
+            )
     out = {"kind": kind, "space": normalized}
     if kind == "quasi_random":
         out.update(sequence=search.get("sequence", "halton"), trials=search["trials"], seed=search.get("seed", 0))
     elif kind == "adaptive":
-        out.update(sequence=search.get("sequence", "halton"), seed=search.get("seed", 0),
-                   **adaptive_options.parse(check, search))
+        out.update(
+            sequence=search.get("sequence", "halton"),
+            seed=search.get("seed", 0),
+            **adaptive_options.parse(check, search),
+        )
     return out
 
 

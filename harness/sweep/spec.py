@@ -75,6 +75,7 @@ The trial options (the fields of harness.engine.trial.TrialConfig, from their
 schema OPTIONS), with their types, defaults and allowed values: docs/spec.md,
 which is this text and the table of `spec_markdown()`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -85,18 +86,23 @@ import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-
 from harness.engine.data import train_subset
+from harness.engine.options import Option
 from harness.engine.targets import check_batch_size, check_target
-from harness.engine.trial import OPTIONS, Option, TrialConfig
+from harness.engine.trial import OPTIONS, TrialConfig
 from harness.engine.workloads import get_workload
 from harness.errors import UserError
 from harness.sweep import search_space
+from harness.sweep.schema import BOOL, INT, LIST, NUMBER, STR, TABLE, Checker, hint_name, is_a, read_toml, spec_name
 from harness.sweep.search_space import MANAGED
-from harness.sweep.schema import (BOOL, INT, LIST, NUMBER, STR, TABLE, Checker, hint_name, is_a, read_toml, spec_name)
 
-MAX_EXAMPLES = Option("example budget per trial: steps = ceil(max_examples / B)", ge=1, name="max_examples",
-                      type=int, cite="Shallue et al. 2019, Sec. 4.1")
+MAX_EXAMPLES = Option(
+    "example budget per trial: steps = ceil(max_examples / B)",
+    ge=1,
+    name="max_examples",
+    type=int,
+    cite="Shallue et al. 2019, Sec. 4.1",
+)
 
 # key -> (accepted types, allowed values or None), or the Option of a TrialConfig field: the schema of a spec file.
 TOP_LEVEL = {
@@ -178,8 +184,10 @@ class SweepSpec:
     def point_trials(self, batch_size: int, point: dict) -> list[PlannedTrial]:
         """The trials (one per seed) of a point (search and fixed values) at a batch size."""
         digest = spec_hash(point)[:8]
-        return [PlannedTrial(f"b{batch_size:06d}-{digest}-s{seed}", self._config(batch_size, point, seed))
-                for seed in self.seeds]
+        return [
+            PlannedTrial(f"b{batch_size:06d}-{digest}-s{seed}", self._config(batch_size, point, seed))
+            for seed in self.seeds
+        ]
 
     def _config(self, batch_size: int, point: dict, seed: int) -> TrialConfig:
         values = dict(point)
@@ -188,11 +196,21 @@ class SweepSpec:
             values["decay_steps"] = max(1, round(fraction * steps))
         if "boundaries" in values:
             values["boundaries"] = tuple(values["boundaries"])
-        return TrialConfig(workload=self.workload, workload_options=self.workload_options, batch_size=batch_size,
-                           optimizer=self.optimizer, seed=seed, target=self.target, max_steps=steps,
-                           eval_every=self.eval_every, eval_schedule=self.eval_schedule,
-                           checkpoint_every=self.checkpoint_every, lr_scaling=self.lr_scaling,
-                           reference_batch_size=self.reference_batch_size, **values)
+        return TrialConfig(
+            workload=self.workload,
+            workload_options=self.workload_options,
+            batch_size=batch_size,
+            optimizer=self.optimizer,
+            seed=seed,
+            target=self.target,
+            max_steps=steps,
+            eval_every=self.eval_every,
+            eval_schedule=self.eval_schedule,
+            checkpoint_every=self.checkpoint_every,
+            lr_scaling=self.lr_scaling,
+            reference_batch_size=self.reference_batch_size,
+            **values,
+        )
 
 
 def spec_markdown() -> str:
@@ -206,8 +224,10 @@ def spec_markdown() -> str:
         default = "required" if option.required else "none" if option.default is None else json.dumps(option.default)
         allowed = ", ".join(option.choices) if option.choices is not None else option.interval
         cite = f" ({option.cite})" if option.cite else ""
-        lines.append(f"| `{option.name}` | {place} | {hint_name(option.type)} | `{default}` | {allowed} | "
-                     f"{option.help.replace('|', '&#124;')}{cite} |")
+        lines.append(
+            f"| `{option.name}` | {place} | {hint_name(option.type)} | `{default}` | {allowed} | "
+            f"{option.help.replace('|', '&#124;')}{cite} |"
+        )
     title, _, body = __doc__.partition("\n")
     return "\n".join([f"# {title}", body, "## Trial options", "", *lines, ""])
 
@@ -225,8 +245,10 @@ def apply_overrides(raw: dict, overrides) -> dict:
         key, sep, value = override.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise UserError(f"--set {override}: expected KEY=VALUE; allowed: a spec key, dotted for tables "
-                            "(search.trials=16), and a TOML value")
+            raise UserError(
+                f"--set {override}: expected KEY=VALUE; allowed: a spec key, dotted for tables "
+                "(search.trials=16), and a TOML value"
+            )
         try:
             value = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
@@ -235,8 +257,10 @@ def apply_overrides(raw: dict, overrides) -> dict:
         for i, part in enumerate(parts[:-1]):
             table = table.setdefault(part, {})
             if not isinstance(table, dict):
-                raise UserError(f"--set {override}: {'.'.join(parts[:i + 1])} is not a table; "
-                                "allowed: dotted keys through tables only")
+                raise UserError(
+                    f"--set {override}: {'.'.join(parts[: i + 1])} is not a table; "
+                    "allowed: dotted keys through tables only"
+                )
         table[parts[-1]] = value
     return raw
 
@@ -260,8 +284,9 @@ def load_spec(source, data_dir=None, overrides=()) -> SweepSpec:
         import tomli_w  # imported here: needed only for a dict or overrides
 
         text = (f"# {path} with --set {' '.join(overrides)}\n" if text else "") + tomli_w.dumps(raw)
-    train_size = len(train_subset(get_workload(spec.workload).load_data(data_dir), spec.fixed.get("train_examples"))
-                     .train_x)
+    train_size = len(
+        train_subset(get_workload(spec.workload).load_data(data_dir), spec.fixed.get("train_examples")).train_x
+    )
     check_batch_size(spec.batch_sizes[-1], train_size, f"{path}: batch_sizes:")
     return replace(spec, text=text)
 
@@ -291,7 +316,7 @@ def parse_spec(raw: dict, path="spec") -> SweepSpec:
         check.fail("seeds", f"expected distinct integers, got {seeds!r}", "a count >= 1 or a list of integers")
     pack = raw.get("pack", 1)
     if pack != "auto" and not (is_a(pack, INT) and pack >= 1):
-        check.fail("pack", f"expected an integer >= 1 or \"auto\", got {pack!r}", 'integers >= 1, "auto"')
+        check.fail("pack", f'expected an integer >= 1 or "auto", got {pack!r}', 'integers >= 1, "auto"')
     lr_scaling = raw.get("lr_scaling", "none")
     if lr_scaling != "none" and "reference_batch_size" not in raw:
         check.fail("reference_batch_size", f"missing: lr_scaling {lr_scaling!r} scales from it", "integers >= 1")
@@ -302,8 +327,11 @@ def parse_spec(raw: dict, path="spec") -> SweepSpec:
     search = search_space.parse(check, raw.get("search"), workload, fixed)
     searched = search["space"] if search else {}
     if "learning_rate" not in fixed and "learning_rate" not in searched:
-        check.fail("fixed.learning_rate", "missing: every trial needs a learning rate",
-                   "learning_rate in [fixed] or in [search.space]")
+        check.fail(
+            "fixed.learning_rate",
+            "missing: every trial needs a learning rate",
+            "learning_rate in [fixed] or in [search.space]",
+        )
     if fixed.get("decay_steps") is not None and "decay_fraction" in {*fixed, *searched}:
         check.fail("fixed.decay_steps", "given with decay_fraction", "one of decay_steps, decay_fraction")
 
@@ -311,15 +339,26 @@ def parse_spec(raw: dict, path="spec") -> SweepSpec:
     normalized = dict(
         name=spec_name(raw, path),
         description=raw.get("description", ""),
-        workload=raw["workload"], workload_options=raw.get("workload_options", {}),
-        metric=workload.metric, direction=workload.direction, target=target,
-        optimizer=raw.get("optimizer", "nesterov"), batch_sizes=batch_sizes,
-        max_steps=raw.get("max_steps"), max_examples=raw.get("max_examples"),
-        eval_every=eval_every, eval_schedule=raw.get("eval_schedule", "linear"),
-        seeds=seeds, prune=raw.get("prune", True), pack=pack,
+        workload=raw["workload"],
+        workload_options=raw.get("workload_options", {}),
+        metric=workload.metric,
+        direction=workload.direction,
+        target=target,
+        optimizer=raw.get("optimizer", "nesterov"),
+        batch_sizes=batch_sizes,
+        max_steps=raw.get("max_steps"),
+        max_examples=raw.get("max_examples"),
+        eval_every=eval_every,
+        eval_schedule=raw.get("eval_schedule", "linear"),
+        seeds=seeds,
+        prune=raw.get("prune", True),
+        pack=pack,
         checkpoint_every=raw.get("checkpoint_every", eval_every * CHECKPOINTS_PER_EVAL),
-        lr_scaling=lr_scaling, reference_batch_size=raw.get("reference_batch_size"),
-        fixed=fixed, search=search)
+        lr_scaling=lr_scaling,
+        reference_batch_size=raw.get("reference_batch_size"),
+        fixed=fixed,
+        search=search,
+    )
     spec = SweepSpec(str(path), normalized)
     trials = spec.trials()
     ids = [t.id for t in trials]
@@ -340,7 +379,7 @@ def _batch_sizes(check: Checker, value) -> list[int]:
                 check.fail(f"batch_sizes.{key}", f"{b} is not a positive power of two", "1, 2, 4, 8, ...")
         if lo > hi:
             check.fail("batch_sizes", f"min {lo} > max {hi}", "min <= max")
-        return [2 ** k for k in range(lo.bit_length() - 1, hi.bit_length())]
+        return [2**k for k in range(lo.bit_length() - 1, hi.bit_length())]
     if not value:
         check.fail("batch_sizes", "empty list", "a non-empty list of positive integers")
     for b in value:

@@ -12,6 +12,7 @@
 
 Files are written atomically and trials claimed with leases (harness.sweep.leases).
 """
+
 from __future__ import annotations
 
 import json
@@ -53,12 +54,18 @@ def spec_differences(old: dict, new: dict) -> tuple[list[str], list[str]]:
         if a == b or key.split(".")[0] in NOT_COMPARED:
             continue
         grid_axis = key.startswith("search.space.") and (old.get("search") or {}).get("kind") == "grid"
-        if (key in ("batch_sizes", "seeds") or grid_axis) and isinstance(a, list) and isinstance(b, list) \
-                and all(x in b for x in a):
+        if (
+            (key in ("batch_sizes", "seeds") or grid_axis)
+            and isinstance(a, list)
+            and isinstance(b, list)
+            and all(x in b for x in a)
+        ):
             extended.append(key)
         elif key in ("search.trials", "search.rounds") and isinstance(a, int) and isinstance(b, int) and b > a:
             extended.append(key)
-        elif key == "search.stop" or key.startswith("search.stop."):  # when an adaptive search stops, not what it proposes
+        elif key == "search.stop" or key.startswith(
+            "search.stop."
+        ):  # when an adaptive search stops, not what it proposes
             extended.append(key)
         else:
             changed.append(f"{key} ({json.dumps(a)} -> {json.dumps(b)})")
@@ -96,20 +103,28 @@ class Store:
         if stored is not None:
             changed, extended = spec_differences(stored["spec"], spec.normalized)
             if changed:
-                raise UserError(f"{spec.path}: the spec differs from the sweep in {self.folder}: "
-                                f"{'; '.join(changed)}; allowed: the stored spec ({self.folder / 'spec.toml'}), "
-                                "or one that only adds batch sizes, seeds or trials (or use another --out)")
+                raise UserError(
+                    f"{spec.path}: the spec differs from the sweep in {self.folder}: "
+                    f"{'; '.join(changed)}; allowed: the stored spec ({self.folder / 'spec.toml'}), "
+                    "or one that only adds batch sizes, seeds or trials (or use another --out)"
+                )
             ids = [t.id for t in spec.trials()]
             missing = set(stored["trial_ids"]) - set(ids)
             if missing:
-                raise UserError(f"{spec.path}: the spec expands to other trials than the sweep in {self.folder} "
-                                f"(e.g. {sorted(missing)[0]} is gone: has the sampling library changed?); "
-                                "allowed: the same trials, or a new --out folder")
+                raise UserError(
+                    f"{spec.path}: the spec expands to other trials than the sweep in {self.folder} "
+                    f"(e.g. {sorted(missing)[0]} is gone: has the sampling library changed?); "
+                    "allowed: the same trials, or a new --out folder"
+                )
         self.trials_dir.mkdir(parents=True, exist_ok=True)
         if stored is None or extended:
             atomic_write(self.folder / "spec.toml", spec_text)
-            atomic_write(self.folder / "spec.json", json.dumps(
-                {"hash": spec.hash, "spec": spec.normalized, "trial_ids": [t.id for t in spec.trials()]}, indent=1))
+            atomic_write(
+                self.folder / "spec.json",
+                json.dumps(
+                    {"hash": spec.hash, "spec": spec.normalized, "trial_ids": [t.id for t in spec.trials()]}, indent=1
+                ),
+            )
         return extended
 
     # --- records ----------------------------------------------------------------
@@ -136,17 +151,20 @@ class Store:
         except FileNotFoundError:
             return None
         rows = [line for line in head[1:] if line.endswith(b"\n")]
-        whole = tail[:tail.rfind(b"\n")]
+        whole = tail[: tail.rfind(b"\n")]
         if not rows or not whole:
             return None
         try:
             columns = head[0].decode().strip().split(",")
             step, wall_time = columns.index("step"), columns.index("wall_time")
-            first, last = (line.decode().split(",") for line in (rows[-1], whole[whole.rfind(b"\n") + 1:]))
+            first, last = (line.decode().split(",") for line in (rows[-1], whole[whole.rfind(b"\n") + 1 :]))
             if len(rows) < 2:  # no evaluation after training began: nothing timed yet
                 return LiveProgress(int(float(last[step])), 0, 0.0)
-            return LiveProgress(int(float(last[step])), int(float(last[step])) - int(float(first[step])),
-                                float(last[wall_time]) - float(first[wall_time]))
+            return LiveProgress(
+                int(float(last[step])),
+                int(float(last[step])) - int(float(first[step])),
+                float(last[wall_time]) - float(first[wall_time]),
+            )
         except (ValueError, IndexError):  # not a measurements log
             return None
 
@@ -248,7 +266,7 @@ class RecordIndex:
         self.store = store
         self.summaries: dict[str, Summary] = {}
 
-    def refresh(self) -> "RecordIndex":
+    def refresh(self) -> RecordIndex:
         for entry in os.scandir(self.store.trials_dir):
             if entry.name in self.summaries:
                 continue
@@ -258,17 +276,31 @@ class RecordIndex:
             except CorruptRecord:
                 continue
             config, rows = record["config"], record["measurements"]
-            timed = LiveProgress(rows[-1]["step"], rows[-1]["step"] - rows[1]["step"],
-                                 rows[-1]["wall_time"] - rows[1]["wall_time"]) if len(rows) > 2 else None
-            self.summaries[entry.name] = Summary(config["batch_size"], record["status"], record["steps_to_target"],
-                                                 record["steps_run"], config["max_steps"], timed)
+            timed = (
+                LiveProgress(
+                    rows[-1]["step"], rows[-1]["step"] - rows[1]["step"], rows[-1]["wall_time"] - rows[1]["wall_time"]
+                )
+                if len(rows) > 2
+                else None
+            )
+            self.summaries[entry.name] = Summary(
+                config["batch_size"],
+                record["status"],
+                record["steps_to_target"],
+                record["steps_run"],
+                config["max_steps"],
+                timed,
+            )
         return self
 
     def best_trial(self, batch_size: int) -> str | None:
         """The complete trial at `batch_size` with the fewest steps to the target
         (ties: the smallest id), or None."""
-        done = [(s.steps_to_target, trial_id) for trial_id, s in self.summaries.items()
-                if s.batch_size == batch_size and s.status == "complete" and s.steps_to_target is not None]
+        done = [
+            (s.steps_to_target, trial_id)
+            for trial_id, s in self.summaries.items()
+            if s.batch_size == batch_size and s.status == "complete" and s.steps_to_target is not None
+        ]
         return min(done)[1] if done else None
 
     def best_steps(self, batch_size: int) -> int | None:

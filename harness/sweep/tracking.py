@@ -12,6 +12,7 @@ unless $WANDB_MODE says otherwise or $WANDB_API_KEY is set.
 A resumed trial continues its run: run_trial replays the rows restored from
 the checkpoint, and a step already in the run's history is not logged again.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -73,8 +74,9 @@ def open_run(track: Tracking, trial_id: str, config: dict):
 
 def metrics(row: dict) -> dict:
     """An evaluation row's numbers but its step, as metrics."""
-    return {k: float(v) for k, v in row.items()
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v) for k, v in row.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 class _Run:
@@ -126,7 +128,7 @@ class MlflowRun(_Run):
             self.run_id, self.logged = run.info.run_id, set()
             params = [Param(k, str(v)) for k, v in hparams(config).items()]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters per call
-                self.client.log_batch(self.run_id, params=params[i:i + 100])
+                self.client.log_batch(self.run_id, params=params[i : i + 100])
         self.finished = False
 
     def _log(self, step: int, values: dict) -> None:
@@ -160,11 +162,20 @@ class WandbRun(_Run):
         self.id = run_id(track.group, trial_id)
         self.logged = {row["_step"] for row in wandb_history(track.folder, self.id)}
         offline = "WANDB_MODE" not in os.environ and "WANDB_API_KEY" not in os.environ
-        settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, **({"mode": "offline"} if offline
-                                                                                        else {}))
-        self.run = wandb.init(dir=track.folder, project=os.environ.get("WANDB_PROJECT", "cbs"), group=track.group,
-                              name=trial_id, id=self.id, resume="allow", config=hparams(config),
-                              reinit="create_new", settings=settings)
+        settings = wandb.Settings(
+            silent=True, console="off", x_disable_stats=True, **({"mode": "offline"} if offline else {})
+        )
+        self.run = wandb.init(
+            dir=track.folder,
+            project=os.environ.get("WANDB_PROJECT", "cbs"),
+            group=track.group,
+            name=trial_id,
+            id=self.id,
+            resume="allow",
+            config=hparams(config),
+            reinit="create_new",
+            settings=settings,
+        )
 
     def _log(self, step: int, values: dict) -> None:
         self.run.log(values, step=step)
@@ -187,8 +198,11 @@ def wandb_history(folder, run: str) -> list[dict]:
     (every attempt of it, in order): what a resumed trial has already logged."""
     rows = []
     for path in sorted(Path(folder).glob(f"wandb/*run-*-{run}/run-{run}.wandb")):
-        rows += [{".".join(item.nested_key) or item.key: json.loads(item.value_json) for item in record.history.item}
-                 for record in wandb_records(path) if record.WhichOneof("record_type") == "history"]
+        rows += [
+            {".".join(item.nested_key) or item.key: json.loads(item.value_json) for item in record.history.item}
+            for record in wandb_records(path)
+            if record.WhichOneof("record_type") == "history"
+        ]
     return rows
 
 
@@ -207,10 +221,10 @@ def wandb_records(path) -> list:
         if left < 7:  # a block's tail too short for a header is padding
             pos += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0 or pos + 7 + length > len(data):
             break
-        chunks += data[pos + 7:pos + 7 + length]
+        chunks += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last piece of one
             record = Record()

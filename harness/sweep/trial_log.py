@@ -7,6 +7,7 @@ The log is rewritten from the start each time a trial starts or resumes:
 run_trial replays the rows restored from its checkpoint to `on_eval` first,
 so no row appears twice.
 """
+
 from __future__ import annotations
 
 import csv

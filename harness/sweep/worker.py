@@ -12,11 +12,12 @@ With the spec's `pack = P`, a worker claims up to P trials that share one
 program (harness.engine.step.pack_key) and runs them as one pack; `auto`
 picks P per batch size (harness.sweep.packing).
 """
+
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from harness.sweep.leases import DEFAULT_LEASE_S, worker_id
 from harness.sweep.packing import PackSize, packs
@@ -30,9 +31,16 @@ class LeaseLost(Exception):
     """Another worker took this trial over (this one stalled past its lease)."""
 
 
-def work(folder, trials: list[PlannedTrial], prune: bool, data_dir=None, lease_s: float = DEFAULT_LEASE_S,
-         should_stop: Callable[[], bool] = lambda: False, pack: int | str = 1,
-         track: Tracking | None = None) -> None:
+def work(
+    folder,
+    trials: list[PlannedTrial],
+    prune: bool,
+    data_dir=None,
+    lease_s: float = DEFAULT_LEASE_S,
+    should_stop: Callable[[], bool] = lambda: False,
+    pack: int | str = 1,
+    track: Tracking | None = None,
+) -> None:
     """A worker: run the unfinished trials of `trials` that no live worker
     holds, `pack` at a time (an int, or "auto"), until all of them have
     records (waiting for those held elsewhere: their worker finishes them, or
@@ -45,8 +53,10 @@ def work(folder, trials: list[PlannedTrial], prune: bool, data_dir=None, lease_s
     remaining = [t for t in trials if not store.is_done(t.id)]
     while remaining and not should_stop():
         ordered = promising_first(remaining, index.refresh()) if prune else remaining
-        if not any(not should_stop() and try_pack(store, group, prune, data_dir, lease_s, index, should_stop, track)
-                   for group in packs(ordered, size)):
+        if not any(
+            not should_stop() and try_pack(store, group, prune, data_dir, lease_s, index, should_stop, track)
+            for group in packs(ordered, size)
+        ):
             time.sleep(min(lease_s / 8, 1.0))
         remaining = [t for t in remaining if not store.is_done(t.id)]
 
@@ -72,9 +82,16 @@ def _point(trial_id: str) -> str:
     return trial_id.split("-")[1]
 
 
-def try_pack(store: Store, trials: list[PlannedTrial], prune: bool, data_dir=None,
-             lease_s: float = DEFAULT_LEASE_S, index: RecordIndex | None = None,
-             should_stop: Callable[[], bool] | None = None, track: Tracking | None = None) -> bool:
+def try_pack(
+    store: Store,
+    trials: list[PlannedTrial],
+    prune: bool,
+    data_dir=None,
+    lease_s: float = DEFAULT_LEASE_S,
+    index: RecordIndex | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    track: Tracking | None = None,
+) -> bool:
     """Claim the trials of `trials` (one pack) that no live worker holds and
     run them as one pack; whether any was claimed."""
     leases = {t.id: lease for t in trials if (lease := store.try_claim(t.id, worker_id(), lease_s)) is not None}
@@ -91,8 +108,9 @@ def try_pack(store: Store, trials: list[PlannedTrial], prune: bool, data_dir=Non
     return True
 
 
-def _run_claimed(store: Store, trials: list[PlannedTrial], leases: dict, prune_above, data_dir,
-                 should_stop, track=None) -> None:
+def _run_claimed(
+    store: Store, trials: list[PlannedTrial], leases: dict, prune_above, data_dir, should_stop, track=None
+) -> None:
     from harness.engine.environment import run_metadata
     from harness.engine.loop import Hooks, Stopped, TrialRun, run_trials
     from harness.engine.resume import PackMismatch
@@ -103,9 +121,15 @@ def _run_claimed(store: Store, trials: list[PlannedTrial], leases: dict, prune_a
     tracked = {}
     try:
         with contextlib.ExitStack() as logs:
+
             def on_eval(trial):
-                log = logs.enter_context(TrialLog(trial.config.to_dict(), store.measurements_path(trial.id),
-                                                  store.tensorboard_dir(trial.id) if tensorboard_available() else None))
+                log = logs.enter_context(
+                    TrialLog(
+                        trial.config.to_dict(),
+                        store.measurements_path(trial.id),
+                        store.tensorboard_dir(trial.id) if tensorboard_available() else None,
+                    )
+                )
                 if track:
                     tracked[trial.id] = logs.enter_context(open_run(track, trial.id, trial.config.to_dict()))
 
@@ -115,6 +139,7 @@ def _run_claimed(store: Store, trials: list[PlannedTrial], leases: dict, prune_a
                     log(row)
                     if track:
                         tracked[trial.id](row)
+
                 return logged
 
             def on_record(i, record):
@@ -122,8 +147,10 @@ def _run_claimed(store: Store, trials: list[PlannedTrial], leases: dict, prune_a
                 if track:
                     tracked[trials[i].id].finish(record.to_dict())
 
-            runs = [TrialRun(t.config, str(store.checkpoint_dir(t.id)), str(store.snapshot_dir(t.id)), on_eval(t))
-                    for t in trials]
+            runs = [
+                TrialRun(t.config, str(store.checkpoint_dir(t.id)), str(store.snapshot_dir(t.id)), on_eval(t))
+                for t in trials
+            ]
             hooks = Hooks(prune_above, should_stop, on_record=on_record)
             run_trials(runs, hooks, data_dir=data_dir)
     except PackMismatch:  # checkpoints of different steps: one at a time
