@@ -135,7 +135,8 @@ def steps_plot(
         title or (f"normalised {axis} to result" if normalize_at is not None else f"{axis} to result"),
         fontsize="medium",
     )
-    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small", frameon=False)
+    ncols = 2 if max(map(len, labels)) <= 45 else 1  # two columns where they fit the figure's width
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize="small", frameon=False)
     return fig
 
 
@@ -184,5 +185,6 @@ def pareto_plot(curves: dict[str, pd.DataFrame], fits: dict | None = None, title
             Line2D([], [], color="0.4", marker="D", ls="", markeredgecolor="black"),
         ]
         labels += ["fit (S / S_min − 1)(E / E_min − 1) = 1", "B = B_crit: 2 S_min, 2 E_min"]
-    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small", frameon=False)
+    ncols = 2 if max(map(len, labels)) <= 45 else 1  # two columns where they fit the figure's width
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize="small", frameon=False)
     return fig
