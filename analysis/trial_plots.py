@@ -13,6 +13,9 @@ from matplotlib.figure import Figure
 
 from analysis.plots import BATCH_LABEL, decades, log_axis, new_figure
 
+# How the best trial at a batch size is marked in every figure of trials.
+BEST_TRIAL = dict(marker="*", s=180, color="gold", edgecolors="black", zorder=4, label="best trial")
+
 STATUS_STYLE = {  # feasibility categories (Shallue et al. 2019, Fig. 9)
     "reached": dict(marker="o", color="tab:blue", label="reached target"),
     "not reached": dict(marker="o", facecolors="none", edgecolors="tab:gray", label="did not reach target"),
@@ -104,16 +107,7 @@ def feasibility_plot(trials: pd.DataFrame, best_trial_ids: dict | None = None, t
             rows = at[at["category"] == cat]
             ax.scatter(rows["learning_rate"], 1 - rows["momentum"], s=22, zorder=3, **style)
         best = at[at["trial_id"] == best_trial_ids.get(size)]
-        ax.scatter(
-            best["learning_rate"],
-            1 - best["momentum"],
-            marker="*",
-            s=180,
-            color="gold",
-            edgecolors="black",
-            zorder=4,
-            label="best trial",
-        )
+        ax.scatter(best["learning_rate"], 1 - best["momentum"], **BEST_TRIAL)
         log_axis(ax, "x", 10)
         log_axis(ax, "y", 10)
         ax.set_title(f"B = {size}", fontsize="medium")
@@ -166,16 +160,7 @@ def feasibility_map(
         rows = trials[trials["category"] == cat]
         ax.scatter(rows["batch_size"], value(rows), s=30, zorder=3, **style)
     best = trials[trials["trial_id"].isin((best_trial_ids or {}).values())]
-    ax.scatter(
-        best["batch_size"],
-        value(best),
-        marker="*",
-        s=180,
-        color="gold",
-        edgecolors="black",
-        zorder=4,
-        label="best trial",
-    )
+    ax.scatter(best["batch_size"], value(best), **BEST_TRIAL)
     log_axis(ax, "x")
     log_axis(ax, "y", 10)
     y = value(trials).to_numpy(float)
