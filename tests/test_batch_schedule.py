@@ -175,3 +175,47 @@ def test_a_schedule_packs_and_sweeps_like_any_metaparameter(data_dir, tmp_path):
             [r["val_loss"] for r in s.measurements], rel=1e-5
         )
     assert json.loads(json.dumps(packed[0].to_dict()))["config"]["batch_schedule"] == [64]
+
+
+AUTO = TrialConfig(**{**BASE, "learning_rate": 0.01}, gns=True, microbatches=2, batch_auto=1e4, batch_auto_max=128)
+
+
+def test_auto_doubles_the_batch_while_the_noise_scale_says_so(data_dir):
+    """With a calibration so large that c * B_simple always exceeds 2 B, the
+    batch doubles at every evaluation (the row after a change has the new
+    batch size) until batch_auto_max."""
+    record = run_trial(AUTO, data_dir=data_dir)
+    rows = [(r["step"], r["batch_size"], r["examples"]) for r in record.measurements]
+    assert rows == [
+        (0, 32, 0),
+        (20, 32, 640),
+        (40, 64, 640 + 20 * 64),
+        (60, 128, 1920 + 20 * 128),
+        (80, 128, 4480 + 20 * 128),
+    ]
+    never = run_trial(dataclasses.replace(AUTO, batch_auto=1e-6), data_dir=data_dir)
+    assert {r["batch_size"] for r in never.measurements} == {32}
+
+
+def test_auto_resumes_to_the_uninterrupted_run(data_dir, tmp_path):
+    config = dataclasses.replace(AUTO, checkpoint_every=20)
+    uninterrupted = run_trial(config, data_dir=data_dir)
+    evaluations = []
+    with pytest.raises(Stopped):  # stopped at step 40, where the batch size doubles again
+        run_trial(
+            TrialRun(config, str(tmp_path)),
+            Hooks(should_stop=lambda: evaluations.append(1) or len(evaluations) >= 2),
+            data_dir=data_dir,
+        )
+    resumed = run_trial(TrialRun(config, str(tmp_path)), data_dir=data_dir)
+    assert same_measurements(resumed, uninterrupted)
+    assert [r["batch_size"] for r in resumed.measurements] == [r["batch_size"] for r in uninterrupted.measurements]
+
+
+def test_auto_needs_the_online_noise_scale():
+    with pytest.raises(UserError) as e:
+        TrialConfig(**BASE, batch_auto=2.0).validate()
+    assert (
+        str(e.value) == "batch_auto needs gns (the online noise scale it reads) and no batch_schedule; "
+        "got gns False, batch_schedule []"
+    )

@@ -29,6 +29,7 @@ from harness.engine.optimizers import ADAM_FAMILY
 from harness.engine.step import Engine, Position, TrainState
 from harness.engine.trial import TrialConfig
 from harness.engine.workloads import Workload
+from harness.errors import UserError
 
 LR_RULES = {"linear": lambda k: k, "sqrt": math.sqrt, "none": lambda k: 1.0}
 
@@ -40,29 +41,32 @@ def lr_rule(config: TrialConfig) -> str:
     return "sqrt" if config.optimizer in ADAM_FAMILY else "linear"
 
 
+def phase_config(config: TrialConfig, batch_size: int) -> TrialConfig:
+    """The config of a phase at `batch_size`: its learning rate and beta2 moved
+    by the rules from the first phase's."""
+    k = batch_size / config.batch_size
+    return dataclasses.replace(
+        config,
+        batch_size=batch_size,
+        b2=config.b2**k if config.batch_beta2_rule == "half_life" else config.b2,
+        batch_schedule=(),
+        batch_schedule_examples=(),
+        batch_auto=None,
+        learning_rate=config.learning_rate * LR_RULES[lr_rule(config)](k),
+    )
+
+
 def phase_configs(config: TrialConfig) -> list[TrialConfig]:
-    """The config of each phase: its batch size, its learning rate and beta2
-    moved by the rules from the first phase's; one phase without a schedule."""
-    phases = []
-    for batch_size in (config.batch_size, *config.batch_schedule):
-        k = batch_size / config.batch_size
-        b2 = config.b2**k if config.batch_beta2_rule == "half_life" else config.b2
-        phases.append(
-            dataclasses.replace(
-                config,
-                batch_size=batch_size,
-                b2=b2,
-                batch_schedule=(),
-                batch_schedule_examples=(),
-                learning_rate=config.learning_rate * LR_RULES[lr_rule(config)](k),
-            )
-        )
-    return phases
+    """The config of each phase of a fixed schedule; one phase without one
+    (`batch_auto` adds its phases while the trial runs)."""
+    return [phase_config(config, b) for b in (config.batch_size, *config.batch_schedule)]
 
 
 def make_engine(workload: Workload, data, configs: Sequence[TrialConfig]) -> Engine | ScheduledEngine:
     """The engine of a pack: one Engine, or one per phase for a batch schedule."""
-    if configs[0].batch_schedule:
+    if configs[0].batch_schedule or configs[0].batch_auto is not None:
+        if configs[0].batch_auto is not None and len(configs) > 1:
+            raise UserError("batch_auto trials decide their batch sizes one by one; allowed: pack = 1")
         return ScheduledEngine(workload, data, configs)
     return Engine(workload, data, configs)
 
@@ -72,7 +76,7 @@ class ScheduledEngine:
     schedule: it is part of their `pack_key`), used like one Engine."""
 
     def __init__(self, workload: Workload, data, configs: Sequence[TrialConfig]):
-        self.configs, self.config = list(configs), configs[0]
+        self.configs, self.config, self.workload, self.data = list(configs), configs[0], workload, data
         self.engines, start = [], Position()
         thresholds = (*self.config.batch_schedule_examples, None)
         for phase, threshold in zip(zip(*(phase_configs(c) for c in configs)), thresholds):
@@ -83,6 +87,34 @@ class ScheduledEngine:
                 start = Position(step, *engine.position(step), engine.examples_at(step))
         self.firsts = [e.start.step for e in self.engines]
         self._phase = None  # the phase whose metaparameters the state holds
+
+    def adapt(self, rows: list[dict]) -> None:
+        """`batch_auto`: after the evaluation `rows[-1]`, double the batch size
+        when c * B_simple > 2 B (McCandlish et al. 2018: B_crit ~ B_noise, of
+        which B_simple is the cheap proxy; c calibrates one to the other), up
+        to `batch_auto_max` and the training set. The online estimate reuses
+        the step's micro-batch gradients: it costs no extra examples."""
+        row, last = rows[-1], self.engines[-1]
+        batch_size, limit = 2 * last.config.batch_size, self.config.batch_auto_max or last.train_size
+        b_simple = row.get("gns_b_simple")
+        if b_simple is not None and math.isfinite(b_simple) and self.config.batch_auto * b_simple > batch_size:
+            if batch_size <= limit and row["step"] > last.start.step:
+                self._grow(row["step"], batch_size)
+
+    def replay(self, rows: list[dict]) -> None:
+        """The phases `batch_auto` added before the rows were checkpointed: a
+        row says the batch size of its last step, so a change between two rows
+        was made at the first of them."""
+        for before, after in zip(rows, rows[1:]):
+            if after.get("batch_size", before.get("batch_size")) != before.get("batch_size"):
+                self._grow(before["step"], after["batch_size"])
+
+    def _grow(self, step: int, batch_size: int) -> None:
+        last = self.engines[-1]
+        start = Position(step, *last.position(step), last.examples_at(step))
+        phase = [phase_config(c, batch_size) for c in self.configs]
+        self.engines.append(Engine(self.workload, self.data, phase, start))
+        self.firsts.append(step)
 
     def _at(self, step: int) -> Engine:
         """The engine of the phase that step index `step` belongs to."""

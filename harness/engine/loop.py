@@ -97,6 +97,8 @@ def run_trials(runs: Sequence[TrialRun], hooks: Hooks = Hooks(), *, data_dir=Non
                 _row(engine, t, stop, float(losses[t.index]), evaluations[t.index], _gns_row(state, t.index)),
                 bad_steps[t.index],
             )
+        if config.batch_auto is not None:
+            engine.adapt(trials[0].rows)
         bounds = [hooks.prune_above(), *(t.steps_to_target for t in trials)] if hooks.prune_above else []
         best = min((b for b in bounds if b is not None), default=None)
         for t in running:
@@ -218,6 +220,9 @@ def _start(engine: Engine, runs, target: float, direction: str) -> tuple[TrainSt
         )
         for i, (run, meta) in enumerate(zip(runs, saved))
     ]
+    if runs[0].config.batch_auto is not None and trials[0].rows:  # the changes made before, and at, the checkpoint
+        engine.replay(trials[0].rows)
+        engine.adapt(trials[0].rows)
     evaluations = engine.evaluate(state) if any(not t.rows for t in trials) else None
     for t in trials:
         if not t.rows:
@@ -240,7 +245,7 @@ def _row(
     """An evaluation row of a trial's measurements, built in this one place;
     with a batch schedule, it says the batch size of its last step."""
     config, (val_loss, metric) = trial.run.config, evaluation
-    scheduled = {"batch_size": engine.batch_size_at(step)} if config.batch_schedule else {}
+    scheduled = {"batch_size": engine.batch_size_at(step)} if config.batch_schedule or config.batch_auto else {}
     return dict(
         step=step,
         examples=engine.examples_at(step),

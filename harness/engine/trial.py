@@ -107,6 +107,17 @@ class TrialConfig:
         help="examples seen (increasing) at which the batch size changes to the next of batch_schedule",
         cite=f"{MERRILL}, Sec. 5",
     )
+    batch_auto: float | None = option(
+        None,
+        help="double the batch size at an evaluation where c * B_simple (the online "
+        "noise scale) exceeds twice it, c being this calibration of B_crit to "
+        "B_simple (needs gns)",
+        gt=0,
+        cite=f"{MCCANDLISH}; {MERRILL}, Sec. 5",
+    )
+    batch_auto_max: int | None = option(
+        None, help="the largest batch size batch_auto grows to (default: the training set's size)", ge=1
+    )
     batch_lr_rule: str = option(
         "auto",
         help="how the learning rate moves with the batch size at a change; auto: "
@@ -260,10 +271,16 @@ class TrialConfig:
             )
         if list(thresholds) != sorted(set(thresholds)) or any(x < 1 for x in thresholds):
             raise UserError(f"batch_schedule_examples must increase strictly from >= 1, got {list(thresholds)}")
-        if sizes and (self.algorithm != "minibatch" or self.lr_scaling != "none" or self.init_from is not None):
+        scheduled = bool(sizes) or self.batch_auto is not None
+        if scheduled and (self.algorithm != "minibatch" or self.lr_scaling != "none" or self.init_from is not None):
             raise UserError(
-                "batch_schedule needs algorithm 'minibatch', lr_scaling 'none' and no init_from; "
+                "batch_schedule and batch_auto need algorithm 'minibatch', lr_scaling 'none' and no init_from; "
                 f"got {self.algorithm!r}, {self.lr_scaling!r}, {self.init_from!r}"
+            )
+        if self.batch_auto is not None and (sizes or not self.gns):
+            raise UserError(
+                "batch_auto needs gns (the online noise scale it reads) and no batch_schedule; "
+                f"got gns {self.gns!r}, batch_schedule {list(sizes)}"
             )
         if self.batch_beta2_rule == "half_life" and self.optimizer not in ADAM_FAMILY:
             raise UserError(
