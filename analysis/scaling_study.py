@@ -20,11 +20,10 @@ import pandas as pd
 from analysis.curves import analyze
 from analysis.fit import FitResult, fit_steps
 from analysis.scaling import PowerLawFit, fit_power_law
-from analysis.tables import load_sweep
+from analysis.tables import STEPS_COLUMNS, load_sweep
 from harness.errors import UserError
 
 Y_COLUMNS = ("b_crit", "s_min", "e_min")
-STEPS_COLUMNS = ("batch_size", "steps")
 
 
 def fit_row(fit: FitResult) -> dict:

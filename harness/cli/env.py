@@ -50,19 +50,20 @@ def datasets(folder: Path) -> dict:
     folder" (all of them in `folder`), "shipped" (all of them in the data
     folder or the package's copies, some shipped), or "absent" (downloaded
     on first use)."""
-    from harness.engine.data import FILES, SHIPPED
+    from harness.engine.data import FILES, SHIPPED, local_copy
 
     files = {}
     for relpath in FILES:
         files.setdefault(relpath.split("/")[0], []).append(relpath)
     where = {}
     for name, paths in files.items():
-        if all((folder / p).exists() for p in paths):
-            where[name] = "data folder"
-        elif all((folder / p).exists() or (SHIPPED / p).exists() for p in paths):
+        copies = [local_copy(p, folder) for p in paths]
+        if not all(c.exists() for c in copies):
+            where[name] = "absent"
+        elif any(c.is_relative_to(SHIPPED) for c in copies):
             where[name] = "shipped"
         else:
-            where[name] = "absent"
+            where[name] = "data folder"
     return where
 
 

@@ -12,20 +12,7 @@ analysis.target_ladder).
 import json
 from pathlib import Path
 
-from analysis.scaling_plots import draw_power_law
-from analysis.scaling_study import (
-    Y_COLUMNS,
-    fit_columns,
-    is_steps_table,
-    left_out,
-    read_table,
-    steps_groups_table,
-    sweeps_table,
-    write_outputs,
-)
-from analysis.tables import load_sweep
-from analysis.target_ladder import fit_target_law, target_table
-from harness.errors import UserError
+from harness.errors import UserError  # analysis is imported in the functions: --help stays fast
 
 
 def add_arguments(parser):
@@ -37,7 +24,7 @@ def add_arguments(parser):
     )
     parser.add_argument("--x", help="the covariate: a column of TABLE.csv, or the name of the sweeps' VALUE")
     parser.add_argument(
-        "--y", nargs="+", help=f"the columns to fit against x (default: those of {', '.join(Y_COLUMNS)} in the table)"
+        "--y", nargs="+", help="the columns to fit against x (default: those of b_crit, s_min, e_min in the table)"
     )
     parser.add_argument(
         "--targets", action="store_true", help="one sweep: B_crit against the target, at the spec's and looser targets"
@@ -51,6 +38,10 @@ def add_arguments(parser):
 
 def _table(args):
     """The table, the x column, the y columns and what it came from."""
+    from analysis.scaling_study import Y_COLUMNS, is_steps_table, read_table, steps_groups_table, sweeps_table
+    from analysis.tables import load_sweep
+    from analysis.target_ladder import target_table
+
     if args.targets:
         if len(args.sources) != 1:
             raise UserError(f"--targets takes one sweep folder, got {len(args.sources)}")
@@ -76,6 +67,10 @@ def _table(args):
 
 
 def run(args) -> int:
+    from analysis.scaling_plots import draw_power_law
+    from analysis.scaling_study import fit_columns, left_out, write_outputs
+    from analysis.target_ladder import fit_target_law
+
     if not 0 < args.confidence < 1:
         raise UserError(f"--confidence must be in (0, 1), got {args.confidence}")
     table, x, ys, source = _table(args)

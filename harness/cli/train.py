@@ -117,8 +117,7 @@ def _initialize_distributed(args):
 def run(args) -> int:
     from contextlib import nullcontext
 
-    from harness.engine.loop import TrialRun, check_trial, run_trial
-    from harness.engine.workloads import get_workload
+    from harness.engine.loop import TrialRun, check_run, run_trial
     from harness.sweep.tracking import open_run, tracking
     from harness.sweep.trial_log import TrialLog, tensorboard_available
 
@@ -126,10 +125,7 @@ def run(args) -> int:
         raise UserError(f"--track {args.track}: needs --out; allowed: --out FOLDER (the run is named by it)")
     writer = _initialize_distributed(args) if args.coordinator else True
     config = config_from_args(args)
-    workload = get_workload(config.workload)
-    metric = workload.metric
-    config.validate()  # what run_trial refuses, refused before --out exists: bad input leaves no folder behind
-    check_trial(config, workload, len(workload.load_data(args.data_dir).train_x))
+    metric = check_run([config], args.data_dir)[0].metric  # refused before --out exists: no folder left behind
     out = Path(args.out) if args.out and writer else None
     board = out / "tensorboard" if out and tensorboard_available() else None
     track = tracking(args.track, TRACK_GROUP, out) if out else None

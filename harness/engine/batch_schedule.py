@@ -26,7 +26,7 @@ import math
 from collections.abc import Sequence
 
 from harness.engine.optimizers import ADAM_FAMILY
-from harness.engine.step import Engine, Position, TrainState
+from harness.engine.step import Engine, TrainState
 from harness.engine.trial import TrialConfig
 from harness.engine.workloads import Workload
 from harness.errors import UserError
@@ -77,15 +77,14 @@ class ScheduledEngine:
 
     def __init__(self, workload: Workload, data, configs: Sequence[TrialConfig]):
         self.configs, self.config, self.workload, self.data = list(configs), configs[0], workload, data
-        self.engines, start = [], Position()
-        thresholds = (*self.config.batch_schedule_examples, None)
-        for phase, threshold in zip(zip(*(phase_configs(c) for c in configs)), thresholds):
-            engine = Engine(workload, data, list(phase), start)
-            self.engines.append(engine)
-            if threshold is not None:
-                step = start.step + max(0, math.ceil((threshold - start.examples) / engine.config.batch_size))
-                start = Position(step, *engine.position(step), engine.examples_at(step))
-        self.firsts = [e.start.step for e in self.engines]
+        self.engines = [Engine(workload, data, [phase_config(c, c.batch_size) for c in configs])]
+        self.firsts = [0]
+        for batch_size, threshold in zip(self.config.batch_schedule, self.config.batch_schedule_examples):
+            last = self.engines[-1]
+            self._grow(
+                last.start.step + max(0, math.ceil((threshold - last.start.examples) / last.config.batch_size)),
+                batch_size,
+            )
         self._phase = None  # the phase whose metaparameters the state holds
 
     def adapt(self, rows: list[dict]) -> None:
@@ -110,10 +109,11 @@ class ScheduledEngine:
                 self._grow(before["step"], after["batch_size"])
 
     def _grow(self, step: int, batch_size: int) -> None:
+        """A phase at `batch_size` from step `step` on, where the last one stops
+        in the data order; it shares the last one's device-resident data."""
         last = self.engines[-1]
-        start = Position(step, *last.position(step), last.examples_at(step))
         phase = [phase_config(c, batch_size) for c in self.configs]
-        self.engines.append(Engine(self.workload, self.data, phase, start))
+        self.engines.append(Engine(self.workload, self.data, phase, last.start_of(step), (last.train, last.val)))
         self.firsts.append(step)
 
     def _at(self, step: int) -> Engine:

@@ -149,13 +149,19 @@ def _load(loader, name: str, data_dir: Path, options: tuple) -> Dataset:
     return dataset
 
 
-def fetch(relpath: str, data_dir: Path) -> Path:
-    """The verified local copy of `relpath` (a key of FILES) in `data_dir`, else
-    the one shipped with the package, else downloaded from the official mirror."""
-    url, known_hash = FILES[relpath]
+def local_copy(relpath: str, data_dir: Path) -> Path:
+    """Where `relpath` is read from without a download: the data folder's
+    copy, else the one shipped with the package; the data folder's path (to
+    download to) when neither exists."""
     path = data_dir / relpath
-    if not path.exists() and (SHIPPED / relpath).exists():
-        path = SHIPPED / relpath
+    return SHIPPED / relpath if not path.exists() and (SHIPPED / relpath).exists() else path
+
+
+def fetch(relpath: str, data_dir: Path) -> Path:
+    """The verified local copy of `relpath` (a key of FILES, local_copy), else
+    downloaded from the official mirror into the data folder."""
+    url, known_hash = FILES[relpath]
+    path = local_copy(relpath, data_dir)
     where = f"the data folder is {data_dir} (choose it with --data-dir or the CBS_DATA_DIR environment variable)"
     alg, expected = known_hash.split(":")
     if not path.exists():

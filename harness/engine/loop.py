@@ -193,15 +193,23 @@ class TrialProgress:
 
 def _prepare(runs: Sequence[TrialRun], data_dir) -> tuple[Engine, Workload, float]:
     """Validate the pack, load its data and build its engine; the target too."""
-    workload = get_workload(runs[0].config.workload)
-    for run in runs:
-        run.config.validate()
-        if run.config.snapshot_steps and run.snapshot_dir is None:
-            raise UserError("snapshot_steps needs a snapshot folder to keep the snapshots in")
-    data = train_subset(workload.load_data(data_dir), runs[0].config.train_examples)
-    for config in phase_configs(runs[0].config):
-        target = check_trial(config, workload, len(data.train_x))
+    workload, data, target = check_run([run.config for run in runs], data_dir)
+    if any(run.config.snapshot_steps and run.snapshot_dir is None for run in runs):
+        raise UserError("snapshot_steps needs a snapshot folder to keep the snapshots in")
     return make_engine(workload, data, [run.config for run in runs]), workload, target
+
+
+def check_run(configs: Sequence[TrialConfig], data_dir) -> tuple[Workload, object, float]:
+    """Everything a pack of trials is checked for before it trains (the
+    configs, then against the workload, its data and the devices, every phase
+    of a batch schedule); its workload, training data and target."""
+    workload = get_workload(configs[0].workload)
+    for config in configs:
+        config.validate()
+    data = train_subset(workload.load_data(data_dir), configs[0].train_examples)
+    for config in phase_configs(configs[0]):
+        target = check_trial(config, workload, len(data.train_x))
+    return workload, data, target
 
 
 def _start(engine: Engine, runs, target: float, direction: str) -> tuple[TrainState, list[TrialProgress]]:

@@ -86,10 +86,17 @@ def pack_key(config: TrialConfig) -> str:
 class Engine:
     """The compiled functions and device-resident data of a pack of trials
     (one config, or several with one `pack_key`); `config` is the first.
-    `start`: where in the data order its steps begin (Position)."""
+    `start`: where in the data order its steps begin (Position). `placed`:
+    the device-resident (train, val) of another engine of the same data, to
+    share instead of placing them again (the phases of a batch schedule)."""
 
     def __init__(
-        self, workload: Workload, data, config: TrialConfig | Sequence[TrialConfig], start: Position = Position()
+        self,
+        workload: Workload,
+        data,
+        config: TrialConfig | Sequence[TrialConfig],
+        start: Position = Position(),
+        placed: tuple | None = None,
     ):
         self.configs = [config] if isinstance(config, TrialConfig) else list(config)
         self.config = config = self.configs[0]
@@ -97,8 +104,10 @@ class Engine:
             raise ValueError(f"trials that differ beyond {', '.join(PACKED_FIELDS)} cannot be packed")
         self.mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
         replicated = NamedSharding(self.mesh, P())
-        self.train = jax.device_put((data.train_x, data.train_y), replicated)
-        self.val = _eval_chunks(data.val_x, data.val_y, jax.device_count(), NamedSharding(self.mesh, P(None, "data")))
+        self.train, self.val = placed or (
+            jax.device_put((data.train_x, data.train_y), replicated),
+            _eval_chunks(data.val_x, data.val_y, jax.device_count(), NamedSharding(self.mesh, P(None, "data"))),
+        )
         self.start, self.train_size = start, len(data.train_x)
         self.steps_per_epoch = self.train_size // config.batch_size
         self.local_batch = config.batch_size // config.replicas
@@ -282,6 +291,10 @@ class Engine:
 
     def batch_size_at(self, step: int) -> int:
         return self.config.batch_size
+
+    def start_of(self, step: int) -> Position:
+        """The Position at which a run of steps from `step` on continues this one."""
+        return Position(step, *self.position(step), self.examples_at(step))
 
     def advance(self, state: TrainState, start: int, stop: int):
         """Train the pack from step `start` to `stop`; returns (state, each

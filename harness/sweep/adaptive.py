@@ -154,8 +154,7 @@ class Planner:
             own = [p for p in tried if p.batch_size == batch_size]
             moved = self.transfers(batch_size, bests, start, round_index)
             count = self.search["initial_trials"] if first == round_index else self.search["trials_per_round"]
-            units = self.units(batch_size, round_index, own, observed, moved, count, first == round_index)
-            out.extend(p for unit in units for p in self.proposal(batch_size, unit, round_index))
+            out.extend(self.proposals(batch_size, round_index, own, observed, moved, count, first == round_index))
         return out
 
     def best_points(self, tried: list[Proposal], observed: dict) -> dict[int, Proposal]:
@@ -183,7 +182,7 @@ class Planner:
             out.append(tuple(unit))
         return out
 
-    def units(
+    def proposals(
         self,
         batch_size: int,
         round_index: int,
@@ -192,17 +191,21 @@ class Planner:
         moved: list[tuple],
         count: int,
         first: bool,
-    ) -> list[tuple]:
-        """`count` new unit points at B: the moved points, then quasi-random ones (first round) or the sampler's."""
+    ) -> list[Proposal]:
+        """The trials of `count` new unit points at B: the moved points, then
+        quasi-random ones (first round) or the sampler's."""
         seen = {p.trial.id for p in own}
-        out = []
+        out, points = [], 0
 
         def take(unit) -> bool:
-            ids = {p.trial.id for p in self.proposal(batch_size, unit, round_index)}
-            if ids & seen or len(out) >= count:
+            nonlocal points
+            proposals = self.proposal(batch_size, tuple(unit), round_index)
+            ids = {p.trial.id for p in proposals}
+            if ids & seen or points >= count:
                 return False
             seen.update(ids)
-            out.append(tuple(unit))
+            out.extend(proposals)
+            points += 1
             return True
 
         for unit in moved:
@@ -211,11 +214,11 @@ class Planner:
             for unit in self.initial_units:
                 take(unit)
             return out
-        study = self.study(batch_size, round_index, own, observed)
+        study, distributions = self.study(batch_size, round_index, own, observed)
         for _ in range(ASKS_PER_PROPOSAL * count):
-            if len(out) >= count:
+            if points >= count:
                 break
-            trial = study.ask(self.distributions())
+            trial = study.ask(distributions)
             unit = tuple(trial.params[f"u_{name}"] for name in self.names)
             take(unit)
             study.tell(trial, max((t.value for t in study.trials if t.value is not None), default=0.0))  # constant liar
@@ -227,7 +230,8 @@ class Planner:
         return {f"u_{name}": FloatDistribution(0.0, 1.0) for name in self.names}
 
     def study(self, batch_size: int, round_index: int, own: list[Proposal], observed: dict):
-        """An Optuna study rebuilt from B's finished trials, told in trial-id order as log steps."""
+        """An Optuna study rebuilt from B's finished trials, told in trial-id order as log steps, and
+        the distributions of its parameters."""
         import optuna  # imported here: only adaptive searches need it
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -245,14 +249,14 @@ class Planner:
                 sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=1)
             else:
                 sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=1, multivariate=True)
-        study = optuna.create_study(sampler=sampler, direction="minimize")
+        study, distributions = optuna.create_study(sampler=sampler, direction="minimize"), self.distributions()
         for p in sorted(own, key=lambda p: p.trial.id):
             if p.trial.id in observed:
                 study.add_trial(
                     optuna.trial.create_trial(
                         params={f"u_{name}": u for name, u in zip(self.names, p.unit)},
-                        distributions=self.distributions(),
+                        distributions=distributions,
                         value=math.log(observed[p.trial.id].value),
                     )
                 )
-        return study
+        return study, distributions

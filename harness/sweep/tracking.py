@@ -37,13 +37,15 @@ TRIAL_TAG = "cbs.trial_id"
 class Tracking:
     """Where the trials of one sweep are tracked: `kind` (one of TRACKERS),
     `group` (the sweep's name), `folder` (for local files) and, for MLflow,
-    the tracking `uri`. Resolved once in the sweep process: every worker
-    (local, Ray, other machines) tracks to the same place."""
+    the tracking `uri` and the sweep's `experiment_id`. Resolved once in the
+    sweep process: every worker (local, Ray, other machines) tracks to the
+    same place."""
 
     kind: str
     group: str
     folder: str
     uri: str | None = None
+    experiment_id: str | None = None
 
 
 def tracking(kind: str | None, group: str, folder) -> Tracking | None:
@@ -61,8 +63,7 @@ def tracking(kind: str | None, group: str, folder) -> Tracking | None:
     if kind == "wandb":
         return Tracking(kind, group, str(folder))
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder / STORE}"
-    _experiment_id(_mlflow_client(uri), group)
-    return Tracking(kind, group, str(folder), uri)
+    return Tracking(kind, group, str(folder), uri, _experiment_id(_mlflow_client(uri), group))
 
 
 def open_run(track: Tracking, trial_id: str, config: dict):
@@ -117,7 +118,7 @@ class MlflowRun(_Run):
         from mlflow.entities import Param
 
         self.client = _mlflow_client(track.uri)
-        experiment = _experiment_id(self.client, track.group)
+        experiment = track.experiment_id
         found = self.client.search_runs([experiment], f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
         if found:
             self.run_id = found[0].info.run_id

@@ -123,15 +123,16 @@ def _run_claimed(
         with contextlib.ExitStack() as logs:
 
             def on_eval(trial):
+                config = trial.config.to_dict()
                 log = logs.enter_context(
                     TrialLog(
-                        trial.config.to_dict(),
+                        config,
                         store.measurements_path(trial.id),
                         store.tensorboard_dir(trial.id) if tensorboard_available() else None,
                     )
                 )
                 if track:
-                    tracked[trial.id] = logs.enter_context(open_run(track, trial.id, trial.config.to_dict()))
+                    tracked[trial.id] = logs.enter_context(open_run(track, trial.id, config))
 
                 def logged(row):
                     if not leases[trial.id].held():
@@ -143,9 +144,10 @@ def _run_claimed(
                 return logged
 
             def on_record(i, record):
-                store.write_record(trials[i].id, record.to_dict())
+                record = record.to_dict()
+                store.write_record(trials[i].id, record)
                 if track:
-                    tracked[trials[i].id].finish(record.to_dict())
+                    tracked[trials[i].id].finish(record)
 
             runs = [
                 TrialRun(t.config, str(store.checkpoint_dir(t.id)), str(store.snapshot_dir(t.id)), on_eval(t))
