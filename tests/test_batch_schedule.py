@@ -70,6 +70,16 @@ def test_records_carry_the_batch_size_and_the_examples_seen(data_dir):
     assert rows == [(0, 32, 0), (20, 32, 640), (40, 32, 1280), (60, 64, 1600 + 10 * 64), (80, 64, 1600 + 30 * 64)]
 
 
+def test_an_example_budget_stops_a_schedule_at_its_first_evaluation_past_it(data_dir):
+    """1,600 examples at B = 32 (50 steps), then B = 64: the evaluations at
+    steps 60 (2,240 examples) and 80 (3,520); a budget of 2,300 examples
+    stops the trial at step 80, the first evaluation at or past it, though
+    max_steps allows 200."""
+    record = run_trial(dataclasses.replace(SCHEDULED, max_steps=200, example_budget=2300), data_dir=data_dir)
+    assert [(r["step"], r["examples"]) for r in record.measurements][-2:] == [(60, 2240), (80, 3520)]
+    assert record.steps_run == 80 and record.status == "incomplete"
+
+
 @pytest.mark.parametrize(
     "optimizer, rule, factor",
     [("momentum", "auto", 4.0), ("adam", "auto", 2.0), ("sgd", "sqrt", 2.0), ("nesterov", "none", 1.0)],

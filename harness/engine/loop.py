@@ -130,7 +130,10 @@ class TrialProgress:
     record: TrialRecord | None = None  # once it has stopped
 
     def running(self) -> bool:
-        return self.status is None or (self.status == "complete" and not self.run.config.stop_at_target)
+        config = self.run.config
+        if config.example_budget is not None and self.rows and self.rows[-1]["examples"] >= config.example_budget:
+            return False
+        return self.status is None or (self.status == "complete" and not config.stop_at_target)
 
     def observe(self, row: dict, bad_step: int | None) -> None:
         """A new evaluation: marked diverged when a loss since the last one was

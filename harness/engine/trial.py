@@ -157,6 +157,13 @@ class TrialConfig:
         help="evaluation steps: every eval_every, or geometric (dense early, then every eval_every)",
         choices=EVAL_SCHEDULES,
     )
+    example_budget: int | None = option(
+        None,
+        help="stop at the first evaluation at or after this many examples, besides max_steps: one budget for "
+        "trials whose batch size changes (batch_schedule, batch_auto)",
+        ge=1,
+        cite="Merrill et al. 2025, Sec. 5",
+    )
     stop_at_target: bool = option(True, help="stop once the target is reached (else train the whole budget)")
     microbatches: int = option(1, help="split each batch into this many micro-batches (a divisor of batch_size)", ge=1)
     gns: bool = option(False, help="track the online gradient noise scale B_simple", cite=MCCANDLISH)
