@@ -117,3 +117,16 @@ def test_a_batch_size_that_never_reached_the_target_says_how_far_it_was_evaluate
         unreached(sweep, analyze(sweep, example_budget=100_000))
         == f"no trial reached the target at batch size(s) 512 (evaluated up to step {last})"
     )
+
+
+SCHEDULE_STUDIES = sorted(p.parent for p in RESULTS.glob("*/results/*/arms.csv"))
+
+
+@pytest.mark.parametrize("folder", SCHEDULE_STUDIES, ids=lambda p: p.name)
+def test_a_committed_schedule_study_analyses_to_its_committed_tables(folder, tmp_path):
+    """The arms' records give the committed per-trial and per-arm tables (`cbs schedules`)."""
+    committed = pd.read_csv(folder / "runs.csv")
+    arms = [str(folder / arm) for arm in pd.unique(committed["arm"])]
+    assert main(["schedules", *arms, "--out", str(tmp_path)]) == 0
+    for table in ("runs.csv", "arms.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / table), pd.read_csv(folder / table), rtol=1e-6)

@@ -32,6 +32,7 @@ COMMANDS = {
         "harness.cli.local_cbs",
         "the branched local critical batch size over training (Merrill et al. 2025)",
     ),
+    "schedules": ("harness.cli.schedules", "batch-size schedules compared at one example budget (Merrill et al. 2025)"),
     "nqm": ("harness.cli.nqm", "exact steps vs batch size on the noisy quadratic model"),
     "scaling": ("harness.cli.scaling", "power laws of B_crit, S_min and E_min across groups, or B_crit vs the target"),
     "env": ("harness.cli.env", "the JAX backend and devices, package versions, the datasets found, the compile cache"),
