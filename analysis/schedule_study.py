@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.tables import SweepTables
+from harness.engine.targets import crossed
 
 RUN_COLUMNS = [
     "arm",
@@ -37,15 +38,21 @@ def arm_name(sweep: SweepTables) -> str:
     return sweep.spec.get("name") or sweep.folder.name
 
 
-def runs_table(sweeps: list[SweepTables]) -> pd.DataFrame:
+def runs_table(sweeps: list[SweepTables], target: float | None = None) -> pd.DataFrame:
     """One row per trial of every arm; `batch_sizes` lists the batch sizes it
     trained at, in order ("64>256>512"); steps and examples to the target are
-    NaN for a trial that did not reach it."""
+    NaN for a trial that did not reach it. With `target`, they are those of
+    the first evaluation strictly past it (the records' rule,
+    harness.engine.targets.crossed), exact for arms trained to their budget
+    (stop_at_target = false, prune = false); else the records' own."""
     rows = []
     for sweep in sweeps:
         for trial in sweep.trials.itertuples():
             m = sweep.measurements[sweep.measurements["trial_id"] == trial.trial_id].sort_values("step")
-            at_target = m[m["step"] == trial.steps_to_target]
+            if target is None:
+                at_target = m[m["step"] == trial.steps_to_target]
+            else:
+                at_target = m[crossed(m["val_metric"], target, sweep.spec["direction"])].iloc[:1]
             final = m.iloc[-1]
             rows.append(
                 dict(
@@ -53,7 +60,7 @@ def runs_table(sweeps: list[SweepTables]) -> pd.DataFrame:
                     seed=trial.seed,
                     status=trial.status,
                     batch_sizes=">".join(str(int(b)) for b in pd.unique(m["batch_size"].iloc[1:])),
-                    steps_to_target=trial.steps_to_target,
+                    steps_to_target=float(at_target["step"].iloc[0]) if len(at_target) else np.nan,
                     examples_to_target=float(at_target["examples"].iloc[0]) if len(at_target) else np.nan,
                     steps_run=int(final["step"]),
                     examples_run=int(final["examples"]),

@@ -77,11 +77,27 @@ def test_the_reference_arm_can_be_chosen(arms, tmp_path):
     assert ratios["warmup"] == 1.0 and ratios["constant"] == pytest.approx(means["constant"] / means["warmup"])
 
 
+def test_steps_to_another_target_are_counted_from_the_measurements(arms, tmp_path):
+    """The arms ran to their budget, so a looser or tighter target is exact:
+    the first evaluation strictly below it."""
+    folders = [str(arms / "constant"), str(arms / "warmup")]
+    assert main(["schedules", *folders, "--target", "0.3", "--out", str(tmp_path)]) == 0
+    runs = pd.read_csv(tmp_path / "runs.csv").sort_values(["arm", "seed"])
+    expected = []
+    for name in ("constant", "warmup"):
+        for record in records(arms / name):
+            crossing = next((r for r in record["measurements"] if r["val_metric"] < 0.3), None)
+            expected.append(np.nan if crossing is None else crossing["step"])
+    assert list(runs["steps_to_target"]) == pytest.approx(expected, nan_ok=True)
+    assert any(np.isfinite(expected))
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
         (["--reference", "large"], "unknown --reference 'large'; allowed: constant, warmup"),
         (["same"], "two folders have the same arm name"),
+        (["--target", "1.5"], "target 1.5"),
     ],
 )
 def test_bad_input_gets_one_line(arms, extra, message, capsys):

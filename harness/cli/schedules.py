@@ -15,6 +15,9 @@ from harness.errors import UserError
 def add_arguments(parser):
     parser.add_argument("folders", nargs="+", help="sweep folders, one per arm (written by `cbs sweep`)")
     parser.add_argument("--reference", help="the arm (spec name) the steps ratio is taken to (default: the first)")
+    parser.add_argument(
+        "--target", type=float, help="the target to count steps to (default: each record's own, its spec's target)"
+    )
     parser.add_argument("--out", help="write runs.csv, arms.csv and schedules.png/.pdf into this folder")
 
 
@@ -23,6 +26,7 @@ def run(args) -> int:
     from analysis.plots import save
     from analysis.schedule_plots import draw_schedules
     from analysis.schedule_study import arm_name, arms_table, arms_text, curves_table, runs_table
+    from harness.engine.targets import check_target
 
     sweeps = [load_sweep(folder) for folder in args.folders]
     names = [arm_name(s) for s in sweeps]
@@ -33,7 +37,9 @@ def run(args) -> int:
     if any(s.trials.empty for s in sweeps):
         empty = [str(s.folder) for s in sweeps if s.trials.empty]
         raise UserError(f"no finished trials in {', '.join(empty)}: run their sweeps first")
-    runs = runs_table(sweeps)
+    if args.target is not None:
+        check_target(sweeps[0].spec["metric"], args.target)
+    runs = runs_table(sweeps, args.target)
     arms = arms_table(runs, args.reference)
     print(arms_text(arms))
     if args.out:
@@ -42,6 +48,7 @@ def run(args) -> int:
         runs.to_csv(out / "runs.csv", index=False)
         arms.to_csv(out / "arms.csv", index=False)
         spec = sweeps[0].spec
-        save(draw_schedules(curves_table(sweeps), spec["target"], spec.get("metric", "metric")), out / "schedules")
+        target = spec["target"] if args.target is None else args.target
+        save(draw_schedules(curves_table(sweeps), target, spec.get("metric", "metric")), out / "schedules")
         print(f"wrote {out / 'runs.csv'}, {out / 'arms.csv'}, {out / 'schedules.png'}")
     return 0
