@@ -6,7 +6,7 @@ Each arm is one sweep folder (its spec's `name` names it), its trials the
 seeds of one configuration trained to the same `example_budget`
 (harness.engine.batch_schedule). `runs_table` has one row per trial: the
 steps and examples to the target, and the validation loss and metric at the
-end of the budget; `arms_table` one row per arm: the mean and the standard
+budget (`at_budget`); `arms_table` one row per arm: the mean and the standard
 deviation over seeds, and the ratio of each arm's mean steps to target to the
 reference arm's (Merrill et al.'s "fewer gradient steps").
 """
@@ -64,11 +64,22 @@ def runs_table(sweeps: list[SweepTables], target: float | None = None) -> pd.Dat
                     examples_to_target=float(at_target["examples"].iloc[0]) if len(at_target) else np.nan,
                     steps_run=int(final["step"]),
                     examples_run=int(final["examples"]),
-                    val_loss=float(final["val_loss"]),
-                    val_metric=float(final["val_metric"]),
+                    **at_budget(m, trial.example_budget),
                 )
             )
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def at_budget(m: pd.DataFrame, budget) -> dict:
+    """A trial's validation loss and metric at `budget` examples, linear in
+    the examples between the two evaluations around it (arms evaluated at
+    different example cadences overshoot the budget by different amounts);
+    the last evaluation's where the trial stopped before the budget
+    (diverged) or has none."""
+    last = m.iloc[-1]
+    if budget is None or pd.isna(budget) or last["examples"] <= budget:
+        return dict(val_loss=float(last["val_loss"]), val_metric=float(last["val_metric"]))
+    return {k: float(np.interp(budget, m["examples"], m[k])) for k in ("val_loss", "val_metric")}
 
 
 def curves_table(sweeps: list[SweepTables]) -> pd.DataFrame:
@@ -113,9 +124,9 @@ def arms_text(arms: pd.DataFrame) -> str:
             "steps to target": [pm(r, "steps_to_target", ".0f") for _, r in arms.iterrows()],
             "examples to target": [pm(r, "examples_to_target", ",.0f") for _, r in arms.iterrows()],
             "steps ratio": arms["steps_ratio"].map(lambda v: "-" if np.isnan(v) else f"{v:.2f}"),
-            "examples at the end": [pm(r, "examples_run", ",.0f") for _, r in arms.iterrows()],
-            "val loss at the end": [pm(r, "val_loss", ".4f") for _, r in arms.iterrows()],
-            "val metric at the end": [pm(r, "val_metric", ".4f") for _, r in arms.iterrows()],
+            "examples run": [pm(r, "examples_run", ",.0f") for _, r in arms.iterrows()],
+            "val loss at the budget": [pm(r, "val_loss", ".4f") for _, r in arms.iterrows()],
+            "val metric at the budget": [pm(r, "val_metric", ".4f") for _, r in arms.iterrows()],
         }
     )
     return shown.to_string(index=False)

@@ -53,11 +53,19 @@ def test_the_runs_and_arms_are_the_records_numbers(arms, capsys):
         for record in records(arms / name):
             rows = record["measurements"]
             crossing = next(r for r in rows if r["val_metric"] < 0.6)
-            expected.append((name, record["config"]["seed"], crossing["step"], crossing["examples"], rows[-1]))
+            expected.append((name, record["config"]["seed"], crossing["step"], crossing["examples"], rows[-1], rows))
     got = runs.sort_values(["arm", "seed"])
     assert list(got["steps_to_target"]) == [e[2] for e in expected]
     assert list(got["examples_to_target"]) == [e[3] for e in expected]
-    assert list(got["val_loss"]) == pytest.approx([e[4]["val_loss"] for e in expected])
+    # at the budget, 2,400 examples: between the evaluations at 2,240 (B = 32) or 1,920 (the warmup's last
+    # step at 32, then 20 at 64) and 2,560 examples, linear in the examples
+    before = [next(r for r in reversed(e[5]) if r["examples"] <= 2400) for e in expected]
+    assert [b["examples"] for b in before] == [2240, 2240, 1920, 1920]
+    at_budget = [
+        b["val_loss"] + (2400 - b["examples"]) / (2560 - b["examples"]) * (e[4]["val_loss"] - b["val_loss"])
+        for b, e in zip(before, expected)
+    ]
+    assert list(got["val_loss"]) == pytest.approx(at_budget)
     # the budget of 2,400 examples: B = 32 reaches it at step 80 (2,560); the warmup (20 steps at 32, then 64)
     # at step 50 (640 + 30 * 64 = 2,560)
     assert list(got["examples_run"]) == [2560] * 4 and list(got["steps_run"]) == [80, 80, 50, 50]

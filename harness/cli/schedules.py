@@ -2,7 +2,7 @@
 budget, one sweep folder per arm (analysis.schedule_study; Merrill et al.
 2025, Table 1): per arm, the mean and standard deviation over seeds of the
 steps and examples to the target and of the validation loss and metric at
-the end of the budget, and its mean steps to target over the reference arm's.
+the budget, and its mean steps to target over the reference arm's.
 
     cbs schedules runs/warmup/small runs/warmup/large runs/warmup/local_cbs --out results/warmup
 """
