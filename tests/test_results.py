@@ -125,8 +125,9 @@ SCHEDULE_STUDIES = sorted(p.parent for p in RESULTS.glob("*/results/*/arms.csv")
 @pytest.mark.parametrize("folder", SCHEDULE_STUDIES, ids=lambda p: p.name)
 def test_a_committed_schedule_study_analyses_to_its_committed_tables(folder, tmp_path):
     """The arms' records give the committed per-trial and per-arm tables (`cbs schedules`)."""
-    committed = pd.read_csv(folder / "runs.csv")
-    arms = [str(folder / arm) for arm in pd.unique(committed["arm"])]
-    assert main(["schedules", *arms, "--out", str(tmp_path)]) == 0
+    call = json.loads((folder / "schedules.json").read_text())
+    options = [*(["--target", str(call["target"])] if call["target"] else [])]
+    options += ["--reference", call["reference"]] if call["reference"] else []
+    assert main(["schedules", *(str(folder / arm) for arm in call["arms"]), *options, "--out", str(tmp_path)]) == 0
     for table in ("runs.csv", "arms.csv"):
         pd.testing.assert_frame_equal(pd.read_csv(tmp_path / table), pd.read_csv(folder / table), rtol=1e-6)

@@ -7,6 +7,7 @@ the budget, and its mean steps to target over the reference arm's.
     cbs schedules runs/warmup/small runs/warmup/large runs/warmup/local_cbs --out results/warmup
 """
 
+import json
 from pathlib import Path
 
 from harness.errors import UserError
@@ -18,7 +19,10 @@ def add_arguments(parser):
     parser.add_argument(
         "--target", type=float, help="the target to count steps to (default: each record's own, its spec's target)"
     )
-    parser.add_argument("--out", help="write runs.csv, arms.csv and schedules.png/.pdf into this folder")
+    parser.add_argument(
+        "--out",
+        help="write runs.csv, arms.csv, schedules.json (the arms, target and reference) and schedules.png/.pdf here",
+    )
 
 
 def run(args) -> int:
@@ -45,6 +49,8 @@ def run(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        call = dict(arms=names, target=args.target, reference=args.reference)
+        (out / "schedules.json").write_text(json.dumps(call, indent=1) + "\n")
         runs.to_csv(out / "runs.csv", index=False)
         arms.to_csv(out / "arms.csv", index=False)
         spec = sweeps[0].spec
