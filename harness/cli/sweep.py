@@ -36,7 +36,8 @@ def add_arguments(parser):
         "(default: $CUDA_VISIBLE_DEVICES when set, else every GPU nvidia-smi lists)",
     )
     add_track_argument(parser)
-    add_worker_arguments(parser)
+    add_worker_arguments(parser, executors=("local", "ray", "slurm"))
+    add_slurm_arguments(parser)
 
 
 def add_track_argument(parser):
@@ -51,16 +52,20 @@ def add_track_argument(parser):
     )
 
 
-def add_worker_arguments(parser):
+def add_worker_arguments(parser, executors=("local", "ray")):
     """The options of where trials run, shared by `cbs sweep` and `cbs local-cbs`."""
     parser.add_argument(
-        "--workers", type=int, help="local worker processes (default: one per GPU, else one per CPU core)"
+        "--workers",
+        type=int,
+        help="local worker processes (default: one per GPU, else one per CPU core); "
+        "with --executor slurm: jobs running at once (default: as Slurm schedules them)",
     )
     parser.add_argument(
         "--executor",
-        choices=("local", "ray"),
+        choices=executors,
         default="local",
-        help="run trials in local processes, or as Ray tasks (needs critical-batch-size[ray])",
+        help="run trials in local processes, or as Ray tasks (needs critical-batch-size[ray])"
+        + (", or as Slurm jobs (needs critical-batch-size[slurm])" if "slurm" in executors else ""),
     )
     parser.add_argument("--address", help="with --executor ray: the cluster address (default: start a local Ray)")
     parser.add_argument("--data-dir", help="folder of the datasets (default: $CBS_DATA_DIR or a cache folder)")
@@ -70,6 +75,46 @@ def add_worker_arguments(parser):
         default=DEFAULT_LEASE_S,
         help="seconds after which a silent worker's trial is taken over (default: %(default)s)",
     )
+
+
+SLURM_OPTIONS = {
+    "partition": "--partition",
+    "time_limit": "--time-limit",
+    "gpus_per_job": "--gpus-per-job",
+    "cpus_per_job": "--cpus-per-job",
+    "slurm_folder": "--slurm-folder",
+}
+
+
+def add_slurm_arguments(parser):
+    """How `--executor slurm` submits each job (harness.sweep.slurm)."""
+    parser.add_argument("--partition", help="with --executor slurm: the partition(s) (default: the cluster's default)")
+    parser.add_argument(
+        "--time-limit", type=int, metavar="MIN", help="with --executor slurm: minutes per job (default: 60)"
+    )
+    parser.add_argument(
+        "--gpus-per-job", type=int, metavar="N", help="with --executor slurm: GPUs per job (default: 0, CPU jobs)"
+    )
+    parser.add_argument(
+        "--cpus-per-job", type=int, metavar="N", help="with --executor slurm: CPUs per job (default: 1)"
+    )
+    parser.add_argument(
+        "--slurm-folder", help="with --executor slurm: the jobs' logs and submitit files (default: OUT/slurm)"
+    )
+
+
+def slurm_options(args):
+    """The SlurmOptions of `--executor slurm`; None for the other executors, which take no Slurm option."""
+    from harness.sweep.slurm import SlurmOptions
+
+    given = [flag for name, flag in SLURM_OPTIONS.items() if getattr(args, name) is not None]
+    if args.executor != "slurm":
+        if given:
+            raise UserError(f"{given[0]}: only with --executor slurm; allowed: leave it out, or --executor slurm")
+        return None
+    chosen = {name: getattr(args, name) for name in SLURM_OPTIONS if getattr(args, name) is not None}
+    folder = chosen.pop("slurm_folder", None)
+    return SlurmOptions(**chosen, folder=folder)
 
 
 def check_workers(args) -> None:
@@ -83,7 +128,11 @@ def run(args) -> int:
 
     check_workers(args)
     if args.gpus is not None and args.executor != "local":
-        raise UserError("--gpus: only with --executor local; allowed: Ray places its tasks on the cluster's GPUs")
+        raise UserError(
+            "--gpus: only with --executor local; allowed: Ray places its tasks on the cluster's GPUs, "
+            "Slurm jobs take --gpus-per-job"
+        )
+    slurm = slurm_options(args)
     outcome = run_sweep(
         args.spec,
         args.out,
@@ -97,6 +146,7 @@ def run(args) -> int:
         progress=sys.stderr,
         track=args.track,
         b_crit_interval=b_crit_interval,
+        slurm_options=slurm,
     )
     print(summary(outcome))
     print(results(outcome.folder))

@@ -83,7 +83,7 @@ def compilation_cache(folder) -> dict:
     return {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.1"}
 
 
-def _apply_cache_options() -> None:
+def apply_cache_options() -> None:
     """JAX reads these options from the environment when it is imported, and
     unpickling a worker's trials (harness.sweep.spec) imports it before
     `worker_main` runs: set them again explicitly."""
@@ -113,7 +113,7 @@ def worker_main(placement: dict, parent: int, work_kwargs: dict, error_pipe) -> 
     Bad input and OS errors (a full disk, a lost mount) end it with their one
     line sent on `error_pipe`, for the sweep process to report."""
     os.environ.update(placement["env"])
-    _apply_cache_options()
+    apply_cache_options()
     if placement["core"] is not None:
         os.sched_setaffinity(0, {placement["core"]})
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()

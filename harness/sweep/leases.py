@@ -57,18 +57,30 @@ def try_claim(folder, worker: str, lease_s: float = DEFAULT_LEASE_S) -> Lease | 
     """A lease on the trial whose folder is `folder`, or None while another live worker holds it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    generations = sorted(int(p.name.split(".")[1]) for p in folder.glob("claim.*") if p.name[6:].isdigit())
-    if generations:
-        current = folder / f"claim.{generations[-1]}"
-        try:
-            holder = json.loads(current.read_text())
-        except FileNotFoundError:
-            return None
-        if not _expired(holder):
-            return None
+    generations = _generations(folder)
+    if generations and _live(folder / f"claim.{generations[-1]}"):
+        return None
     generation = generations[-1] + 1 if generations else 0
     lease = Lease(folder / f"claim.{generation}", worker, lease_s)
     return lease if lease.create() else None
+
+
+def held(folder) -> bool:
+    """Whether a live worker holds the trial whose folder is `folder` (reads only)."""
+    generations = _generations(Path(folder))
+    return bool(generations) and _live(Path(folder) / f"claim.{generations[-1]}")
+
+
+def _generations(folder: Path) -> list[int]:
+    return sorted(int(p.name.split(".")[1]) for p in folder.glob("claim.*") if p.name[6:].isdigit())
+
+
+def _live(claim: Path) -> bool:
+    """Whether the claim file `claim` is held (one that vanished is held: it is being replaced)."""
+    try:
+        return not _expired(json.loads(claim.read_text()))
+    except FileNotFoundError:
+        return True
 
 
 def worker_id() -> str:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.sweep import executors
+from harness.sweep import executors, slurm
 from harness.sweep.leases import DEFAULT_LEASE_S
 from harness.sweep.progress import Progress
 from harness.sweep.rounds import run_rounds
@@ -52,6 +52,7 @@ def run_sweep(
     progress=None,
     track: str | None = None,
     b_crit_interval=None,
+    slurm_options: slurm.SlurmOptions | None = None,
 ) -> SweepOutcome:
     """Run (or resume, or extend) a sweep in folder `out` (default
     runs/<spec file name>, or runs/<its name> for a dict), showing progress on
@@ -61,6 +62,8 @@ def run_sweep(
     from the stored one other than by extending it is refused. `gpus`: the
     local workers' GPUs (harness.sweep.executors.visible_gpus). `track`:
     "mlflow" or "wandb" tracks every trial there (harness.sweep.tracking).
+    `executor`: "local", "ray" (at `address`) or "slurm" (jobs submitted with
+    `slurm_options`: harness.sweep.slurm; `workers` of them running at once).
     An adaptive search runs in rounds (harness.sweep.rounds), its B_crit stop
     rule calling `b_crit_interval(folder) -> (lo, hi) | None` (the fit is in
     analysis, a layer above: the caller passes it in)."""
@@ -69,6 +72,9 @@ def run_sweep(
     spec = load_spec(spec, data_dir, overrides)
     if executor == "local" and gpus is not None:
         executors.local_devices(gpus)  # a bad --gpus is refused before the folder exists
+    if executor == "slurm":
+        slurm_options = slurm_options or slurm.SlurmOptions()
+        slurm.check_options(slurm_options)  # bad options are refused before anything is submitted
     store = Store(out or default)
     extended = store.open(spec, spec.text)
     tracked = tracking(track, spec.normalized.get("name") or store.folder.name, store.folder)
@@ -91,6 +97,8 @@ def run_sweep(
         if pending:
             if executor == "ray":
                 executors.run_ray(address=address, **kwargs)
+            elif executor == "slurm":
+                slurm.run_slurm(options=slurm_options, workers=workers, **kwargs)
             else:
                 executors.run_local(workers=workers, gpus=gpus, **kwargs)
         return len(pending)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import UserError, warn
-from harness.sweep.leases import DEFAULT_LEASE_S, Lease, atomic_write, try_claim
+from harness.sweep.leases import DEFAULT_LEASE_S, Lease, atomic_write, held, try_claim
 from harness.sweep.spec import NOT_COMPARED, SweepSpec
 
 RECORD_KEYS = ("config", "status", "steps_to_target", "measurements", "steps_run")
@@ -232,6 +232,10 @@ class Store:
     def try_claim(self, trial_id: str, worker: str, lease_s: float = DEFAULT_LEASE_S) -> Lease | None:
         """A lease on the trial, or None while another live worker holds it."""
         return try_claim(self.trial_dir(trial_id), worker, lease_s)
+
+    def is_held(self, trial_id: str) -> bool:
+        """Whether a live worker holds the trial now (reads only)."""
+        return held(self.trial_dir(trial_id))
 
 
 @dataclass(frozen=True)
