@@ -14,6 +14,10 @@ Ray: each pack of trials (one trial unless the spec packs them) is a task
 (one GPU per task when the cluster has GPUs) that claims its trials in the
 shared store, so Ray workers, local workers and other machines can share one
 sweep folder.
+
+Slurm: each pack is a job submitted with submitit, a job array per
+submission, claiming its trials in the store in the same way
+(harness.sweep.slurm).
 """
 
 from __future__ import annotations

@@ -299,6 +299,9 @@ def _cancel(jobs, cluster: str) -> None:
         return
     if cluster == "slurm":
         subprocess.run(["scancel", *(job.job_id for job in live)], capture_output=True)
-    else:
-        for job in live:
-            job.cancel(check=False)
+        return
+    for job in live:  # a local job's id is its controller's pid, which passes SIGTERM on to the job
+        try:
+            os.kill(int(job.job_id), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
