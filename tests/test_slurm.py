@@ -18,6 +18,7 @@ import pytest
 from conftest import DATA_DIR as DATA
 
 from harness.cli import main
+from harness.errors import UserError
 from harness.sweep.leases import held, try_claim
 from harness.sweep.run import run_sweep
 from harness.sweep.slurm import SlurmOptions, job_environment, make_executor, run_slurm, slurm_pack, wait_for_jobs
@@ -133,6 +134,27 @@ def test_a_job_stopped_by_its_time_limit_signal_is_resumed_by_the_next(tmp_path)
     assert len(steps) == 2 and steps[0] is None and steps[1] > 0  # the second job resumed from a checkpoint
 
 
+def test_a_failed_job_is_one_line_naming_its_error_and_its_log(tmp_path):
+    """An OS error in a job (its sweep folder is a file here) and an exception
+    it raised each end the wait with one line."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    spec = load_spec(write_spec(tmp_path))
+    executor = make_executor(tmp_path / "jobs", LOCAL)
+    env = job_environment(tmp_path / "jobs", LOCAL)
+    jobs = [
+        executor.submit(slurm_pack, str(blocker), spec.trials()[:1], False, DATA, 60.0, env),
+        executor.submit(int, "many"),
+    ]
+    causes = [f"Not a directory: {blocker}/trials/", f"Slurm job {jobs[1].job_id} failed: ValueError: invalid literal"]
+    for job, cause in zip(jobs, causes):
+        with pytest.raises(UserError) as e:
+            wait_for_jobs([job], "local")
+        message = str(e.value)
+        assert message.startswith(cause) and "\n" not in message, message
+        assert message.endswith(f"; its log: {job.paths.stderr}; finished trials are kept: re-run to resume")
+
+
 def test_held_sees_a_live_claim_and_not_a_released_one(tmp_path):
     assert not held(tmp_path / "t")
     lease = try_claim(tmp_path / "t", "elsewhere:1", lease_s=60)
@@ -234,3 +256,16 @@ def test_a_partition_the_cluster_lacks_is_one_line(slurm, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("cbs: error: --partition no_such_partition: no such Slurm partition; ") and "(sinfo)" in err
     assert err.count("\n") == 1 and not (tmp_path / "sweep").exists()
+
+
+def test_a_job_that_ends_without_a_result_is_one_line(slurm, tmp_path, monkeypatch):
+    """A job killed before it wrote its result (here it exits at once) is
+    seen gone from squeue: no sacct needed, where accounting is off."""
+    from harness.sweep import slurm as executor_module
+
+    monkeypatch.setattr(executor_module, "QUEUE_POLL_S", 0.5)
+    monkeypatch.setattr(executor_module, "RESULT_GRACE_S", 2.0)
+    job = make_executor(tmp_path, SlurmOptions(time_limit=2)).submit(os._exit, 3)
+    with pytest.raises(UserError) as e:
+        wait_for_jobs([job], "slurm")
+    assert str(e.value).startswith(f"Slurm job {job.job_id} ended without a result") and "\n" not in str(e.value)
