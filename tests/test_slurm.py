@@ -5,6 +5,7 @@ resumed by the next; against a real single-node Slurm (.ci/slurm_up.sh
 starts one; skipped with the reason where none runs), a sweep of array jobs;
 and bad options refused in one line before anything is submitted."""
 
+import functools
 import json
 import os
 import shutil
@@ -214,12 +215,16 @@ def test_missing_submitit_is_one_line_naming_the_extra(tmp_path):
 # --- a real single-node Slurm ---------------------------------------------------------
 
 
+@functools.cache
 def slurm_running() -> str | None:
-    """None when a Slurm controller answers with a usable node, else why not."""
+    """None when a Slurm controller answers with a usable node, else why not (asked once)."""
     started = f" (.ci/slurm_up.sh: {SLURM_STATUS.read_text().strip()})" if SLURM_STATUS.exists() else ""
     if not shutil.which("sbatch") or not shutil.which("sinfo"):
         return f"no Slurm here: sbatch and sinfo not found{started or '; .ci/slurm_up.sh installs and starts one'}"
-    states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    try:
+        states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return f"Slurm not running: sinfo did not answer in 30 s{started}"
     if states.returncode != 0 or not {"idle", "mix", "alloc"} & set(states.stdout.split()):
         return f"Slurm not running: sinfo says {(states.stdout + states.stderr).strip()[:200]!r}{started}"
     return None
