@@ -57,8 +57,12 @@ def add_worker_arguments(parser, executors=("local", "ray")):
     parser.add_argument(
         "--workers",
         type=int,
-        help="local worker processes (default: one per GPU, else one per CPU core); "
-        "with --executor slurm: jobs running at once (default: as Slurm schedules them)",
+        help="local worker processes (default: one per GPU, else one per CPU core)"
+        + (
+            "; with --executor slurm: jobs running at once (default: as Slurm schedules them)"
+            if "slurm" in executors
+            else ""
+        ),
     )
     parser.add_argument(
         "--executor",
