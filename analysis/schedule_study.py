@@ -47,8 +47,9 @@ def runs_table(sweeps: list[SweepTables], target: float | None = None) -> pd.Dat
     (stop_at_target = false, prune = false); else the records' own."""
     rows = []
     for sweep in sweeps:
+        by_trial = dict(tuple(sweep.measurements.sort_values("step").groupby("trial_id")))
         for trial in sweep.trials.itertuples():
-            m = sweep.measurements[sweep.measurements["trial_id"] == trial.trial_id].sort_values("step")
+            m = by_trial[trial.trial_id]
             if target is None:
                 at_target = m[m["step"] == trial.steps_to_target]
             else:
