@@ -19,7 +19,7 @@ from harness.cli import train as train_command
 from harness.engine.algorithms import ALGORITHMS
 from harness.engine.evaluation import EVAL_SCHEDULES
 from harness.engine.optimizers import BATCH_LR_RULES, BETA2_RULES, LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
-from harness.engine.trial import OPTIONS, TrialConfig
+from harness.engine.trial import OPTIONS, PLACEMENTS, TrialConfig
 from harness.sweep.tracking import TRACKERS
 
 TRAIN = ["--workload", "linear_regression", "--batch-size", "64", "--learning-rate", "0.1"]
@@ -90,6 +90,7 @@ def test_every_train_option_has_a_one_line_description_and_choices_from_the_engi
         "track": TRACKERS,
         "batch_lr_rule": BATCH_LR_RULES,
         "batch_beta2_rule": BETA2_RULES,
+        "data_placement": PLACEMENTS,
     }
     # a boolean field is one flag that turns its default around
     assert "--stop-at-target" not in options and options["--no-stop-at-target"].const is False

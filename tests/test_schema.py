@@ -13,7 +13,7 @@ from harness.cli import train as train_command
 from harness.engine.algorithms import ALGORITHMS
 from harness.engine.evaluation import EVAL_SCHEDULES
 from harness.engine.optimizers import BATCH_LR_RULES, BETA2_RULES, LR_SCALINGS, OPTIMIZERS, SCHEDULES, WARMUPS
-from harness.engine.trial import OPTIONS, TrialConfig
+from harness.engine.trial import OPTIONS, PLACEMENTS, TrialConfig
 from harness.errors import UserError
 from harness.sweep.local_cbs import parse_local_cbs_spec
 from harness.sweep.spec import MANAGED, parse_spec, spec_markdown
@@ -58,6 +58,7 @@ def test_every_field_has_one_line_help_a_type_and_choices_from_the_engine():
         "algorithm": ALGORITHMS,
         "batch_lr_rule": BATCH_LR_RULES,
         "batch_beta2_rule": BETA2_RULES,
+        "data_placement": PLACEMENTS,
     }
     assert [n for n, o in OPTIONS.items() if o.required] == ["workload", "batch_size", "learning_rate"]
     assert TrialConfig(**BASE) == TrialConfig(**BASE, **{n: o.default for n, o in OPTIONS.items() if not o.required})

@@ -36,6 +36,7 @@ COMMANDS = {
     "nqm": ("harness.cli.nqm", "exact steps vs batch size on the noisy quadratic model"),
     "scaling": ("harness.cli.scaling", "power laws of B_crit, S_min and E_min across groups, or B_crit vs the target"),
     "env": ("harness.cli.env", "the JAX backend and devices, package versions, the datasets found, the compile cache"),
+    "prepare": ("harness.cli.prepare", "write a dataset once as .npy files that trials stream when it exceeds memory"),
 }
 
 

@@ -138,6 +138,13 @@ class ScheduledEngine:
         """The batch size of the last of `step` steps."""
         return self._at(max(step - 1, 0)).config.batch_size
 
+    def data_state(self, step: int) -> dict:
+        return self._at(step).data_state(step)
+
+    def seek(self, saved: dict | None) -> None:
+        if saved:
+            self._at(saved["step"]).seek(saved)
+
     def advance(self, state: TrainState, start: int, stop: int):
         """Engine.advance across the phases between `start` and `stop`; on
         entering a phase the state takes its metaparameters."""

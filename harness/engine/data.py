@@ -3,13 +3,21 @@
 `load_dataset(name, data_dir, **options)` returns a `Dataset`. Names: `mnist`,
 `fashion_mnist` (official IDX .gz files), `tiny_shakespeare` (characters),
 `cifar10` (official binary archive) and `tfds:<name>` (any image+label
-tensorflow-datasets dataset). The data folder is `data_dir`, else the
+tensorflow-datasets dataset, read through its data source: no row is held in
+memory until the engine places the data, harness.engine.records). The data folder is `data_dir`, else the
 environment variable `CBS_DATA_DIR`, else a per-user cache folder; it holds
 `mnist/`, `fashion_mnist/`, `tiny_shakespeare/` and `cifar10/`. Each file is
 checked against its official checksum on first use in a process. A file
 missing there is taken from the copies shipped with the package (the MNIST
 training files, so that the quickstart runs offline), else downloaded once
 with pooch from the official mirror, checksum-verified.
+
+`prepare(name)` (`cbs prepare`) writes a dataset once as .npy files under
+`<data folder>/prepared/` (harness.engine.records); from then on
+`load_dataset(name)` opens those files without reading them, and the engine
+streams them when they do not fit in device memory (harness.engine.stream).
+`open_prepared(folder)` opens any prepared folder, e.g. one written by
+`records.write_prepared` for a dataset of one's own.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pooch
 
+from harness.engine import records
 from harness.errors import UserError
 
 # Shallue et al. (2019): the last 5,000 official training examples validate.
@@ -83,7 +93,8 @@ class Dataset:
     labels int32. Sequence data: x and y int32 of shape (N, T), y being x
     shifted by one character. `num_classes` is the label (or vocabulary) size;
     `vocabulary` is the characters of the token ids, in order (sequence data
-    only)."""
+    only). The arrays may also be `records.Column`s, rows on disk read when
+    indexed (a prepared or tfds dataset)."""
 
     name: str
     train_x: np.ndarray
@@ -112,6 +123,9 @@ def train_subset(dataset: Dataset, examples: int | None) -> Dataset:
             f"train_examples {examples} exceeds the {size} training examples of {dataset.name}; allowed: 1 .. {size}"
         )
     keep = np.sort(np.random.default_rng(SUBSET_SEED).permutation(size)[:examples])
+    if not isinstance(dataset.train_x, np.ndarray):  # on disk: the subset's rows are read when used
+        x, y = records.split_of(dataset.train_x, dataset.train_y).subset(keep).columns()
+        return dataclasses.replace(dataset, train_x=x, train_y=y)
     subset = [a[keep] for a in (dataset.train_x, dataset.train_y)]
     for array in subset:
         array.setflags(write=False)
@@ -126,7 +140,18 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options) -> Dataset:
     """Load a dataset by name. Options: `seq_len` (tiny_shakespeare, default 64).
-    Parsed arrays are cached per (name, data folder, options) in the process."""
+    Parsed arrays are cached per (name, data folder, options) in the process.
+    A dataset prepared in the data folder (`prepare`) is opened from there."""
+    data_dir = resolve_data_dir(data_dir)
+    loader, options = _loader(name, options)
+    prepared = prepared_dir(name, data_dir, **dict(options))
+    if (prepared / "dataset.json").exists():
+        return open_prepared(prepared)
+    return _load(loader, name, data_dir, options)
+
+
+def _loader(name: str, options: dict):
+    """The loader of dataset `name` and its options with the defaults filled in."""
     if name.startswith("tfds:"):
         loader, defaults = _load_tfds, {}
     elif name in _LOADERS:
@@ -138,15 +163,53 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **options
         raise UserError(
             f"dataset {name!r} has no option(s) {', '.join(unknown)}; allowed: {', '.join(defaults) or 'none'}"
         )
-    return _load(loader, name, resolve_data_dir(data_dir), tuple(sorted({**defaults, **options}.items())))
+    return loader, tuple(sorted({**defaults, **options}.items()))
 
 
 @functools.cache
 def _load(loader, name: str, data_dir: Path, options: tuple) -> Dataset:
     dataset = loader(name, data_dir, **dict(options))
     for array in (dataset.train_x, dataset.train_y, dataset.val_x, dataset.val_y):
-        array.setflags(write=False)
+        if isinstance(array, np.ndarray):
+            array.setflags(write=False)
     return dataset
+
+
+def prepared_dir(name: str, data_dir: Path, **options) -> Path:
+    """Where `prepare` writes dataset `name` with `options` (defaults filled in)."""
+    suffix = "".join(f"-{k}={v}" for k, v in sorted(options.items()))
+    return data_dir / "prepared" / (name.replace(":", "-") + suffix)
+
+
+def prepare(name: str, data_dir: str | os.PathLike | None = None, out=None, **options) -> Path:
+    """Write dataset `name` as a prepared folder (harness.engine.records): at
+    `out`, else where load_dataset opens it, `<data folder>/prepared/<name>`.
+    A tfds dataset is copied a block of rows at a time; returns the folder."""
+    data_dir = resolve_data_dir(data_dir)
+    loader, options = _loader(name, options)
+    folder = Path(out) if out is not None else prepared_dir(name, data_dir, **dict(options))
+    if (folder / "dataset.json").exists():
+        raise UserError(f"{folder} already holds a prepared dataset; delete it to prepare {name} again")
+    data = _load(loader, name, data_dir, options)
+    splits = {"train": (data.train_x, data.train_y), "val": (data.val_x, data.val_y)}
+    block = max(1, (64 << 20) // max(1, records.split_of(*splits["val"]).row_bytes))
+    chunks = {split: records.chunks_of(x, y, block) for split, (x, y) in splits.items()}
+    return records.write_prepared(folder, data.name, data.num_classes, chunks, data.vocabulary)
+
+
+def open_prepared(folder) -> Dataset:
+    """The Dataset of a prepared folder, its arrays on disk (records.Column)."""
+    folder = Path(folder).resolve()
+    if not (folder / "dataset.json").is_file():
+        raise UserError(f"{folder} is not a prepared dataset (no dataset.json); write one with cbs prepare")
+    return _open_prepared(folder)
+
+
+@functools.cache
+def _open_prepared(folder: Path) -> Dataset:
+    meta = json.loads((folder / "dataset.json").read_text())
+    train, val = (records.NpySplit(folder / f"{s}_x.npy", folder / f"{s}_y.npy").columns() for s in ("train", "val"))
+    return Dataset(meta["name"], *train, *val, num_classes=meta["num_classes"], vocabulary=meta.get("vocabulary"))
 
 
 def local_copy(relpath: str, data_dir: Path) -> Path:
@@ -256,7 +319,7 @@ def _load_shakespeare(name: str, data_dir: Path, seq_len: int) -> Dataset:
 def _load_tfds(name: str, data_dir: Path) -> Dataset:
     """An image+label tensorflow-datasets dataset ('tfds:<name>'), prepared in
     `data_dir` as array_record and read through tfds's data sources, which
-    need no TensorFlow. Validation is the 'validation' split, else the last
+    need no TensorFlow, a row at a time (records.TfdsSplit). Validation is the 'validation' split, else the last
     10% of 'train'; the test split is never read (Shallue et al. 2019)."""
     try:
         import tensorflow_datasets as tfds
@@ -274,7 +337,7 @@ def _load_tfds(name: str, data_dir: Path) -> Dataset:
             )
         builder.download_and_prepare()
         splits = ("train", "validation") if "validation" in builder.info.splits else TFDS_FALLBACK_SPLITS
-        train, val = (list(builder.as_data_source(split=s)) for s in splits)
+        train, val = (builder.as_data_source(split=s) for s in splits)
     except tfds.core.registered.DatasetNotFoundError:
         raise UserError(
             f"unknown tensorflow-datasets dataset {tfds_name!r}; see https://www.tensorflow.org/datasets/catalog"
@@ -286,11 +349,14 @@ def _load_tfds(name: str, data_dir: Path) -> Dataset:
             f"({reason}): pip install tensorflow"
         ) from None
 
-    def arrays(examples):
-        images = np.stack([e["image"] for e in examples])
-        return _unit_interval(images), np.array([e["label"] for e in examples], np.int32)
+    shape = features["image"].shape
+    if None in shape:
+        raise UserError(f"dataset {name!r} has images of varying shape {shape}; allowed: images of one shape")
 
-    return Dataset(name, *arrays(train), *arrays(val), num_classes=features["label"].num_classes)
+    def columns(source):
+        return records.TfdsSplit(source, shape, _unit_interval).columns()
+
+    return Dataset(name, *columns(train), *columns(val), num_classes=features["label"].num_classes)
 
 
 # name -> (loader, default options)

@@ -103,7 +103,7 @@ def run_trials(runs: Sequence[TrialRun], hooks: Hooks = Hooks(), *, data_dir=Non
         best = min((b for b in bounds if b is not None), default=None)
         for t in running:
             t.prune(best)
-            t.keep(state, save)
+            t.keep(state, save, engine.data_state(stop))
             if not t.running():
                 t.finish(workload, pack, hooks)
         last_saved = stop if save else last_saved
@@ -157,9 +157,10 @@ class TrialProgress:
         if self.status is None and best is not None and self.rows[-1]["step"] >= best:
             self.status = "pruned"
 
-    def keep(self, state: TrainState, save: bool) -> None:
+    def keep(self, state: TrainState, save: bool, data: dict) -> None:
         """Show the latest row to `on_eval`; keep a snapshot at a step of
-        `snapshot_steps`, and a checkpoint when `save` and still running."""
+        `snapshot_steps`, and a checkpoint when `save` and still running,
+        with `data`, where the data order stands (Engine.data_state)."""
         row, run = self.rows[-1], self.run
         if run.on_eval:
             run.on_eval(row)
@@ -172,6 +173,7 @@ class TrialProgress:
                 Engine.trial(state, self.index),
                 self.rows,
                 time.perf_counter() - self.t0,
+                data,
             )
 
     def finish(self, workload: Workload, pack: int, hooks: Hooks) -> None:
@@ -234,6 +236,7 @@ def _start(engine: Engine, runs, target: float, direction: str) -> tuple[TrainSt
     if runs[0].config.batch_auto is not None and trials[0].rows:  # the changes made before, and at, the checkpoint
         engine.replay(trials[0].rows)
         engine.adapt(trials[0].rows)
+    engine.seek(next((meta.get("data") for meta in saved if meta), None))  # a streamed trial's iterator too
     evaluations = engine.evaluate(state) if any(not t.rows for t in trials) else None
     for t in trials:
         if not t.rows:

@@ -138,6 +138,8 @@ def windows_noise_scale(
             raise UserError(f"window must start at step >= 1, got {first}")
     workload = get_workload(config.workload)
     engine = Engine(workload, train_subset(workload.load_data(data_dir), config.train_examples), config)
+    if engine.feed is not None:  # streamed (harness.engine.stream): no device-resident data to sample from
+        raise UserError("the offline noise scale samples batches on the device: it needs data_placement 'memory'")
     loss = partial(_training_loss, engine)  # one object, so every step reuses one compilation
     sample = Partial(_sample_with_replacement, *engine.train)
     key = jax.random.key(config.seed + 1)

@@ -26,7 +26,7 @@ class PackMismatch(Exception):
 def restore(engine: Engine, runs) -> tuple[TrainState, list[dict | None]]:
     """The packed state of `runs` (harness.engine.loop.TrialRun), each trial
     from its checkpoint, else its snapshot, else fresh; and per trial the
-    metadata its checkpoint saved ({"rows", "elapsed"}), None if it starts
+    metadata its checkpoint saved ({"rows", "elapsed", "data"}), None if it starts
     anew. Raises PackMismatch when they would resume at different steps."""
     fresh, states, saved = engine.init(), [], []
     for i, run in enumerate(runs):
@@ -43,9 +43,11 @@ def restore(engine: Engine, runs) -> tuple[TrainState, list[dict | None]]:
     return engine.packed(states), saved
 
 
-def save_checkpoint(directory, step: int, state: TrainState, rows: list[dict], elapsed: float) -> None:
-    """The trial's state after `step`, with its rows and its training time so far."""
-    checkpoint.save(directory, step, state, {"rows": rows, "elapsed": elapsed})
+def save_checkpoint(directory, step: int, state: TrainState, rows: list[dict], elapsed: float, data: dict) -> None:
+    """The trial's state after `step`, with its rows, its training time so far
+    and where its data order stands (Engine.data_state: a streamed trial's
+    iterator resumes there)."""
+    checkpoint.save(directory, step, state, {"rows": rows, "elapsed": elapsed, "data": data})
 
 
 def save_snapshot(directory, step: int, state: TrainState, row: dict) -> None:

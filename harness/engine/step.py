@@ -3,7 +3,10 @@ copies, sharding over devices, and the device-resident data.
 
 The dataset lives on the device(s); every step draws its batch there from a
 per-epoch permutation that depends only on (seed, epoch), so a trial is
-deterministic and resumes bit-identically. Steps between two evaluations run
+deterministic and resumes bit-identically. Data too large for device memory
+(`data_placement`, harness.engine.stream) are streamed instead: the host
+reads each step's batch in the same order and places the batches of the
+steps between two evaluations as one chunk, which the same loop consumes. Steps between two evaluations run
 inside one compiled `fori_loop`, so small batches are not dominated by Python
 dispatch. The global batch is sharded over a 1-D device mesh ('data') and jit
 partitions the step: the gradient is the mean over the whole global batch, so
@@ -36,13 +39,13 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from harness.engine import algorithms, noise_scale
+from harness.engine import algorithms, noise_scale, stream
 from harness.engine.losses import LOSSES, METRIC_FUNCTIONS
 from harness.engine.optimizers import TRACED, hyperparameters, make_optimizer
+from harness.engine.records import Split
 from harness.engine.trial import TrialConfig
 from harness.engine.workloads import Workload
-
-EVAL_BATCH = 1024
+from harness.errors import UserError
 
 
 class TrainState(NamedTuple):
@@ -88,7 +91,9 @@ class Engine:
     (one config, or several with one `pack_key`); `config` is the first.
     `start`: where in the data order its steps begin (Position). `placed`:
     the device-resident (train, val) of another engine of the same data, to
-    share instead of placing them again (the phases of a batch schedule)."""
+    share instead of placing them again (the phases of a batch schedule).
+    Streamed (`feed` set), `train` is the host's records.Split of the
+    training data."""
 
     def __init__(
         self,
@@ -104,10 +109,11 @@ class Engine:
             raise ValueError(f"trials that differ beyond {', '.join(PACKED_FIELDS)} cannot be packed")
         self.mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
         replicated = NamedSharding(self.mesh, P())
-        self.train, self.val = placed or (
-            jax.device_put((data.train_x, data.train_y), replicated),
-            _eval_chunks(data.val_x, data.val_y, jax.device_count(), NamedSharding(self.mesh, P(None, "data"))),
-        )
+        if placed is None:
+            streamed = stream.placement(config.data_placement, workload.data_placement, data) == "stream"
+            placed = self._place(data, streamed)
+        self.train, self.val = placed
+        streamed = isinstance(self.train, Split)
         self.start, self.train_size = start, len(data.train_x)
         self.steps_per_epoch = self.train_size // config.batch_size
         self.local_batch = config.batch_size // config.replicas
@@ -116,9 +122,10 @@ class Engine:
         self.example = data.train_x[:1]
         n, key = len(data.train_x), jax.random.key(config.seed)
         # The order of epoch e depends on (seed, e) alone; one epoch's is kept, as evaluations split epochs.
-        self.epoch_order = functools.lru_cache(maxsize=1)(
-            jax.jit(lambda epoch: jax.random.permutation(jax.random.fold_in(key, epoch), n))
-        )
+        permutation = jax.jit(lambda epoch: jax.random.permutation(jax.random.fold_in(key, epoch), n))
+        self.epoch_order = functools.lru_cache(maxsize=1)(permutation)
+        # Streamed, the host draws from the same compiled permutation: its order is bit-identical.
+        self.feed = stream.feed_of(self, permutation) if streamed else None
         # Every trial of the pack steps on the same batch (the data are not mapped).
         self._steps = jax.jit(jax.vmap(self._train_steps, in_axes=(0, None, None, None, None)), donate_argnums=0)
         self._one_step = jax.jit(jax.vmap(self._train_step_at, in_axes=(None, None, None, None, 0)), donate_argnums=4)
@@ -130,6 +137,15 @@ class Engine:
         pack = len(self.configs)
         self._zero_sums = jax.device_put((np.zeros(pack, np.float32), np.full(pack, -1, np.int32)), replicated)
         self._evaluate = jax.jit(jax.vmap(self._eval, in_axes=(0, None)))
+
+    def _place(self, data, streamed: bool) -> tuple:
+        """(train, val): both on the devices, or streamed the training split
+        (records.Split) and the validation set placed or in groups."""
+        val = functools.partial(stream.eval_chunks, sharding=NamedSharding(self.mesh, P(None, "data")))
+        if streamed:
+            return stream.train_split(data), stream.validation(data, val)
+        train = (np.asarray(data.train_x), np.asarray(data.train_y))
+        return jax.device_put(train, NamedSharding(self.mesh, P())), val(np.asarray(data.val_x), np.asarray(data.val_y))
 
     def init(self) -> TrainState:
         """The packed initial state: every trial's model (the same, from the
@@ -241,17 +257,18 @@ class Engine:
 
     def _train_step_at(self, train, perm, offset, i, carry):
         """Step i of a run of steps that starts at example `offset` of an epoch
-        whose example order is `perm`. The carry holds the state, the summed
-        train loss and the index of the first step with a non-finite loss (-1
-        if none)."""
+        whose example order is `perm`; streamed (perm None), step i of a
+        chunk of batches. The carry holds the state, the summed train loss and
+        the index of the first step with a non-finite loss (-1 if none)."""
         state, loss_sum, bad = carry
         (train_x, train_y), b, r, k = train, self.config.batch_size, self.config.replicas, self.config.microbatches
         sharding = NamedSharding(self.mesh, P(None, None, "data"))
-        idx = jax.lax.dynamic_slice_in_dim(perm, offset + i * b, b)
-        x, y = (
-            jax.lax.with_sharding_constraint(a[idx].reshape(r, k, b // (r * k), *a.shape[1:]), sharding)
-            for a in (train_x, train_y)
-        )
+        if perm is None:  # a chunk [steps, r, k, b / (r k), ...]
+            batch = (train_x[i], train_y[i])
+        else:
+            idx = jax.lax.dynamic_slice_in_dim(perm, offset + i * b, b)
+            batch = (a[idx].reshape(r, k, b // (r * k), *a.shape[1:]) for a in (train_x, train_y))
+        x, y = (jax.lax.with_sharding_constraint(a, sharding) for a in batch)
         state, loss = self._step(state, x, y)
         return state, loss_sum + loss, jnp.where((bad < 0) & ~jnp.isfinite(loss), i, bad)
 
@@ -300,31 +317,64 @@ class Engine:
         """Train the pack from step `start` to `stop`; returns (state, each
         trial's mean train loss, each trial's first step whose loss was not
         finite or None)."""
-        loss_sum, step, bad_steps = 0.0, start, np.full(len(self.configs), -1)
-        while step < stop:
-            epoch, offset = self.position(step)
-            n = min(stop - step, (self.train_size - offset) // self.config.batch_size)
-            perm = self.epoch_order(epoch)
+        loss_sum, bad_steps = 0.0, np.full(len(self.configs), -1)
+        for step, n, train, perm, offset in self._runs(start, stop):
             if self.fused:
-                state, chunk_loss, bad = self._steps(state, self.train, perm, offset, n)
+                state, chunk_loss, bad = self._steps(state, train, perm, offset, n)
             else:
                 carry = (state, *jax.tree.map(jnp.copy, self._zero_sums))
                 for i in range(n):
-                    carry = self._one_step(self.train, perm, offset, i, carry)
+                    carry = self._one_step(train, perm, offset, i, carry)
                 state, chunk_loss, bad = carry
             loss_sum = loss_sum + np.asarray(chunk_loss, np.float64)
             bad = np.asarray(bad)
             bad_steps = np.where((bad_steps < 0) & (bad >= 0), step + bad + 1, bad_steps)
-            step += n
         return state, loss_sum / (stop - start), [int(b) if b >= 0 else None for b in bad_steps]
+
+    def _runs(self, start: int, stop: int):
+        """Steps [start, stop) as runs of one compiled loop each: (first step,
+        steps, data, permutation, offset); in memory one run per epoch, each
+        on the device-resident data; streamed one per chunk (no permutation)."""
+        if self.feed is not None:
+            yield from ((step, n, chunk, None, 0) for step, n, chunk in self.feed.chunks(start, stop))
+            return
+        step = start
+        while step < stop:
+            epoch, offset = self.position(step)
+            n = min(stop - step, (self.train_size - offset) // self.config.batch_size)
+            yield step, n, self.train, self.epoch_order(epoch), offset
+            step += n
+
+    def data_state(self, step: int) -> dict:
+        """Where the data order stands when step `step` is the next to draw
+        (saved with a checkpoint); streamed, with grain's iterator state."""
+        state = self.start_of(step)._asdict()
+        return {**state, "iterator": self.feed.iterator_state(step)} if self.feed is not None else state
+
+    def seek(self, saved: dict | None) -> None:
+        """Continue from a checkpoint's data_state: a UserError if the data
+        order there is not this engine's (the data or the trial changed)."""
+        if not saved:
+            return
+        now = self.data_state(saved["step"])
+        if {k: saved[k] for k in Position._fields} != {k: now[k] for k in Position._fields}:
+            raise UserError(f"the checkpoint's data position {saved} is not this trial's {now}: its data changed")
+        if self.feed is not None and "iterator" in saved:
+            self.feed.seek(saved["iterator"])
 
     def evaluated(self, state: TrainState):
         """(params, model_state) of the model one trial is evaluated on."""
         return algorithms.evaluated(self.config, state.params, state.model_state, state.center)
 
     def evaluate(self, state: TrainState) -> list[tuple[float, float]]:
-        """Each trial's (validation loss, validation metric)."""
-        return [(float(loss), float(metric)) for loss, metric in np.asarray(self._evaluate(state, self.val))]
+        """Each trial's (validation loss, validation metric); a validation set
+        in groups (stream.ValidationGroups) is the examples' mean over them."""
+        if isinstance(self.val, stream.ValidationGroups):
+            groups = [(np.asarray(self._evaluate(state, group), np.float64), n) for group, n in self.val]
+            means = sum(m * n for m, n in groups) / sum(n for _, n in groups)
+        else:
+            means = np.asarray(self._evaluate(state, self.val))
+        return [(float(loss), float(metric)) for loss, metric in means]
 
 
 def _hparams(config: TrialConfig) -> dict:
@@ -338,18 +388,3 @@ def _hparams(config: TrialConfig) -> dict:
 def _has_convolution(model, example) -> bool:
     jaxpr = jax.make_jaxpr(lambda x: model.init(jax.random.key(0), x, train=False))(example)
     return "conv_general_dilated" in str(jaxpr)
-
-
-def _eval_chunks(x, y, n_devices, sharding):
-    """The validation set as (chunks, EVAL_BATCH', ...) arrays plus weights that
-    mask the padding, so every example counts exactly once."""
-    size = min(EVAL_BATCH, len(x))
-    size = -(-size // n_devices) * n_devices
-    n = -(-len(x) // size)
-    pad = n * size - len(x)
-
-    def chunked(a):
-        return np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]).reshape(n, size, *a.shape[1:])
-
-    w = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)])
-    return jax.device_put((chunked(x), chunked(y), w.reshape(n, size)), sharding)

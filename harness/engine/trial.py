@@ -32,6 +32,8 @@ from harness.engine.options import option
 from harness.errors import UserError
 
 STATUSES = ("complete", "incomplete", "diverged", "pruned")
+# Where a trial's data live (harness.engine.stream): chosen by size, in device memory, or streamed from disk.
+PLACEMENTS = ("auto", "memory", "stream")
 
 
 GOYAL = "Goyal et al. 2017"
@@ -148,6 +150,13 @@ class TrialConfig:
         "nested in larger ones); validation unchanged (default: all)",
         ge=1,
         cite="Shallue et al. 2019",
+    )
+    data_placement: str = option(
+        "auto",
+        help="where the data live: in device memory, or streamed from disk a chunk of steps at a time, in the "
+        "same order (harness.engine.stream); auto: the workload's choice, else in memory when they take at "
+        "most a quarter of the free device memory",
+        choices=PLACEMENTS,
     )
     target: float | None = option(None, help="metric value to reach (default: the workload's target)")
     max_steps: int = option(10_000, help="step budget", ge=1)

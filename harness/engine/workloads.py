@@ -28,6 +28,8 @@ class Workload:
     returns a flax.linen Module mapping a batch of x to logits (or predictions
     for `squared_error`); `loss` is `cross_entropy` or `squared_error`;
     `metric` is a key of METRICS, averaged over the validation set.
+    `data_placement` is where its data live unless a trial says
+    (TrialConfig.data_placement; "auto": by size, harness.engine.stream).
     """
 
     name: str
@@ -39,6 +41,7 @@ class Workload:
     target: float
     eval_every: int
     search_space: dict = field(default_factory=dict)
+    data_placement: str = "auto"
 
     @property
     def direction(self) -> str:
