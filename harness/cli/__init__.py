@@ -21,6 +21,10 @@ COMMANDS = {
     "workloads": ("harness.cli.workloads", "list the registered workloads"),
     "train": ("harness.cli.train", "train one trial"),
     "gns": ("harness.cli.gns", "gradient noise scale over training and the critical batch size it predicts"),
+    "calibrate": (
+        "harness.cli.calibrate",
+        "the noise scale calibrated to the swept critical batch size, per optimizer family",
+    ),
     "sweep": ("harness.cli.sweep", "run, resume or extend a batch-size sweep from a spec file"),
     "analyze": ("harness.cli.analyze", "steps-to-result table and critical batch size fits of a sweep"),
     "compare": ("harness.cli.compare", "several sweeps side by side: steps, perfect scaling, B_crit per study"),
