@@ -23,8 +23,10 @@ r B_noise with that spread (`predict`).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,6 +47,8 @@ FAMILIES = {
 }
 BASES = ("b_noise", "b_simple")
 CONFIDENCE = 0.9
+# The calibration `cbs gns` applies: experiments/mccandlish2018's, shipped with the package.
+PACKAGED = Path(__file__).with_name("noise_calibration.json")
 POINT_COLUMNS = (
     "study",
     "workload",
@@ -159,6 +163,22 @@ def fit_calibration(points: pd.DataFrame, n_bootstrap: int = 2000, seed: int = 0
                 )
             )
     return result
+
+
+def load_calibration(path=None) -> dict:
+    """A calibration written by `cbs calibrate` (calibration.json), by default
+    the packaged one (PACKAGED), or UserError."""
+    path = Path(path or PACKAGED)
+    try:
+        calibration = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"no such calibration file: {path} (write one with `cbs calibrate`)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a calibration written by `cbs calibrate` ({e})") from None
+    wrong = sorted(set(calibration) - set(FAMILIES.values())) if isinstance(calibration, dict) else ["(not a table)"]
+    if wrong:
+        raise UserError(f"{path}: unknown families {', '.join(wrong)}; allowed: sgd, momentum, adaptive")
+    return calibration
 
 
 def predict(calibration: dict, optimizer: str, offline: dict | None) -> dict | None:

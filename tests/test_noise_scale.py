@@ -210,6 +210,7 @@ def _exact_noise_scales(w):
 
 
 def test_cbs_gns_offline_estimates_match_the_exact_values_at_the_final_weights(capsys, tmp_path):
+    from analysis.noise_calibration import load_calibration
     from harness.engine import checkpoint
     from harness.engine.step import Engine
     from harness.engine.trial import TrialConfig
@@ -242,6 +243,10 @@ def test_cbs_gns_offline_estimates_match_the_exact_values_at_the_final_weights(c
         assert abs(estimate["value"] - truth) < 3 * estimate["stderr"], (name, estimate, truth)
         assert estimate["stderr"] < 0.1 * truth
     assert out["b_crit_predicted"] == pytest.approx(final["b_noise"]["value"])  # a one-step window
+    calibrated = out["b_crit_calibrated"]  # the momentum family's ratio (nesterov, the default optimizer)
+    ratio = load_calibration()["momentum"]["b_noise"]["ratio"]
+    assert (calibrated["family"], calibrated["basis"]) == ("momentum", "b_noise")
+    assert calibrated["value"] == pytest.approx(ratio * final["b_noise"]["value"])
     assert [row["step"] for row in out["online"]] == [5, 10, 15, 20]
 
 

@@ -136,6 +136,19 @@ def test_chunks_and_validation_groups_split_long_intervals(prepared, monkeypatch
     assert_same_training(streamed, in_memory)
 
 
+def test_uneven_intervals_compile_one_program_per_power_of_two_of_steps(prepared):
+    """A geometric evaluation schedule's intervals of 1, 2, 3, 5, 7, 9 and 13
+    steps are chunks padded to 1, 2, 4, 8, 8, 16 and 16 steps: five programs,
+    not seven (and not one per interval on a long run)."""
+    config = TrialConfig(**BASE, data_placement="stream")
+    engine = Engine(get_workload(config.workload), load_dataset("mnist", prepared), config)
+    state, at = engine.init(), 0
+    for stop in (1, 3, 6, 11, 18, 27, 40):
+        state, _, _ = engine.advance(state, at, stop)
+        at = stop
+    assert engine._steps._cache_size() == 5
+
+
 def test_auto_places_by_size_and_the_trial_or_workload_overrides_it(prepared):
     data = load_dataset("mnist", prepared)
     size = stream.data_bytes(data)

@@ -21,10 +21,6 @@ COMMANDS = {
     "workloads": ("harness.cli.workloads", "list the registered workloads"),
     "train": ("harness.cli.train", "train one trial"),
     "gns": ("harness.cli.gns", "gradient noise scale over training and the critical batch size it predicts"),
-    "calibrate": (
-        "harness.cli.calibrate",
-        "the noise scale calibrated to the swept critical batch size, per optimizer family",
-    ),
     "sweep": ("harness.cli.sweep", "run, resume or extend a batch-size sweep from a spec file"),
     "analyze": ("harness.cli.analyze", "steps-to-result table and critical batch size fits of a sweep"),
     "compare": ("harness.cli.compare", "several sweeps side by side: steps, perfect scaling, B_crit per study"),
@@ -39,6 +35,10 @@ COMMANDS = {
     "schedules": ("harness.cli.schedules", "batch-size schedules compared at one example budget (Merrill et al. 2025)"),
     "nqm": ("harness.cli.nqm", "exact steps vs batch size on the noisy quadratic model"),
     "scaling": ("harness.cli.scaling", "power laws of B_crit, S_min and E_min across groups, or B_crit vs the target"),
+    "calibrate": (
+        "harness.cli.calibrate",
+        "the noise scale calibrated to the swept critical batch size, per optimizer family",
+    ),
     "env": ("harness.cli.env", "the JAX backend and devices, package versions, the datasets found, the compile cache"),
     "prepare": ("harness.cli.prepare", "write a dataset once as .npy files that trials stream when it exceeds memory"),
 }

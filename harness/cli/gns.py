@@ -31,6 +31,11 @@ def add_arguments(parser):
         help="keep the trial's Orbax checkpoints here (default: a temporary folder); resumes from the latest one",
     )
     parser.add_argument("--out", help="write gns.json into this folder")
+    parser.add_argument(
+        "--calibration",
+        help="calibration.json of `cbs calibrate`: the ratio of the swept B_crit to the noise scale per "
+        "optimizer family (default: the one shipped, from the committed MNIST and Fashion-MNIST studies)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
         "--window",
@@ -59,10 +64,13 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
+    from analysis.noise_calibration import load_calibration, predict
     from harness.engine.noise_scale_study import measure_noise_scale
 
+    calibration = load_calibration(args.calibration)
+    config = _config(args)
     result = measure_noise_scale(
-        _config(args),
+        config,
         data_dir=args.data_dir,
         checkpoint_dir=args.checkpoint_dir,
         window=args.window,
@@ -70,6 +78,7 @@ def run(args) -> int:
         sample_batch_size=args.sample_batch_size,
         hessian=args.hessian,
     )
+    result["b_crit_calibrated"] = predict(calibration, config.optimizer, result["offline"])
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -95,6 +104,7 @@ def _config(args) -> TrialConfig:
 
 
 def _print(result):
+    from analysis.noise_calibration import FAMILIES
     from analysis.text import num
 
     print(
@@ -125,8 +135,24 @@ def _print(result):
         print(f"  method: {window['method']}")
     interval = result["b_crit_interval"]
     print(
-        f"predicted critical batch size B_crit ~ {num(result['b_crit_predicted'])}"
+        f"uncalibrated: B_crit ~ {num(result['b_crit_predicted'])}"
         + (f" ({num(interval[0])}..{num(interval[1])})" if interval else "")
         + f" ({result['b_crit_basis']}; McCandlish et al. 2018: B_crit ~ B_noise, B_simple its proxy; "
         f"the noise scale grows as the loss falls, so compare it with B_crit at a similar loss)"
     )
+    c = result["b_crit_calibrated"]
+    if c is None and offline is None:
+        print("predicted critical batch size: no offline estimate to calibrate (--num-samples 0)")
+    elif c is None:
+        print(
+            f"predicted critical batch size: no calibration for {result['optimizer']} (no swept study of "
+            f"its family, {FAMILIES[result['optimizer']]}, in the calibration); only the uncalibrated value above"
+        )
+    else:
+        spread = f" (90% for a new workload: {num(c['low'])}..{num(c['high'])})" if c["low"] is not None else ""
+        print(
+            f"predicted critical batch size B_crit ~ {num(c['value'])}{spread}: {c['ratio']:.3g} x "
+            f"{c['basis']}, the ratio calibrated on {c['n']} swept studies of the {c['family']} family "
+            "(cbs calibrate; measured at the best trial of a middle batch size near its crossing, so "
+            "measure there too)"
+        )

@@ -70,6 +70,7 @@ def measure_noise_scale(
     return finite_or_none(
         dict(
             workload=config.workload,
+            optimizer=config.optimizer,
             batch_size=config.batch_size,
             microbatches=config.microbatches,
             status=record.status,

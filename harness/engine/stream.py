@@ -13,7 +13,8 @@ The input pipeline is grain's `MapDataset.range(first, last)` over step
 indices, mapped to each step's batch (`StepBatch`: its keys, read from the
 `records.Split` in one batched read), as an `IterDataset` whose read threads
 prefetch the next steps. The steps between two evaluations are taken from it
-as one chunk [steps, replicas, microbatches, B', ...], placed on the devices
+as one chunk [steps, replicas, microbatches, B', ...] (padded to a power of
+two of steps, so uneven intervals share compiled loops), placed on the devices
 sharded on the batch axis, and consumed by the compiled multi-step loop; the
 chunk of the next evaluation interval is read and placed while the device
 computes this one. A chunk holds at most CHUNK_BYTES: a longer interval runs
@@ -166,9 +167,22 @@ class Feed:
             iterator.set_state(self.iterator_state(step))
         batches = [next(iterator) for _ in range(n)]
         self._next = step + n
-        x, y = (np.stack([b[j] for b in batches]) for j in range(2))
-        shaped = [a.reshape(n, *self.layout, *a.shape[2:]) for a in (x, y)]
+        rows = self.chunk_rows(n)
+        shaped = []
+        for j in range(2):
+            first = batches[0][j]
+            chunk = np.zeros((rows, *first.shape), first.dtype)
+            np.stack([b[j] for b in batches], out=chunk[:n])
+            shaped.append(chunk.reshape(rows, *self.layout, *first.shape[1:]))
         return jax.device_put(shaped, self.sharding)
+
+    def chunk_rows(self, n: int) -> int:
+        """The steps a chunk of n steps is padded to: the next power of two, at
+        most max_steps. The compiled loop takes the chunk's shape, so the
+        uneven intervals of a geometric evaluation schedule compile at most
+        log2(max_steps) + 1 programs instead of one per interval length; the
+        loop runs n steps and never reads the padding."""
+        return min(1 << (n - 1).bit_length(), self.max_steps)
 
     def _wait(self) -> None:
         if self._pending is not None:
