@@ -202,6 +202,46 @@ def test_a_tiny_sweep_runs_its_rounds_and_resumes_to_the_same_records(tmp_path):
     assert json.loads((tmp_path / "sweep" / "search.json").read_text()) == search
 
 
+def _records(folder) -> dict:
+    """Each trial's status, steps to target and measurements (no wall times)."""
+    out = {}
+    for path in sorted(folder.glob("trials/*/record.json")):
+        r = json.loads(path.read_text())
+        rows = [{k: v for k, v in row.items() if k != "wall_time"} for row in r["measurements"]]
+        out[path.parent.name] = (r["status"], r["steps_to_target"], r["steps_run"], rows)
+    return out
+
+
+def test_one_worker_three_workers_and_packed_trials_give_the_same_rounds_and_records(tmp_path):
+    """The rounds are planned from records, never from worker timing: three
+    workers racing (exact pruning against whichever finished first) and
+    trials packed two to a program plan the same trials and write the same
+    records as one worker (losses within float32 rounding of a vmapped step)."""
+    raw = {
+        **SPEC,
+        "batch_sizes": [64, 128],
+        "max_steps": 60,
+        "search": {**SPEC["search"], "rounds": 2, "trials_per_round": 2, "initial_trials": 2},
+    }
+    runs = {"one": (raw, 1), "three": (raw, 3), "packed": ({**raw, "pack": 2}, 1)}
+    for name, (spec, workers) in runs.items():
+        run_sweep(spec, tmp_path / name, workers=workers, data_dir=DATA)
+    one = _records(tmp_path / "one")
+    assert len(one) == 8
+    for name in ("three", "packed"):
+        search = json.loads((tmp_path / name / "search.json").read_text())
+        assert search == json.loads((tmp_path / "one" / "search.json").read_text()), name
+        other = _records(tmp_path / name)
+        assert other.keys() == one.keys(), name
+        for trial_id, (status, steps, run, rows) in one.items():
+            assert other[trial_id][:3] == (status, steps, run), (name, trial_id)
+            for a, b in zip(other[trial_id][3], rows, strict=True):
+                assert a.keys() == b.keys(), (name, trial_id)
+                for key, value in b.items():
+                    close = pytest.approx(value, rel=1e-5, abs=1e-6) if isinstance(value, float) else value
+                    assert a[key] == close, (name, trial_id, key)
+
+
 @pytest.mark.parametrize(
     "search, message",
     [
