@@ -1,9 +1,9 @@
 """Examples per second and peak RSS of a streamed trial vs the same trial in memory.
 
 Streamed (`data_placement = "stream"`, harness.engine.stream), each step's
-batch is read from .npy files with grain's read threads and the steps
+batch is read from .npy files through grain's random-access dataset and the steps
 between two evaluations are placed on the device as one chunk (at most
-128 MiB), the next chunk read while the device computes; in memory
+16 MiB), the next chunk read while the device computes; in memory
 (`data_placement = "memory"`) the training set is placed on the device once
 and each step's batch is gathered there. The data are written once by the
 project's own `prepare` (what `cbs prepare mnist` runs) into a temporary

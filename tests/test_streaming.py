@@ -167,7 +167,7 @@ def test_auto_places_by_size_and_the_trial_or_workload_overrides_it(prepared):
 def test_a_streamed_trial_killed_with_sigkill_resumes_to_the_uninterrupted_run(prepared, tmp_path):
     """As tests/test_faults.py for in-memory trials: `cbs train` is killed once
     its first checkpoint is committed; the re-run resumes there (the
-    checkpoint holds grain's iterator position) and ends with the
+    checkpoint holds the data position of its next step) and ends with the
     measurements of a run never interrupted."""
     train = [
         "train",
@@ -189,7 +189,7 @@ def test_a_streamed_trial_killed_with_sigkill_resumes_to_the_uninterrupted_run(p
     step = int(step_folder.name)
     assert step < 300
     data = json.loads((step_folder / "meta" / "metadata").read_text())["data"]
-    assert data["iterator"] == {"next_index": step} and data["step"] == step
+    assert data["step"] == step and data["examples"] == 128 * step
     assert main([*train, "--checkpoint-dir", str(ckpt), "--out", str(tmp_path / "resumed")]) == 0
     uninterrupted, resumed = (
         [

@@ -236,7 +236,7 @@ def _start(engine: Engine, runs, target: float, direction: str) -> tuple[TrainSt
     if runs[0].config.batch_auto is not None and trials[0].rows:  # the changes made before, and at, the checkpoint
         engine.replay(trials[0].rows)
         engine.adapt(trials[0].rows)
-    engine.seek(next((meta.get("data") for meta in saved if meta), None))  # a streamed trial's iterator too
+    engine.seek(next((meta.get("data") for meta in saved if meta), None))  # where a streamed trial reads on
     evaluations = engine.evaluate(state) if any(not t.rows for t in trials) else None
     for t in trials:
         if not t.rows:

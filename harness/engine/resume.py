@@ -45,8 +45,8 @@ def restore(engine: Engine, runs) -> tuple[TrainState, list[dict | None]]:
 
 def save_checkpoint(directory, step: int, state: TrainState, rows: list[dict], elapsed: float, data: dict) -> None:
     """The trial's state after `step`, with its rows, its training time so far
-    and where its data order stands (Engine.data_state: a streamed trial's
-    iterator resumes there)."""
+    and where its data order stands (Engine.data_state: a streamed trial
+    reads on from there)."""
     checkpoint.save(directory, step, state, {"rows": rows, "elapsed": elapsed, "data": data})
 
 

@@ -347,9 +347,8 @@ class Engine:
 
     def data_state(self, step: int) -> dict:
         """Where the data order stands when step `step` is the next to draw
-        (saved with a checkpoint); streamed, with grain's iterator state."""
-        state = self.start_of(step)._asdict()
-        return {**state, "iterator": self.feed.iterator_state(step)} if self.feed is not None else state
+        (saved with a checkpoint; streamed too, the feed reads by step)."""
+        return self.start_of(step)._asdict()
 
     def seek(self, saved: dict | None) -> None:
         """Continue from a checkpoint's data_state: a UserError if the data
@@ -359,8 +358,6 @@ class Engine:
         now = self.data_state(saved["step"])
         if {k: saved[k] for k in Position._fields} != {k: now[k] for k in Position._fields}:
             raise UserError(f"the checkpoint's data position {saved} is not this trial's {now}: its data changed")
-        if self.feed is not None and "iterator" in saved:
-            self.feed.seek(saved["iterator"])
 
     def evaluated(self, state: TrainState):
         """(params, model_state) of the model one trial is evaluated on."""

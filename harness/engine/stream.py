@@ -1,7 +1,6 @@
 """Streamed input: training batches read from disk in the engine's data order
-with grain (Google's data loader for JAX: random-access sources, read threads,
-prefetch and checkpointable iterator state), for data larger than device
-memory.
+with grain (Google's data loader for JAX: deterministic random-access
+datasets over any indexable source), for data larger than device memory.
 
 A trial's data order does not depend on where the data live: step s draws
 the examples `perm(e)[o : o + B]`, where (e, o) = Engine.position(s) and perm
@@ -11,15 +10,15 @@ streamed trial draws bit-identically the batches of an in-memory one.
 
 The input pipeline is grain's `MapDataset.range(first, last)` over step
 indices, mapped to each step's batch (`StepBatch`: its keys, read from the
-`records.Split` in one batched read), as an `IterDataset` whose read threads
-prefetch the next steps. The steps between two evaluations are taken from it
-as one chunk [steps, replicas, microbatches, B', ...] (padded to a power of
+`records.Split` in one batched read), read by index on the feed's own thread
+(`Feed._source` says why not grain's read threads). The steps between two
+evaluations are taken from it as one chunk [steps, replicas, microbatches, B', ...] (padded to a power of
 two of steps, so uneven intervals share compiled loops), placed on the devices
 sharded on the batch axis, and consumed by the compiled multi-step loop; the
 chunk of the next evaluation interval is read and placed while the device
 computes this one. A chunk holds at most CHUNK_BYTES: a longer interval runs
-as several. The iterator's position, grain's {"next_index"} of the next step,
-is saved with each checkpoint (harness.engine.resume) and restored on resume.
+as several. The next step's position (Engine.data_state) is saved with each
+checkpoint (harness.engine.resume): a resumed trial reads on from there.
 """
 
 from __future__ import annotations
@@ -38,9 +37,10 @@ from jax.sharding import PartitionSpec as P
 from harness.engine.records import Split, split_of
 
 AUTO_FRACTION = 0.25  # "auto" keeps the data in memory when they take at most this fraction of the free memory
-CHUNK_BYTES = 128 << 20  # the most one chunk of training batches takes (a larger step: one step a chunk)
-PREFETCH_BYTES = 64 << 20  # the most grain's read-ahead buffer holds
-READ_THREADS = 4
+# The most one chunk of training batches takes (a larger step: one step a chunk). Small enough that
+# malloc reuses a freed chunk's memory for the next (a new mapping costs a page fault per page: 1.4 ms a
+# step at B = 128 with 128 MiB chunks, 0.7 ms with 16 MiB ones, measured for benchmarks/streaming.py).
+CHUNK_BYTES = 16 << 20
 EVAL_BATCH = 1024
 VALIDATION_BYTES = 256 << 20  # a validation set up to this size is placed once; a larger one is read per evaluation
 
@@ -108,24 +108,12 @@ class Feed:
         self.host_order = functools.lru_cache(maxsize=2)(lambda epoch: np.asarray(order(epoch)))
         self.step_bytes = batch_size * split.row_bytes
         self.max_steps = max(1, CHUNK_BYTES // self.step_bytes)
-        self._iterator, self._next = None, first
-        self._pool, self._pending, self._lock = None, None, threading.Lock()
+        self._dataset, self._pool, self._pending, self._lock = None, None, None, threading.Lock()
 
     def keys(self, step: int) -> np.ndarray:
         """The example indices that step `step` draws."""
         epoch, offset = self.position(step)
         return self.host_order(epoch)[offset : offset + self.batch_size]
-
-    def iterator_state(self, step: int) -> dict:
-        """grain's iterator state when step `step` is the next to draw."""
-        return {"next_index": step - self.first}
-
-    def seek(self, state: dict) -> None:
-        """Continue from a saved iterator_state (a checkpoint's)."""
-        with self._lock:
-            self._wait()
-            self._grain().set_state(dict(state))
-            self._next = self.first + state["next_index"]
 
     def pieces(self, start: int, stop: int) -> list[tuple[int, int]]:
         """[start, stop) as (step, n) chunks of near-equal size, each at most max_steps."""
@@ -147,26 +135,28 @@ class Feed:
             yield step, n, chunk
 
     # --- reading, one chunk at a time on a background thread -----------------
-    def _grain(self):
-        if self._iterator is None:
+    def _source(self):
+        """grain's random-access dataset of the step batches, read in order on
+        the feed's one thread, a chunk ahead of the device. Not grain's
+        IterDataset with read threads: on 2 CPU cores its per-step hand-off
+        cost 1.1 ms a step at B = 16 and 2.5 ms at B = 128 on top of the reads
+        themselves (more than an FC-1024 step computes at B = 128), measured
+        for benchmarks/streaming.py. Random access also makes a step's
+        position (Engine.data_state, in the checkpoint) the whole iterator
+        state."""
+        if self._dataset is None:
             import grain  # imported here: in-memory trials need none of it
 
-            dataset = grain.MapDataset.range(self.first, max(self.last, self.first + 1)).map(
+            self._dataset = grain.MapDataset.range(self.first, max(self.last, self.first + 1)).map(
                 StepBatch(self.split, self.keys)
             )
-            steps = max(1, min(self.max_steps, PREFETCH_BYTES // self.step_bytes))
-            options = grain.ReadOptions(num_threads=min(READ_THREADS, steps), prefetch_buffer_size=steps)
-            self._iterator = iter(dataset.to_iter_dataset(options))
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="cbs-feed")
-        return self._iterator
+        return self._dataset
 
     def _read(self, step: int, n: int):
-        """Steps step .. step + n - 1 from grain's iterator, stacked and placed."""
-        iterator = self._grain()
-        if self._next != step:
-            iterator.set_state(self.iterator_state(step))
-        batches = [next(iterator) for _ in range(n)]
-        self._next = step + n
+        """Steps step .. step + n - 1, stacked into a chunk of chunk_rows(n) steps and placed."""
+        dataset = self._source()
+        batches = [dataset[s - self.first] for s in range(step, step + n)]
         rows = self.chunk_rows(n)
         shaped = []
         for j in range(2):
@@ -192,7 +182,7 @@ class Feed:
     def _prefetch(self, step: int, n: int) -> None:
         with self._lock:
             self._wait()
-            self._grain()
+            self._source()
             self._pending = ((step, n), self._pool.submit(self._read, step, n))
 
     def _take(self, step: int, n: int):
@@ -202,7 +192,7 @@ class Feed:
                 self._pending = None
                 return future.result()
             self._wait()
-            self._grain()
+            self._source()
             return self._pool.submit(self._read, step, n).result()
 
 
