@@ -43,8 +43,8 @@ def calibration_plot(points: pd.DataFrame, calibration: dict) -> Figure:
         ax.plot([low, high], [low, high], "--", color="gray", lw=1, label="B_crit = B (McCandlish et al.)")
         log_axis(ax, "x")
         log_axis(ax, "y")
-        ax.set_xlabel(f"{LABELS[basis]}, best trial at a middle B, at its crossing")
+        ax.set_xlabel(LABELS[basis])
         ax.set_ylabel("swept B_crit")
         ax.legend(fontsize="small")
-    fig.suptitle("noise scale against the swept critical batch size")
+    fig.suptitle("swept B_crit against the noise scale of the best trial at a middle B, before its crossing")
     return fig
