@@ -86,6 +86,9 @@ SCHEDULES = tuple(_SCHEDULES)
 WARMUPS = ("none", *_WARMUPS)
 # The optimizers with a `momentum` metaparameter (heavy-ball, Nesterov, and LARS: You et al. 2017).
 MOMENTUM_OPTIMIZERS = ("momentum", "nesterov", "lars")
+# The adaptive (Adam-family) optimizers: per-coordinate steps; their learning rate follows the
+# square-root rule across batch sizes (Merrill et al. 2025).
+ADAPTIVE_OPTIMIZERS = ("adam", "adamw", "lamb")
 
 
 def hyperparameters(config: TrialConfig) -> dict:

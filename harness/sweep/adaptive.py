@@ -38,11 +38,11 @@ import math
 import warnings
 from dataclasses import dataclass
 
+from harness.engine.optimizers import ADAPTIVE_OPTIMIZERS
 from harness.errors import UserError
 from harness.sweep import search_space
 from harness.sweep.spec import PlannedTrial, SweepSpec
 
-SQRT_OPTIMIZERS = ("adam", "adamw", "lamb")
 POWERS = {"linear": 1.0, "sqrt": 0.5, "none": 0.0}
 DIVERGED_FACTOR = 4
 ASKS_PER_PROPOSAL = 4  # asks before giving up on a new point (the sampler may repeat one)
@@ -70,7 +70,7 @@ def transfer_power(search: dict, optimizer: str) -> float:
     """The exponent p of the learning-rate move lr x (B / B')^p."""
     rule = search["transfer"]
     if rule == "auto":
-        rule = "sqrt" if optimizer in SQRT_OPTIMIZERS else "linear"
+        rule = "sqrt" if optimizer in ADAPTIVE_OPTIMIZERS else "linear"
     return POWERS[rule]
 
 

@@ -51,7 +51,7 @@ from pathlib import Path
 
 from harness.engine.noise_scale import check_num_samples
 from harness.engine.noise_scale_study import NUM_SAMPLES, windows_noise_scale
-from harness.engine.optimizers import LR_SCALINGS
+from harness.engine.optimizers import ADAPTIVE_OPTIMIZERS, LR_SCALINGS
 from harness.engine.options import Option
 from harness.engine.targets import check_batch_size
 from harness.engine.trial import OPTIONS, TrialConfig
@@ -89,13 +89,12 @@ GEOMETRIC = {"min": ((INT,), None), "max": ((INT,), None), "count": ((INT,), Non
 REQUIRED = ("checkpoint_steps", "multipliers", "delta_examples", "reference")
 SET_BY_LOCAL_CBS = ("snapshot_steps", "init_from", "init_step")
 REFERENCE = {name: option for name, option in OPTIONS.items() if name not in SET_BY_LOCAL_CBS}
-SQRT_OPTIMIZERS = ("adam", "adamw", "lamb")  # Adam-family: f(k) = sqrt(k) (Merrill et al. 2025)
 REFERENCE_ID = "reference"
 NOISE_FILE = "offline_noise.json"
 
 
 def default_lr_scaling(optimizer: str) -> str:
-    return "sqrt" if optimizer in SQRT_OPTIMIZERS else "linear"
+    return "sqrt" if optimizer in ADAPTIVE_OPTIMIZERS else "linear"
 
 
 def branch_id(step: int, k: float) -> str:
