@@ -165,8 +165,8 @@ class NpyFile:
     def read(self, keys) -> np.ndarray:
         """The rows `keys`, copied out of a mapping of the file made for this
         read and closed after it: one gather instead of a read call per row
-        (2.4x faster than os.preadv per row at 128 MNIST rows, measured for
-        benchmarks/streaming.py), and the mapped pages leave the process's
+        (2.4x faster than os.preadv per row at 128 MNIST rows:
+        benchmarks/RESULTS.md), and the mapped pages leave the process's
         resident set with the mapping, so streaming keeps a small RSS."""
         keys = np.asarray(keys, np.int64)
         bad = keys[(keys < 0) | (keys >= self.shape[0])]

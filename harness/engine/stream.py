@@ -39,7 +39,7 @@ from harness.engine.records import Split, split_of
 AUTO_FRACTION = 0.25  # "auto" keeps the data in memory when they take at most this fraction of the free memory
 # The most one chunk of training batches takes (a larger step: one step a chunk). Small enough that
 # malloc reuses a freed chunk's memory for the next (a new mapping costs a page fault per page: 1.4 ms a
-# step at B = 128 with 128 MiB chunks, 0.7 ms with 16 MiB ones, measured for benchmarks/streaming.py).
+# step at B = 128 with 128 MiB chunks, 0.7 ms with 16 MiB ones: benchmarks/RESULTS.md).
 CHUNK_BYTES = 16 << 20
 EVAL_BATCH = 1024
 VALIDATION_BYTES = 256 << 20  # a validation set up to this size is placed once; a larger one is read per evaluation
@@ -140,8 +140,8 @@ class Feed:
         the feed's one thread, a chunk ahead of the device. Not grain's
         IterDataset with read threads: on 2 CPU cores its per-step hand-off
         cost 1.1 ms a step at B = 16 and 2.5 ms at B = 128 on top of the reads
-        themselves (more than an FC-1024 step computes at B = 128), measured
-        for benchmarks/streaming.py. Random access also makes a step's
+        themselves (a quarter of an FC-1024 step at B = 128; profile in
+        benchmarks/RESULTS.md). Random access also makes a step's
         position (Engine.data_state, in the checkpoint) the whole iterator
         state."""
         if self._dataset is None:
