@@ -138,10 +138,10 @@ class Feed:
     def _source(self):
         """grain's random-access dataset of the step batches, read in order on
         the feed's one thread, a chunk ahead of the device. Not grain's
-        IterDataset with read threads: on 2 CPU cores its per-step hand-off
-        cost 1.1 ms a step at B = 16 and 2.5 ms at B = 128 on top of the reads
-        themselves (a quarter of an FC-1024 step at B = 128; profile in
-        benchmarks/RESULTS.md). Random access also makes a step's
+        IterDataset with read threads: on 2 CPU cores it and the stacking into
+        a fresh chunk cost 1.1 ms a step at B = 16 and 2.5 ms at B = 128 on top
+        of the reads themselves, and read by index on this thread 0.04 ms and
+        0.26 ms (profile in benchmarks/RESULTS.md). Random access also makes a step's
         position (Engine.data_state, in the checkpoint) the whole iterator
         state."""
         if self._dataset is None:
