@@ -106,8 +106,9 @@ def adaptive(folder, raw: dict, batch_sizes, reference, out, workers) -> list[di
     return rows
 
 
-def adaptive_spec(folder, rounds, per_round, initial, ratio) -> dict:
+def adaptive_spec(folder, rounds, per_round, initial, ratio, prune) -> dict:
     raw = tomllib.loads((Path(folder) / "spec.toml").read_text())
+    raw["prune"] = prune
     space = raw["search"]["space"]
     raw["search"] = {
         "kind": "adaptive",
@@ -132,13 +133,26 @@ def main(argv=None) -> None:
     p.add_argument("--initial-trials", type=int, default=3)
     p.add_argument("--ratio", type=float, default=1.5, help="the B_crit stop rule's hi / lo")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--prune",
+        choices=["exact", "earlier_rounds"],
+        default="exact",
+        help="prune against every finished trial, or against earlier rounds only (records independent of timing)",
+    )
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     stored = json.loads((Path(args.reference) / "spec.json").read_text())["spec"]
     sizes = stored["batch_sizes"] if args.batch_sizes == "all" else [int(b) for b in args.batch_sizes.split(",")]
     reference = reference_table(args.reference, sizes)
     full = quasi_random(args.reference, sizes, reference)[-1]
-    raw = adaptive_spec(args.reference, args.rounds, args.trials_per_round, args.initial_trials, args.ratio)
+    raw = adaptive_spec(
+        args.reference,
+        args.rounds,
+        args.trials_per_round,
+        args.initial_trials,
+        args.ratio,
+        True if args.prune == "exact" else args.prune,
+    )
     ada = adaptive(args.reference, raw, sizes, reference, args.out, args.workers)
     qr = quasi_random(args.reference, sizes, reference)
     first_qr = next((r for r in qr if r["within"]), None)

@@ -6,9 +6,12 @@ training); one runs a tiny sweep end to end and resumes it."""
 
 import json
 import math
+import os
+import signal
 
 import pytest
 from conftest import DATA_DIR as DATA
+from test_sweep_run import cbs_sweep, wait_for
 
 from harness.errors import UserError
 from harness.sweep.adaptive import DIVERGED_FACTOR, Planner, observe
@@ -212,16 +215,23 @@ def _records(folder) -> dict:
     return out
 
 
-def test_one_worker_three_workers_and_packed_trials_give_the_same_rounds_and_records(tmp_path):
+@pytest.mark.parametrize(
+    "prune",
+    [pytest.param(True, marks=pytest.mark.slow), "earlier_rounds"],  # True: ~100 s, the weaker claim
+)
+def test_one_worker_three_workers_and_packed_trials_give_the_same_rounds_and_records(prune, tmp_path):
     """The rounds are planned from records, never from worker timing: three
-    workers racing (exact pruning against whichever finished first) and
-    trials packed two to a program plan the same trials, and reach the same
-    steps to target with the same evaluations as one worker (losses within float32
-    rounding of a vmapped step); where a censored trial stops depends on timing."""
+    workers racing and trials packed two to a program plan the same trials,
+    and reach the same steps to target with the same evaluations as one worker
+    (losses within float32 rounding of a vmapped step). With exact pruning
+    (`prune = true`) a censored trial is pruned against whichever trial of its
+    round finished first, so where it stops depends on timing; with
+    `prune = "earlier_rounds"` it does not, and every record is the same."""
     raw = {
         **SPEC,
         "batch_sizes": [64, 128],
         "max_steps": 60,
+        "prune": prune,
         "search": {**SPEC["search"], "rounds": 2, "trials_per_round": 2, "initial_trials": 2},
     }
     runs = {"one": (raw, 1), "three": (raw, 3), "packed": ({**raw, "pack": 2}, 1)}
@@ -229,23 +239,88 @@ def test_one_worker_three_workers_and_packed_trials_give_the_same_rounds_and_rec
         run_sweep(spec, tmp_path / name, workers=workers, data_dir=DATA)
     one = _records(tmp_path / "one")
     assert len(one) == 8
+    if prune == "earlier_rounds":  # round 1 is pruned against round 0's best
+        assert {s for s, *_ in one.values()} >= {"complete", "pruned"}
     for name in ("three", "packed"):
         search = json.loads((tmp_path / name / "search.json").read_text())
         assert search == json.loads((tmp_path / "one" / "search.json").read_text()), name
         other = _records(tmp_path / name)
         assert other.keys() == one.keys(), name
         for trial_id, (status, steps, run, rows) in one.items():
-            # Racing workers prune against whichever trial finished first, so a trial that did not
-            # reach the target may stop earlier (pruned) or later (incomplete): its steps to target,
-            # and every evaluation both runs made, are the same.
             assert other[trial_id][1] == steps, (name, trial_id)
-            if "complete" in (status, other[trial_id][0]):
+            if prune == "earlier_rounds" or "complete" in (status, other[trial_id][0]):
                 assert other[trial_id][:3] == (status, steps, run), (name, trial_id)
+                assert len(other[trial_id][3]) == len(rows), (name, trial_id)
             for a, b in zip(other[trial_id][3], rows):
                 assert a.keys() == b.keys(), (name, trial_id)
                 for key, value in b.items():
                     close = pytest.approx(value, rel=1e-5, abs=1e-6) if isinstance(value, float) else value
                     assert a[key] == close, (name, trial_id, key)
+
+
+KILLED = """
+workload = "mnist_fc32x1"
+optimizer = "sgd"
+batch_sizes = [64]
+target = 0.08
+max_steps = 400
+eval_every = 20
+checkpoint_every = 20
+prune = false
+[fixed]
+schedule = "linear_decay"
+decay_fraction = 1.0
+[search]
+kind = "adaptive"
+rounds = 2
+trials_per_round = 1
+initial_trials = 2
+seed = 1
+[search.space]
+learning_rate = {min = 0.001, max = 10.0, scale = "log"}
+end_lr_factor = {min = 0.01, max = 0.1, scale = "log"}
+"""
+
+
+def test_kill_9_in_either_round_then_resume_equals_uninterrupted(tmp_path):
+    """kill -9 of the whole sweep (as a power cut), once while a trial of round 0
+    and once while a trial of round 1 is checkpointed mid-way, then a re-run:
+    the same rounds and the same records as a sweep never interrupted. (No
+    pruning, so the trials run long enough to be caught mid-way.)"""
+    spec = tmp_path / "spec.toml"
+    spec.write_text(KILLED)
+    run_sweep(spec, tmp_path / "uninterrupted", workers=1, data_dir=DATA)
+    out = tmp_path / "sweep"
+
+    def mid_trial(round_index):
+        def moment():
+            rounds = read_search(Store(out))["rounds"]
+            return len(rounds) > round_index and any(
+                p.name.isdigit() and not (p.parent.parent / "record.json").exists()
+                for trial in rounds[round_index]["trials"]
+                for p in (out / "trials" / trial / "checkpoints").glob("*")
+            )
+
+        return moment
+
+    for round_index in (0, 1):
+        for _ in range(5):  # the trials are short: retry until the kill lands on the moment
+            proc = cbs_sweep(spec, out, "--workers", "1", start_new_session=True)
+            wait_for(lambda: mid_trial(round_index)() or proc.poll() is not None)  # noqa: B023 (called at once)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            if mid_trial(round_index)():
+                break
+        assert mid_trial(round_index)(), round_index
+    proc = cbs_sweep(spec, out, "--workers", "1")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "adaptive search stopped after 2 rounds" in stdout + stderr
+    search = json.loads((out / "search.json").read_text())
+    assert search == json.loads((tmp_path / "uninterrupted" / "search.json").read_text())
+    assert _records(out) == _records(tmp_path / "uninterrupted")
+    assert any(a["checkpoint_step"] for t in search["rounds"][1]["trials"] for a in Store(out).attempts(t)[1:])
 
 
 @pytest.mark.parametrize(
@@ -267,6 +342,23 @@ def test_bad_input_is_one_line_naming_the_field(search, message):
     with pytest.raises(UserError) as e:
         spec_with(**search)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "prune, search, message",
+    [
+        ("later", SPEC["search"], "spec: prune: unknown value 'later'; allowed: true, false, \"earlier_rounds\""),
+        (
+            "earlier_rounds",
+            {"kind": "quasi_random", "trials": 4, "space": SPEC["search"]["space"]},
+            'spec: prune: "earlier_rounds" needs rounds; allowed: true, false; "earlier_rounds" with kind = "adaptive"',
+        ),
+    ],
+)
+def test_a_bad_prune_is_one_line_naming_the_values(prune, search, message):
+    with pytest.raises(UserError) as e:
+        parse_spec({**SPEC, "prune": prune, "search": search})
+    assert str(e.value) == message
 
 
 def test_the_gp_sampler_plans_too_or_names_what_it_needs():

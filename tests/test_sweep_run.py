@@ -205,7 +205,7 @@ def test_a_stalled_workers_trial_is_taken_over(reference, tmp_path):
     Store(out).open(spec, spec_path.read_text())
     trial = next(t for t in spec.trials() if t.config.learning_rate == 0.003)  # runs its whole budget
     context = multiprocessing.get_context("spawn")
-    kwargs = dict(folder=str(out), trials=[trial], prune=False, data_dir=DATA, lease_s=2.0)
+    kwargs = dict(folder=str(out), trials=[trial], prune=None, data_dir=DATA, lease_s=2.0)
     _, errors = context.Pipe(duplex=False)  # as a local worker runs
     args = (placement("cpu", sorted(os.sched_getaffinity(0))[:1], 0, 1, out), os.getpid(), kwargs, errors)
     first = context.Process(target=worker_main, args=args)

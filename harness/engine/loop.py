@@ -50,12 +50,14 @@ class TrialRun:
 @dataclasses.dataclass(frozen=True)
 class Hooks:
     """What a sweep asks of a pack: `prune_above()`, the best steps-to-target
-    found at this batch size so far (or None); `should_stop()`, checked at
-    every evaluation; `on_record(i, record)`, called as soon as trial i stops."""
+    found at this batch size so far (or None), and with `pack_bounds` the
+    pack's own crossings too; `should_stop()`, checked at every evaluation;
+    `on_record(i, record)`, called as soon as trial i stops."""
 
     prune_above: Callable[[], int | None] | None = None
     should_stop: Callable[[], bool] | None = None
     on_record: Callable[[int, TrialRecord], None] | None = None
+    pack_bounds: bool = True
 
 
 def run_trial(run: TrialConfig | TrialRun, hooks: Hooks = Hooks(), *, data_dir=None) -> TrialRecord:
@@ -99,8 +101,7 @@ def run_trials(runs: Sequence[TrialRun], hooks: Hooks = Hooks(), *, data_dir=Non
             )
         if config.batch_auto is not None:
             engine.adapt(trials[0].rows)
-        bounds = [hooks.prune_above(), *(t.steps_to_target for t in trials)] if hooks.prune_above else []
-        best = min((b for b in bounds if b is not None), default=None)
+        best = _prune_bound(hooks, trials)
         for t in running:
             t.prune(best)
             t.keep(state, save, engine.data_state(stop))
@@ -246,6 +247,15 @@ def _start(engine: Engine, runs, target: float, direction: str) -> tuple[TrainSt
             if t.run.on_eval:
                 t.run.on_eval(row)
     return state, trials
+
+
+def _prune_bound(hooks: Hooks, trials) -> int | None:
+    """The steps a running trial of the pack must beat: the sweep's best at this
+    batch size and, with `hooks.pack_bounds`, the pack's own crossings; None without pruning."""
+    if hooks.prune_above is None:
+        return None
+    bounds = [hooks.prune_above(), *(t.steps_to_target for t in trials if hooks.pack_bounds)]
+    return min((b for b in bounds if b is not None), default=None)
 
 
 def _row(

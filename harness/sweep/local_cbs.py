@@ -310,7 +310,7 @@ def run_local_cbs(
             continue
         watcher = Progress(store.folder, [t.id for t in phase], progress) if progress else None
         kwargs = dict(
-            folder=str(store.folder), trials=pending, prune=False, data_dir=data_dir, lease_s=lease_s, progress=watcher
+            folder=str(store.folder), trials=pending, prune=None, data_dir=data_dir, lease_s=lease_s, progress=watcher
         )
         if executor == "ray":
             executors.run_ray(address=address, **kwargs)

@@ -200,11 +200,12 @@ class Progress:
         self._looked = -math.inf
         self._live = None
 
-    def plan(self, trials, workers: int, prune: bool) -> None:
+    def plan(self, trials, workers: int, prune) -> None:
         """The trials about to run (harness.sweep.spec.PlannedTrial: their batch
-        sizes and budgets), how many run at once, and whether they prune."""
+        sizes and budgets), how many run at once, and whether they prune
+        (a harness.sweep.store.PruneRule; None or False: no pruning)."""
         self.planned = {t.id: (t.config.batch_size, t.config.max_steps) for t in trials}
-        self.workers, self.prune = max(1, workers), prune
+        self.workers, self.prune = max(1, workers), bool(prune)
 
     def update(self, final: bool = False) -> None:
         now = time.monotonic()

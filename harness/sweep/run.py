@@ -17,7 +17,7 @@ from harness.sweep.leases import DEFAULT_LEASE_S
 from harness.sweep.progress import Progress
 from harness.sweep.rounds import run_rounds
 from harness.sweep.spec import load_spec
-from harness.sweep.store import RecordIndex, Store
+from harness.sweep.store import PruneRule, RecordIndex, Store
 from harness.sweep.tracking import tracking
 
 
@@ -83,11 +83,14 @@ def run_sweep(
         store.set_aside_corrupt(t.id for t in trials)
         store.remove_stale_checkpoints(t.id for t in trials)
         pending = [t for t in trials if not store.is_done(t.id)]
+        # `trials` is all of one adaptive round: "earlier_rounds" leaves the round's own records out of the bound
+        own = frozenset(t.id for t in trials) if spec.prune == "earlier_rounds" else frozenset()
+        prune = PruneRule(own) if spec.prune else None
         watcher = Progress(store.folder, [t.id for t in trials], progress) if progress else None
         kwargs = dict(
             folder=str(store.folder),
             trials=pending,
-            prune=spec.prune,
+            prune=prune,
             pack=spec.pack,
             data_dir=data_dir,
             lease_s=lease_s,

@@ -15,7 +15,8 @@ Format (every key is optional unless marked required)::
     eval_every = 100                     # default: the workload's cadence (the resolution of steps-to-result)
     eval_schedule = "linear"             # every eval_every, or geometric (dense early: harness.engine.evaluation)
     seeds = 1                            # repeats of every trial: a count (seeds 0..n-1) or a list of seeds
-    prune = true                         # stop trials that can no longer beat the best steps-to-target at B
+    prune = true                         # stop trials that can no longer beat the best steps-to-target at B;
+                                         # "earlier_rounds" (adaptive only): the best of earlier rounds only
     pack = 1                             # trials a worker runs as one program, or "auto" (harness.sweep.packing)
     checkpoint_every = 1000              # steps between checkpoints (resume after a crash); default eval_every * 10
     lr_scaling = "linear"                # scale learning_rate from reference_batch_size (Goyal et al. 2017)
@@ -118,7 +119,7 @@ TOP_LEVEL = {
     "eval_every": OPTIONS["eval_every"],
     "eval_schedule": OPTIONS["eval_schedule"],
     "seeds": ((INT, LIST), None),
-    "prune": ((BOOL,), None),
+    "prune": ((BOOL, STR), None),  # or "earlier_rounds": checked in parse_spec
     "pack": ((NUMBER, STR), None),  # an integer or "auto": checked in parse_spec
     "checkpoint_every": OPTIONS["checkpoint_every"],
     "lr_scaling": OPTIONS["lr_scaling"],
@@ -317,6 +318,9 @@ def parse_spec(raw: dict, path="spec") -> SweepSpec:
     pack = raw.get("pack", 1)
     if pack != "auto" and not (is_a(pack, INT) and pack >= 1):
         check.fail("pack", f'expected an integer >= 1 or "auto", got {pack!r}', 'integers >= 1, "auto"')
+    prune = raw.get("prune", True)
+    if isinstance(prune, str) and prune != "earlier_rounds":
+        check.fail("prune", f"unknown value {prune!r}", 'true, false, "earlier_rounds"')
     lr_scaling = raw.get("lr_scaling", "none")
     if lr_scaling != "none" and "reference_batch_size" not in raw:
         check.fail("reference_batch_size", f"missing: lr_scaling {lr_scaling!r} scales from it", "integers >= 1")
@@ -326,6 +330,8 @@ def parse_spec(raw: dict, path="spec") -> SweepSpec:
         search_space.check_metaparameter(check, f"fixed.{key}", key, value)
     search = search_space.parse(check, raw.get("search"), workload, fixed)
     searched = search["space"] if search else {}
+    if prune == "earlier_rounds" and (search or {}).get("kind") != "adaptive":
+        check.fail("prune", '"earlier_rounds" needs rounds', 'true, false; "earlier_rounds" with kind = "adaptive"')
     if "learning_rate" not in fixed and "learning_rate" not in searched:
         check.fail(
             "fixed.learning_rate",
@@ -351,7 +357,7 @@ def parse_spec(raw: dict, path="spec") -> SweepSpec:
         eval_every=eval_every,
         eval_schedule=raw.get("eval_schedule", "linear"),
         seeds=seeds,
-        prune=raw.get("prune", True),
+        prune=prune,
         pack=pack,
         checkpoint_every=raw.get("checkpoint_every", eval_every * CHECKPOINTS_PER_EVAL),
         lr_scaling=lr_scaling,

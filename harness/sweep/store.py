@@ -297,34 +297,49 @@ class RecordIndex:
             )
         return self
 
-    def best_trial(self, batch_size: int) -> str | None:
+    def best_trial(self, batch_size: int, not_counted: frozenset = frozenset()) -> str | None:
         """The complete trial at `batch_size` with the fewest steps to the target
-        (ties: the smallest id), or None."""
+        (ties: the smallest id), leaving out the trials `not_counted`, or None."""
         done = [
             (s.steps_to_target, trial_id)
             for trial_id, s in self.summaries.items()
-            if s.batch_size == batch_size and s.status == "complete" and s.steps_to_target is not None
+            if s.batch_size == batch_size
+            and s.status == "complete"
+            and s.steps_to_target is not None
+            and trial_id not in not_counted
         ]
         return min(done)[1] if done else None
 
-    def best_steps(self, batch_size: int) -> int | None:
-        """The fewest steps to the target of any complete trial at `batch_size`:
-        the steps-to-result there so far (Shallue et al. 2019, Sec. 3.3)."""
-        best = self.best_trial(batch_size)
+    def best_steps(self, batch_size: int, not_counted: frozenset = frozenset()) -> int | None:
+        """The fewest steps to the target of any complete trial at `batch_size`
+        (but those `not_counted`): the steps-to-result there so far (Shallue et al. 2019, Sec. 3.3)."""
+        best = self.best_trial(batch_size, not_counted)
         return None if best is None else self.summaries[best].steps_to_target
+
+
+@dataclass(frozen=True)
+class PruneRule:
+    """Exact pruning (Shallue et al. 2019, Sec. 3.1): a trial stops once it can no
+    longer beat the best steps-to-target at its batch size among finished trials,
+    but those `not_counted`. An adaptive round's own trials left out (spec
+    `prune = "earlier_rounds"`), the bound comes from earlier rounds only, so
+    where a trial stops never depends on which trial of its round finished first."""
+
+    not_counted: frozenset = frozenset()
 
 
 class BestSoFar:
     """`prune_above` for run_trial: the best steps-to-target at one batch size
-    among finished trials, re-read at most every `interval_s` seconds. A stale
-    value only prunes less, never wrongly: the bound can only go down."""
+    among finished trials (as `rule` counts them), re-read at most every
+    `interval_s` seconds. A stale value only prunes less, never wrongly: the
+    bound can only go down."""
 
-    def __init__(self, index: RecordIndex, batch_size: int, interval_s: float = 1.0):
-        self.index, self.batch_size, self.interval_s = index, batch_size, interval_s
+    def __init__(self, index: RecordIndex, batch_size: int, rule: PruneRule = PruneRule(), interval_s: float = 1.0):
+        self.index, self.batch_size, self.rule, self.interval_s = index, batch_size, rule, interval_s
         self._last = -float("inf")
 
     def __call__(self) -> int | None:
         if time.monotonic() - self._last >= self.interval_s:
             self.index.refresh()
             self._last = time.monotonic()
-        return self.index.best_steps(self.batch_size)
+        return self.index.best_steps(self.batch_size, self.rule.not_counted)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from harness.sweep.leases import DEFAULT_LEASE_S, worker_id
 from harness.sweep.packing import PackSize, packs
 from harness.sweep.spec import PlannedTrial
-from harness.sweep.store import BestSoFar, RecordIndex, Store
+from harness.sweep.store import BestSoFar, PruneRule, RecordIndex, Store
 from harness.sweep.tracking import Tracking, open_run
 from harness.sweep.trial_log import TrialLog, tensorboard_available
 
@@ -34,7 +34,7 @@ class LeaseLost(Exception):
 def work(
     folder,
     trials: list[PlannedTrial],
-    prune: bool,
+    prune: PruneRule | None,
     data_dir=None,
     lease_s: float = DEFAULT_LEASE_S,
     should_stop: Callable[[], bool] = lambda: False,
@@ -85,7 +85,7 @@ def _point(trial_id: str) -> str:
 def try_pack(
     store: Store,
     trials: list[PlannedTrial],
-    prune: bool,
+    prune: PruneRule | None,
     data_dir=None,
     lease_s: float = DEFAULT_LEASE_S,
     index: RecordIndex | None = None,
@@ -103,7 +103,7 @@ def try_pack(
         # Finished by another worker since we looked?
         claimed = [t for t in trials if t.id in leases and not store.is_done(t.id)]
         if claimed:
-            bound = BestSoFar(index or RecordIndex(store), claimed[0].config.batch_size) if prune else None
+            bound = BestSoFar(index or RecordIndex(store), claimed[0].config.batch_size, prune) if prune else None
             _run_claimed(store, claimed, leases, bound, data_dir, should_stop, track)
     return True
 
@@ -153,7 +153,9 @@ def _run_claimed(
                 TrialRun(t.config, str(store.checkpoint_dir(t.id)), str(store.snapshot_dir(t.id)), on_eval(t))
                 for t in trials
             ]
-            hooks = Hooks(prune_above, should_stop, on_record=on_record)
+            # A pack's trials bound each other unless the rule leaves them out (an adaptive round's own).
+            own = prune_above is not None and prune_above.rule.not_counted.intersection(t.id for t in trials)
+            hooks = Hooks(prune_above, should_stop, on_record=on_record, pack_bounds=not own)
             run_trials(runs, hooks, data_dir=data_dir)
     except PackMismatch:  # checkpoints of different steps: one at a time
         for trial in trials:
