@@ -106,20 +106,21 @@ def adaptive(folder, raw: dict, batch_sizes, reference, out, workers) -> list[di
     return rows
 
 
-def adaptive_spec(folder, rounds, per_round, initial, ratio, prune) -> dict:
+def adaptive_spec(folder, args: argparse.Namespace) -> dict:
+    """The reference's spec with its search made adaptive over the same space (the command line's settings)."""
     raw = tomllib.loads((Path(folder) / "spec.toml").read_text())
-    raw["prune"] = prune
+    raw["prune"] = True if args.prune == "exact" else args.prune
     space = raw["search"]["space"]
     raw["search"] = {
         "kind": "adaptive",
-        "rounds": rounds,
-        "trials_per_round": per_round,
-        "initial_trials": initial,
+        "rounds": args.rounds,
+        "trials_per_round": args.trials_per_round,
+        "initial_trials": args.initial_trials,
         "sampler": "tpe",
         "seed": 0,
-        "patience": 2,
+        "patience": args.patience,
         "space": space,
-        "stop": {"ratio": ratio},
+        "stop": {"ratio": args.ratio},
     }
     return raw
 
@@ -131,6 +132,7 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--trials-per-round", type=int, default=1)
     p.add_argument("--initial-trials", type=int, default=3)
+    p.add_argument("--patience", type=int, default=2, help="rounds without an improvement before a batch size stops")
     p.add_argument("--ratio", type=float, default=1.5, help="the B_crit stop rule's hi / lo")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument(
@@ -145,14 +147,7 @@ def main(argv=None) -> None:
     sizes = stored["batch_sizes"] if args.batch_sizes == "all" else [int(b) for b in args.batch_sizes.split(",")]
     reference = reference_table(args.reference, sizes)
     full = quasi_random(args.reference, sizes, reference)[-1]
-    raw = adaptive_spec(
-        args.reference,
-        args.rounds,
-        args.trials_per_round,
-        args.initial_trials,
-        args.ratio,
-        True if args.prune == "exact" else args.prune,
-    )
+    raw = adaptive_spec(args.reference, args)
     ada = adaptive(args.reference, raw, sizes, reference, args.out, args.workers)
     qr = quasi_random(args.reference, sizes, reference)
     first_qr = next((r for r in qr if r["within"]), None)
