@@ -21,8 +21,8 @@ Outside that, every state has a leading axis of packed trials: P trials that
 share one program (`pack_key`: they differ only in traced metaparameters, so
 they share the batch size, seed, initial model and data order) step as one,
 each with its own metaparameters, measurements and record. One trial is a
-pack of one (XLA drops the size-1 axis); a pack pays where one small trial
-leaves an accelerator idle (benchmarks/packing.py).
+pack of one, stepped without the trial axis; a pack pays where one small
+trial leaves an accelerator idle (benchmarks/packing.py).
 """
 
 from __future__ import annotations
@@ -126,16 +126,23 @@ class Engine:
         self.epoch_order = functools.lru_cache(maxsize=1)(permutation)
         # Streamed, the host draws from the same compiled permutation: its order is bit-identical.
         self.feed = stream.feed_of(self, permutation) if streamed else None
-        # Every trial of the pack steps on the same batch (the data are not mapped).
-        self._steps = jax.jit(jax.vmap(self._train_steps, in_axes=(0, None, None, None, None)), donate_argnums=0)
-        self._one_step = jax.jit(jax.vmap(self._train_step_at, in_axes=(None, None, None, None, 0)), donate_argnums=4)
+        # Every trial of the pack steps on the same batch (the data are not mapped). A pack of one
+        # steps on its trial's state, unvmapped (`advance` takes it out of the pack and back): with
+        # the size-1 vmap XLA:CPU copied every parameter leaf each step (benchmarks/RESULTS.md).
+        pack = len(self.configs)
+        self._single = pack == 1
+        over_pack = (lambda f, axes: f) if self._single else (lambda f, axes: jax.vmap(f, in_axes=axes))
+        self._steps = jax.jit(over_pack(self._train_steps, (0, None, None, None, None)), donate_argnums=0)
+        self._one_step = jax.jit(over_pack(self._train_step_at, (None, None, None, None, 0)), donate_argnums=4)
+        self._unpack = jax.jit(functools.partial(self.trial, i=0))
+        self._repack = jax.jit(lambda state: jax.tree.map(lambda a: a[None], state))
         # XLA:CPU lays out a convolution's weight gradient badly inside a loop
         # (jax-ml/jax#12868: ~10x slower, measured in benchmarks/RESULTS.md), so
         # there the engine dispatches one compiled step at a time instead.
         self.fused = jax.default_backend() != "cpu" or not _has_convolution(self.model, self.example)
         # Placed like the step's outputs, so that the first and later steps share one compilation.
-        pack = len(self.configs)
-        self._zero_sums = jax.device_put((np.zeros(pack, np.float32), np.full(pack, -1, np.int32)), replicated)
+        shape = () if pack == 1 else (pack,)
+        self._zero_sums = jax.device_put((np.zeros(shape, np.float32), np.full(shape, -1, np.int32)), replicated)
         self._evaluate = jax.jit(jax.vmap(self._eval, in_axes=(0, None)))
 
     def _place(self, data, streamed: bool) -> tuple:
@@ -318,6 +325,8 @@ class Engine:
         trial's mean train loss, each trial's first step whose loss was not
         finite or None)."""
         loss_sum, bad_steps = 0.0, np.full(len(self.configs), -1)
+        if self._single:
+            state = self._unpack(state)
         for step, n, train, perm, offset in self._runs(start, stop):
             if self.fused:
                 state, chunk_loss, bad = self._steps(state, train, perm, offset, n)
@@ -326,9 +335,11 @@ class Engine:
                 for i in range(n):
                     carry = self._one_step(train, perm, offset, i, carry)
                 state, chunk_loss, bad = carry
-            loss_sum = loss_sum + np.asarray(chunk_loss, np.float64)
-            bad = np.asarray(bad)
+            loss_sum = loss_sum + np.asarray(chunk_loss, np.float64).reshape(-1)
+            bad = np.asarray(bad).reshape(-1)
             bad_steps = np.where((bad_steps < 0) & (bad >= 0), step + bad + 1, bad_steps)
+        if self._single:
+            state = self._repack(state)
         return state, loss_sum / (stop - start), [int(b) if b >= 0 else None for b in bad_steps]
 
     def _runs(self, start: int, stop: int):
