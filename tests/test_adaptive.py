@@ -18,7 +18,7 @@ from harness.sweep.adaptive import DIVERGED_FACTOR, Planner, observe
 from harness.sweep.rounds import read_search, run_rounds
 from harness.sweep.run import run_sweep
 from harness.sweep.spec import parse_spec
-from harness.sweep.store import RecordIndex, Store, Summary
+from harness.sweep.store import RecordIndex, Store, Summary, parse_record
 
 SPEC = {
     "workload": "mnist_fc32x1",
@@ -159,7 +159,6 @@ def test_a_batch_size_stops_after_patience_rounds_without_improvement():
 @pytest.mark.parametrize(
     "stop, reason",
     [
-        ({"ratio": 2.0}, "the 90% interval of B_crit is within a ratio of 2"),
         ({"max_examples": 1}, "the example budget is spent"),
         ({}, "the rounds are spent (2)"),
     ],
@@ -172,6 +171,42 @@ def test_the_sweep_stops_where_its_rule_says(tmp_path, stop, reason):
     outcome = run_rounds(spec, store, fake_execute(store), lambda folder: (100.0, 150.0), said.append)
     assert reason in outcome.stopped and reason in said[-1] and read_search(store)["stopped"] == outcome.stopped
     assert outcome.rounds == (1 if stop else 2)
+
+
+def test_the_ratio_rule_waits_for_a_round_that_improves_no_batch_size(tmp_path):
+    """A narrow interval while a batch size still gains steps is a biased one: the rule fires after the
+    first round in which no batch size's best fell by more than one evaluation (here 20 steps)."""
+    spec = spec_with(rounds=8, stop={"ratio": 2.0})
+    store = Store(tmp_path)
+    store.open(spec, "")
+    outcome = run_rounds(spec, store, fake_execute(store), lambda folder: (100.0, 150.0), lambda line: None)
+    records = {t.id: parse_record(store.record_path(t.id)) for t in outcome.trials}
+    best, improved = {}, []
+    for entry in read_search(store)["rounds"]:
+        gains = set()
+        for trial_id in entry["trials"]:
+            r = records[trial_id]
+            b, steps = r["config"]["batch_size"], r["steps_to_target"]
+            if r["status"] == "complete" and (b not in best or steps < best[b] - 20):
+                gains.add(b)
+            if r["status"] == "complete":
+                best[b] = min(best.get(b, steps), steps)
+        improved.append(gains)
+    settled = [r for r, gains in enumerate(improved) if not gains]
+    assert settled and settled[0] >= 1 and outcome.rounds == settled[0] + 1
+    assert "within a ratio of 2 after a round that improved no batch size" in outcome.stopped
+
+
+def test_a_gain_smaller_than_eval_every_counts_where_geometric_evaluations_resolve_it():
+    def stale(schedule, steps):
+        planner = Planner(parse_spec({**SPEC, "eval_every": 250, "max_steps": 2000, "eval_schedule": schedule}))
+        history = [planner.proposal(64, (0.1 * (r + 1), 0.5), r) for r in range(len(steps))]
+        done = {ps[0].trial.id: Summary(64, "complete", s, s, 2000) for ps, s in zip(history, steps)}
+        return planner.stale_rounds(64, 0, history, done)
+
+    assert stale("geometric", [725, 500, 431]) == 1  # 500 < 725 - 116; 431 = 500 - 69: one evaluation
+    assert stale("geometric", [725, 609, 512]) == 2  # 609, 512: one evaluation each
+    assert stale("linear", [750, 500, 250]) == 2  # linear: 250 steps is one evaluation
 
 
 def test_patience_stops_the_sweep_and_a_resumed_or_extended_one_replays_its_rounds(tmp_path):
@@ -223,7 +258,7 @@ def test_one_worker_three_workers_and_packed_trials_give_the_same_rounds_and_rec
     """The rounds are planned from records, never from worker timing: three
     workers racing and trials packed two to a program plan the same trials,
     and reach the same steps to target with the same evaluations as one worker
-    (losses within float32 rounding of a vmapped step). With exact pruning
+    (three workers bit for bit; packed within float32 rounding of a vmapped step). With exact pruning
     (`prune = true`) a censored trial is pruned against whichever trial of its
     round finished first, so where it stops depends on timing; with
     `prune = "earlier_rounds"` it does not, and every record is the same."""
@@ -254,8 +289,16 @@ def test_one_worker_three_workers_and_packed_trials_give_the_same_rounds_and_rec
             for a, b in zip(other[trial_id][3], rows):
                 assert a.keys() == b.keys(), (name, trial_id)
                 for key, value in b.items():
-                    close = pytest.approx(value, rel=1e-5, abs=1e-6) if isinstance(value, float) else value
-                    assert a[key] == close, (name, trial_id, key)
+                    assert a[key] == (_close(key, value) if name == "packed" else value), (name, trial_id, key)
+
+
+def _close(key, value):
+    """A packed trial's measurement beside its unpacked run: float32 rounding of a vmapped
+    step compounds over 60 steps (losses 3e-5 apart, relative, on jax 0.10.2), and flips a few
+    validation examples near the decision boundary (an error rate 0.0008 apart)."""
+    if not isinstance(value, float):
+        return value
+    return pytest.approx(value, abs=2e-3) if key == "val_metric" else pytest.approx(value, rel=1e-4, abs=1e-6)
 
 
 KILLED = """

@@ -7,6 +7,7 @@ gives them without evaluating every step of a long run.
 
 from __future__ import annotations
 
+import bisect
 import math
 
 GEOMETRIC_RATIO = 2**0.25  # four evaluations per doubling of the step count
@@ -32,3 +33,11 @@ def evaluation_steps(config, every: int) -> list[int]:
     """Steps after which a trial (a TrialConfig) evaluates the validation set;
     step 0 is always evaluated, and so is the budget's last step."""
     return sorted(EVAL_SCHEDULES[config.eval_schedule](config.max_steps, every) | {config.max_steps})
+
+
+def resolution(config, every: int, step: int) -> int:
+    """Steps from the evaluation before `step` to `step`: a crossing seen at `step`
+    lies in (step - resolution, step] (Shallue et al. 2019, Sec. 3.1)."""
+    steps = evaluation_steps(config, every)
+    i = bisect.bisect_left(steps, step)
+    return step - (steps[i - 1] if i > 0 else 0)

@@ -28,7 +28,8 @@ square-root rule (Adam family: x sqrt(B/B')), clipped to the space
 (`transfer`; Goyal et al. 2017, Hoffer et al. 2017), then quasi-random points;
 later rounds enqueue the neighbours' new best points the same way before
 asking the sampler. A batch size stops after `patience` rounds without an
-improvement beyond one evaluation interval.
+improvement beyond one evaluation interval (the cadence at its best
+crossing).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+from harness.engine.evaluation import resolution
 from harness.engine.optimizers import ADAPTIVE_OPTIMIZERS
 from harness.errors import UserError
 from harness.sweep import search_space
@@ -119,20 +121,35 @@ class Planner:
         return out
 
     def stale_rounds(self, batch_size: int, start: int, history: list[list[Proposal]], summaries: dict) -> int:
-        """Rounds since the last improvement of the best steps at B beyond one evaluation interval."""
+        """Rounds since the last improvement of the best steps at B beyond one evaluation interval: the
+        cadence at the best's crossing (harness.engine.evaluation.resolution), so geometric evaluations
+        count a gain of 725 -> 500 steps even where eval_every is 250."""
         best, stale = None, 0
         for proposals in history[start:]:
-            steps = [
-                summaries[p.trial.id].steps_to_target
+            done = [
+                (summaries[p.trial.id].steps_to_target, p.trial.config)
                 for p in proposals
                 if p.batch_size == batch_size and p.trial.id in summaries and summaries[p.trial.id].status == "complete"
             ]
-            new = min(steps, default=None)
-            if new is not None and (best is None or new < best - self.spec.eval_every):
+            new = min(done, key=lambda d: d[0], default=None)
+            if new is not None and (
+                best is None or new[0] < best[0] - resolution(best[1], self.spec.eval_every, best[0])
+            ):
                 best, stale = new, 0
             else:
-                best, stale = best if new is None else min(best, new), stale + 1
+                stale += 1
+                if new is not None and new[0] < best[0]:
+                    best = new
         return stale
+
+    def settled(self, round_index: int, start: dict[int, int], history: list[list[Proposal]], summaries: dict) -> bool:
+        """Whether the round just run improved no batch size's best beyond one evaluation interval: until
+        then B_crit's interval is that of under-tuned batch sizes, however narrow (the stop.ratio rule)."""
+        return all(
+            self.stale_rounds(b, start[b], history, summaries) >= 1
+            for b in self.spec.batch_sizes
+            if start[b] <= round_index
+        )
 
     def plan(
         self, round_index: int, start: dict[int, int], history: list[list[Proposal]], summaries: dict

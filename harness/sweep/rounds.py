@@ -11,7 +11,9 @@ refused rather than mixed in. A batch size added to a sweep joins at the next
 round.
 
 Stop rules, checked after each round: every batch size out of patience; the
-90% interval of B_crit within `stop.ratio` (hi / lo; the fit lives in
+90% interval of B_crit within `stop.ratio` (hi / lo) after a round that
+improved no batch size's best beyond one evaluation interval (a narrow
+interval while small batch sizes still improve is a biased one; the fit lives in
 analysis, a layer above this one, so the caller passes it in as
 `b_crit_interval(folder) -> (lo, hi) | None`); `stop.max_examples` trained.
 """
@@ -81,7 +83,8 @@ def run_rounds(
         _write(store, start, rounds, None)
         trials += [p.trial for p in proposals]
         pending += execute([p.trial for p in proposals])
-        observed = planner.observations(history, index.refresh().summaries)
+        summaries = index.refresh().summaries
+        observed = planner.observations(history, summaries)
         missing = [i for i in ids if i not in observed]
         if missing:
             raise UserError(
@@ -97,8 +100,11 @@ def run_rounds(
             f"{examples:.4g} examples in all"
             + (f"; B_crit 90% interval {interval[0]:.4g} .. {interval[1]:.4g}" if interval else "")
         )
-        if interval and interval[1] / interval[0] <= stop["ratio"]:
-            stopped = f"the 90% interval of B_crit is within a ratio of {stop['ratio']:g}"
+        if interval and interval[1] / interval[0] <= stop["ratio"] and planner.settled(r, start, history, summaries):
+            stopped = (
+                f"the 90% interval of B_crit is within a ratio of {stop['ratio']:g} "
+                "after a round that improved no batch size"
+            )
             break
         if "max_examples" in stop and examples >= stop["max_examples"]:
             stopped = f"the example budget is spent ({examples} >= {stop['max_examples']})"

@@ -40,7 +40,8 @@ Format (every key is optional unless marked required)::
     # sampler = "tpe"                    # tpe | gp (Optuna's TPESampler or GPSampler, seeded)
     # patience = 2                       # stop a batch size after this many rounds without an improvement
     # transfer = "auto"                  # auto | linear | sqrt | none: neighbours' best learning rate x (B/B')^p
-    # stop = {ratio = 2.0, max_examples = 50_000_000}   # stop the sweep: B_crit's 90% interval hi/lo <= ratio,
+    # stop = {ratio = 2.0, max_examples = 50_000_000}   # stop the sweep: B_crit's 90% interval hi/lo <= ratio
+    #                                                   # after a round that improved no batch size,
     #                                                   # or this many examples trained (both optional)
 
     [search.space]                       # default: the workload's search_space (same format)
