@@ -116,7 +116,7 @@ def adaptive_spec(folder, args: argparse.Namespace) -> dict:
         "rounds": args.rounds,
         "trials_per_round": args.trials_per_round,
         "initial_trials": args.initial_trials,
-        "sampler": "tpe",
+        "sampler": args.sampler,
         "seed": 0,
         "patience": args.patience,
         "space": space,
@@ -132,6 +132,7 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--trials-per-round", type=int, default=1)
     p.add_argument("--initial-trials", type=int, default=3)
+    p.add_argument("--sampler", choices=["tpe", "gp"], default="tpe", help="Optuna's TPE or GP (needs torch)")
     p.add_argument("--patience", type=int, default=2, help="rounds without an improvement before a batch size stops")
     p.add_argument("--ratio", type=float, default=1.5, help="the B_crit stop rule's hi / lo")
     p.add_argument("--workers", type=int, default=2)
