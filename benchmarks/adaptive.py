@@ -119,6 +119,7 @@ def adaptive_spec(folder, args: argparse.Namespace) -> dict:
         "sampler": args.sampler,
         "seed": 0,
         "patience": args.patience,
+        "transfer": args.transfer,
         "space": space,
         "stop": {"ratio": args.ratio},
     }
@@ -133,6 +134,7 @@ def main(argv=None) -> None:
     p.add_argument("--trials-per-round", type=int, default=1)
     p.add_argument("--initial-trials", type=int, default=3)
     p.add_argument("--sampler", choices=["tpe", "gp"], default="tpe", help="Optuna's TPE or GP (needs torch)")
+    p.add_argument("--transfer", choices=["auto", "linear", "sqrt", "none"], default="auto")
     p.add_argument("--patience", type=int, default=2, help="rounds without an improvement before a batch size stops")
     p.add_argument("--ratio", type=float, default=1.5, help="the B_crit stop rule's hi / lo")
     p.add_argument("--workers", type=int, default=2)
