@@ -18,7 +18,7 @@ from harness.sweep.adaptive import DIVERGED_FACTOR, Planner, observe
 from harness.sweep.rounds import read_search, run_rounds
 from harness.sweep.run import run_sweep
 from harness.sweep.spec import parse_spec
-from harness.sweep.store import RecordIndex, Store, Summary, parse_record
+from harness.sweep.store import RecordIndex, Store, Summary, parse_record, shortfall
 
 SPEC = {
     "workload": "mnist_fc32x1",
@@ -123,9 +123,32 @@ def test_censored_incomplete_and_diverged_observations():
     assert observe(s("pruned", None, 200), 60, 400, 20).value == 80
     assert observe(s("complete", 120, 120), 60, 400, 20).value == 80  # completed before the best: as if pruned
     assert observe(s("incomplete", None, 400), None, 400, 20).value == 420
-    assert observe(s("diverged", None, 40), 60, 400, 20).value == DIVERGED_FACTOR * 400  # a penalty
+    near = Summary(64, "incomplete", None, 400, 400, shortfall=1.5)  # ended at 1.5 x the target error
+    far = Summary(64, "incomplete", None, 400, 400, shortfall=89.4)  # stuck at chance
+    assert observe(near, None, 400, 20).value == 630 and observe(far, None, 400, 20).value == 840
+    assert observe(near, None, 400, 20).steps == 400  # what it cost: its budget
+    assert observe(s("diverged", None, 40), 60, 400, 20).value == DIVERGED_FACTOR * 420  # a penalty
     assert observe(s("diverged", None, 100), 60, 400, 20).value == 80  # might have been pruned first
-    assert observe(s("diverged", None, 100), None, 400, 20).value == DIVERGED_FACTOR * 400
+    assert observe(s("diverged", None, 100), None, 400, 20).value == DIVERGED_FACTOR * 420 > 840
+
+
+def test_the_shortfall_of_a_record_is_its_best_evaluation_over_the_target():
+    rows = [{"val_metric": None}, {"val_metric": 0.3}, {"val_metric": 0.015}, {"val_metric": 0.02}]
+    assert shortfall({"measurements": rows, "target": 0.01, "direction": "min"}) == pytest.approx(1.5)
+    accuracy = [{"val_metric": 0.5}, {"val_metric": 0.8}]
+    assert shortfall({"measurements": accuracy, "target": 0.96, "direction": "max"}) == pytest.approx(1.2)
+    assert shortfall({"measurements": [], "target": 0.01, "direction": "min"}) is None
+
+
+def test_patience_counts_once_a_batch_size_reached_the_target():
+    """A batch size no trial reached yet keeps proposing in every round; once one did, `patience` rounds
+    without an improvement stop it."""
+    planner = Planner(spec_with(patience=1, rounds=8))
+    history = [planner.proposal(64, (0.1 * (r + 1), 0.5), r) for r in range(3)]
+    never = {ps[0].trial.id: Summary(64, "incomplete", None, 400, 400) for ps in history}
+    assert not planner.out_of_patience(64, 0, history, never)
+    reached = {**never, history[0][0].trial.id: Summary(64, "complete", 300, 300, 400)}
+    assert planner.out_of_patience(64, 0, history, reached)
 
 
 def test_a_new_batch_size_starts_from_its_neighbours_best_moved_by_the_scaling_rule():

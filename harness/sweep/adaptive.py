@@ -17,10 +17,15 @@ the round's best may have been pruned or may have completed first):
 
 - complete, at most the best steps at its batch size after its round: its steps;
 - pruned, or complete or diverged after that best: censored at best + eval_every;
-- incomplete with no trial at B at the target: its budget + eval_every;
-- diverged (before that best): a penalty, 4 x the budget. Not TrialState.FAIL:
-  TPE leaves failed trials out of its densities and would propose the
-  divergent learning rates again.
+- incomplete with no trial at B at the target: censored at C = budget +
+  eval_every, times its shortfall (best error / target, at most 2): where
+  the error falls as a power of the steps, S^-a (Kaplan et al. 2020, Sec. 5),
+  the steps to the target are about C x shortfall^(1/a), so a trial that
+  ended nearer the target ranks better and the sampler learns where B's
+  target lies before any trial reaches it (TPE reads only the order);
+- diverged (before that best): a penalty, 4 C. Not TrialState.FAIL: TPE
+  leaves failed trials out of its densities and would propose the divergent
+  learning rates again.
 
 A batch size's first round starts from its neighbours' best points with the
 learning rate moved by the linear rule (SGD and momentum: x B/B') or the
@@ -29,7 +34,8 @@ square-root rule (Adam family: x sqrt(B/B')), clipped to the space
 later rounds enqueue the neighbours' new best points the same way before
 asking the sampler. A batch size stops after `patience` rounds without an
 improvement beyond one evaluation interval (the cadence at its best
-crossing).
+crossing), counted once one of its trials reached the target: until then
+every round proposes there, within the sweep's rounds and stop.max_examples.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from harness.sweep.spec import PlannedTrial, SweepSpec
 
 POWERS = {"linear": 1.0, "sqrt": 0.5, "none": 0.0}
 DIVERGED_FACTOR = 4
+SHORTFALL_CAP = 2  # below DIVERGED_FACTOR: a trial that ended far from the target still ranks above a divergent one
 ASKS_PER_PROPOSAL = 4  # asks before giving up on a new point (the sampler may repeat one)
 
 
@@ -78,14 +85,15 @@ def transfer_power(search: dict, optimizer: str) -> float:
 
 def observe(summary, best: int | None, budget: int, eval_every: int) -> Observation:
     """A finished trial's observation, given the best steps at its batch size after its round (see the module)."""
+    censored = budget + eval_every
     if best is None:
         if summary.status == "diverged":
-            return Observation(DIVERGED_FACTOR * budget, summary.steps_run)
-        return Observation(budget + eval_every, budget)
+            return Observation(DIVERGED_FACTOR * censored, summary.steps_run)
+        return Observation(censored * min(max(summary.shortfall or 1.0, 1.0), SHORTFALL_CAP), budget)
     if summary.status == "complete" and summary.steps_to_target <= best:
         return Observation(summary.steps_to_target, summary.steps_to_target)
     if summary.status == "diverged" and summary.steps_run <= best:
-        return Observation(DIVERGED_FACTOR * budget, summary.steps_run)
+        return Observation(DIVERGED_FACTOR * censored, summary.steps_run)
     return Observation(best + eval_every, min(best, budget))
 
 
@@ -142,6 +150,15 @@ class Planner:
                     best = new
         return stale
 
+    def out_of_patience(self, batch_size: int, start: int, history: list[list[Proposal]], summaries: dict) -> bool:
+        """`patience` stale rounds at B, once a trial at B reached the target (see the module)."""
+        reached = any(
+            p.batch_size == batch_size and p.trial.id in summaries and summaries[p.trial.id].status == "complete"
+            for proposals in history
+            for p in proposals
+        )
+        return reached and self.stale_rounds(batch_size, start, history, summaries) >= self.search["patience"]
+
     def settled(self, round_index: int, start: dict[int, int], history: list[list[Proposal]], summaries: dict) -> bool:
         """Whether the round just run improved no batch size's best beyond one evaluation interval: until
         then B_crit's interval is that of under-tuned batch sizes, however narrow (the stop.ratio rule)."""
@@ -164,8 +181,7 @@ class Planner:
         for batch_size in self.spec.batch_sizes:
             first = start[batch_size]
             if first > round_index or (
-                first < round_index
-                and self.stale_rounds(batch_size, first, history, summaries) >= self.search["patience"]
+                first < round_index and self.out_of_patience(batch_size, first, history, summaries)
             ):
                 continue
             own = [p for p in tried if p.batch_size == batch_size]

@@ -39,6 +39,7 @@ Format (every key is optional unless marked required)::
     # initial_trials = 4                 # quasi-random points of a batch size's first round (default trials_per_round)
     # sampler = "tpe"                    # tpe | gp (Optuna's TPESampler or GPSampler, seeded)
     # patience = 2                       # stop a batch size after this many rounds without an improvement
+    #                                    # (counted once one of its trials reached the target)
     # transfer = "auto"                  # auto | linear | sqrt | none: neighbours' best learning rate x (B/B')^p
     # stop = {ratio = 2.0, max_examples = 50_000_000}   # stop the sweep: B_crit's 90% interval hi/lo <= ratio
     #                                                   # after a round that improved no batch size,

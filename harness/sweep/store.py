@@ -251,7 +251,8 @@ class LiveProgress:
 
 @dataclass(frozen=True)
 class Summary:
-    """What the sweep needs to know of a finished trial (`timed`: its speed, as LiveProgress measures it)."""
+    """What the sweep needs to know of a finished trial (`timed`: its speed, as LiveProgress measures it;
+    `shortfall`: its best validation metric relative to the target, see `shortfall`)."""
 
     batch_size: int
     status: str
@@ -259,6 +260,22 @@ class Summary:
     steps_run: int
     max_steps: int
     timed: LiveProgress | None = None
+    shortfall: float | None = None
+
+
+def shortfall(record: dict) -> float | None:
+    """How far the best evaluation of a trial stayed from its target, as a ratio (1 at the target, larger
+    short of it; error / target for a metric minimised, target / accuracy for one maximised); None without
+    evaluations or with a metric that is not positive."""
+    values = [m["val_metric"] for m in record["measurements"] if m.get("val_metric") is not None]
+    target = record.get("target")
+    if not values or not target or target <= 0:
+        return None
+    minimised = record.get("direction", "min") == "min"
+    best = min(values) if minimised else max(values)
+    if best <= 0:
+        return None
+    return best / target if minimised else target / best
 
 
 class RecordIndex:
@@ -294,6 +311,7 @@ class RecordIndex:
                 record["steps_run"],
                 config["max_steps"],
                 timed,
+                shortfall(record),
             )
         return self
 
