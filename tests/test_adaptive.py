@@ -8,6 +8,8 @@ import json
 import math
 import os
 import signal
+import tomllib
+from pathlib import Path
 
 import pytest
 from conftest import DATA_DIR as DATA
@@ -435,3 +437,21 @@ def test_the_gp_sampler_plans_too_or_names_what_it_needs():
             replay(spec_with(sampler="gp"), 2)
         return
     assert replay(spec_with(sampler="gp"), 2) == replay(spec_with(sampler="gp"), 2)
+
+
+COMMITTED = sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*/results/*/search.json"))
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.parent.name)
+def test_a_committed_adaptive_study_replays_its_rounds_from_its_records(path):
+    """The planner of today proposes, round by round, the trials the committed study ran, from its records
+    alone (an extension of it would be refused otherwise); a study stopped on patience plans no more."""
+    folder, stored = path.parent, json.loads(path.read_text())
+    spec = parse_spec(tomllib.loads((folder / "spec.toml").read_text()), folder / "spec.toml")
+    start = {int(b): r for b, r in stored["start_rounds"].items()}
+    planner, summaries, history = Planner(spec), RecordIndex(Store(folder)).refresh().summaries, []
+    for entry in stored["rounds"]:
+        history.append(planner.plan(entry["round"], start, history, summaries))
+        assert [p.trial.id for p in history[-1]] == entry["trials"], f"round {entry['round']}"
+    if "out of patience" in stored["stopped"]:
+        assert planner.plan(len(history), start, history, summaries) == []
